@@ -1,0 +1,71 @@
+# netmux — set-up, tests, lint, demo. Run as root on Debian 12 or 13.
+#   make demo   the whole system, live, in namespaces of its own
+#   make test   installs what it needs, then every test tier
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# System packages. REQUIRED must exist on Debian 12 and 13; OPTIONAL are installed where
+# the release has them (tests that need a missing one skip with the reason).
+APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftables \
+	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
+	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
+	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox
+APT_OPTIONAL := tayga tinydns
+# debian/ packaging (make package) needs these on top.
+APT_PACKAGING := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	dpkg-dev lintian mmdebstrap
+
+.PHONY: help deps venv test test-unit lint demo clean install package
+
+help:
+	@sed -n '1,4p' Makefile
+
+# Idempotent: installs only what is missing, then the venv. Daemons installed here are
+# not started (policy-rc.d): netmux runs its own instances inside namespaces.
+deps:
+	@missing=""; for p in $(APT_REQUIRED); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
+	for p in $(APT_OPTIONAL); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' && continue; \
+	  apt-cache show $$p >/dev/null 2>&1 || { apt-get update -qq >/dev/null; apt-cache show $$p >/dev/null 2>&1; } \
+	    && missing="$$missing $$p" || echo "deps: optional package $$p is not available here; its tests will skip"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq; \
+	  own=""; if [ ! -e /usr/sbin/policy-rc.d ]; then own=1; \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+	@$(MAKE) --no-print-directory venv
+
+# The venv sees Debian's python3-nftables and python3-systemd; pyroute2 0.9 comes from PyPI.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+test: deps
+	@test "$$(id -u)" = 0 || { echo "make test: run as root (netns and system tiers need it)"; exit 1; }
+	$(PY) -m pytest -m "unit or netns or system" $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check netmux tests bench
+	$(VENV)/bin/ruff format --check netmux tests bench
+	$(VENV)/bin/mypy
+
+demo: deps
+	@echo "netmux demo: nothing to show yet — the workload lifecycle (issue 3) brings it."
+	@$(VENV)/bin/netmux --version
+	@$(VENV)/bin/netmux config
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

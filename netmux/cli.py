@@ -1,0 +1,173 @@
+"""The `netmux` command. Thin: parses arguments, loads config, calls the modules that act.
+
+Each subcommand names a handler "module:function" that is imported only when the command
+runs, so `netmux render` does not pay for pyroute2 and a feature's module owns its handler.
+A handler takes (args, host_config) and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__, config, journal
+from .errors import NetmuxError
+
+Handler = Callable[[argparse.Namespace, config.HostConfig], int]
+
+PENDING = "(not implemented yet: planned in issue {})"
+
+
+def _handler(spec: str) -> Handler:
+    mod, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(f"netmux.{mod}"), fn)  # type: ignore[no-any-return]
+
+
+def _pending(issue: int) -> Handler:
+    def run(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+        print(f"netmux {args.command}: " + PENDING.format(issue), file=sys.stderr)
+        return 1
+
+    return run
+
+
+def _add(sub: Any, name: str, help: str, handler: str | int, **kw: Any) -> argparse.ArgumentParser:
+    """Add a subcommand; handler is "module:function", or an issue number if still pending."""
+    if isinstance(handler, int):
+        help = f"{help} {PENDING.format(handler)}"
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kw)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netmux",
+        description="A network namespace and a real, routable IPv6 address for every workload.",
+    )
+    parser.add_argument("--version", action="version", version=f"netmux {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"host configuration (default: ${config.CONFIG_ENV} or {config.DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _add(sub, "config", "print the effective host configuration", "cli:cmd_config")
+    _json_flag(p)
+
+    p = _add(sub, "mux", "create or remove the mux namespace and its links", 3)
+    p.add_argument("action", choices=["up", "down"])
+
+    p = _add(sub, "nic", "adopt an uplink NIC into mux (used by the udev rule)", 3)
+    p.add_argument("action", choices=["adopt"])
+    p.add_argument("ifname")
+
+    p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", 3)
+    p.add_argument("name")
+    p.add_argument("--port", action="append", metavar="PROTO/PORT", help="e.g. tcp/80")
+    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
+    p.add_argument("--user", help="run CMD as this user")
+    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
+    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
+
+    p = _add(sub, "down", "remove workload NAME (idempotent)", 3)
+    p.add_argument("name")
+
+    p = _add(sub, "exec", "run CMD inside workload NAME's namespace", 3)
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = _add(sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", 3)
+    p.add_argument("name")
+    p.add_argument("--port", action="append", metavar="PROTO/PORT")
+    p.add_argument("--user")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = _add(sub, "ls", "list workloads", 3)
+    _json_flag(p)
+
+    p = _add(sub, "status", "addresses, DNS names and state of workloads", 3)
+    p.add_argument("name", nargs="?")
+    _json_flag(p)
+
+    p = _add(sub, "render", "print a daemon configuration rendered from the config", 6)
+    p.add_argument("what", help="radvd, dhcpcd, tayga, unbound, nft, ...")
+
+    p = _add(sub, "deny", "the source-prefix denylist", 7)
+    p.add_argument("action", choices=["add", "del", "list", "count"])
+    p.add_argument("prefix", nargs="?")
+
+    p = _add(sub, "stats", "per-workload traffic counters", 7)
+    _json_flag(p)
+
+    p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", 8)
+    _json_flag(p)
+
+    p = _add(sub, "lab", "a simulated home router upstream of mux, for demos and tests", 3)
+    p.add_argument("action", choices=["up", "down"])
+    return parser
+
+
+def cmd_config(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    if args.json:
+        print(json.dumps(to_jsonable(cfg), indent=2, sort_keys=True))
+    else:
+        print(f"# {cfg.source}")
+        for section, values in to_jsonable(cfg).items():
+            if isinstance(values, dict):
+                print(f"[{section}]")
+                for k, v in values.items():
+                    print(f"{k} = {json.dumps(v)}")
+    return 0
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, paths and addresses to plain JSON values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    journal.set_quiet(args.quiet)
+    if getattr(args, "cmd", None) and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    try:
+        cfg = config.load_host(config.config_path(args.config) if args.config else None)
+        handler = args.handler
+        fn = _pending(handler) if isinstance(handler, int) else _handler(handler)
+        return fn(args, cfg)
+    except NetmuxError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"netmux {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+"""Configuration: /etc/netmux/netmux.toml (the host) and /etc/netmux/workloads/NAME.toml.
+
+Pure: nothing here touches the system beyond reading the files it is given. Every value is
+checked when it is loaded, and an error names the file, the key, the bad value and what is
+allowed. A missing host file means the defaults, which reproduce the original design.
+
+The loader is generic over frozen dataclasses: a section is a dataclass whose fields are
+the keys, typed with one of the types in `_CONVERTERS` (or a Literal, or a tuple of them),
+and optionally a `check` in the field's metadata. Later features add a section by adding a
+dataclass and a field on HostConfig.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import os
+import re
+import shlex
+import socket
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from pathlib import Path
+from typing import Any, Literal
+
+from . import names
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/netmux/netmux.toml")
+CONFIG_ENV = "NETMUX_CONFIG"
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME_ALLOWED = "an interface name: 1-15 characters of letters, digits, '_', '.', '-'"
+LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+DOMAIN_ALLOWED = "a DNS name: dot-separated labels of a-z, 0-9, '-' (each 1-63, total ≤ 253)"
+
+
+# --- checks ------------------------------------------------------------------------------
+# A check returns None if the value is fine, else a sentence saying what is allowed.
+
+
+def _ifname(v: str) -> str | None:
+    return None if IFNAME_RE.fullmatch(v) and v not in (".", "..") else IFNAME_ALLOWED
+
+
+def _ifpattern(v: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_.*?\[\]-]{1,15}", v)
+    return None if ok else "a shell-style interface pattern such as 'enp*' (≤ 15 characters)"
+
+
+def _domain(v: str) -> str | None:
+    v = v.rstrip(".")
+    if v and len(v) <= 253 and all(LABEL_RE.fullmatch(lab) for lab in v.split(".")):
+        return None
+    return DOMAIN_ALLOWED
+
+
+def _label(v: str) -> str | None:
+    return None if LABEL_RE.fullmatch(v) else "one DNS label: 1-63 characters of a-z, 0-9, '-'"
+
+
+def _ula64(v: IPv6Interface) -> str | None:
+    if v.network.prefixlen == 64 and v.ip in IPv6Network("fc00::/7"):
+        return None
+    return "an address in a ULA /64 (fc00::/7), with its /64, such as fd64:cafe::1/64"
+
+
+def _nat64_prefix(v: IPv6Network) -> str | None:
+    if v.prefixlen in (32, 40, 48, 56, 64, 96):
+        return None
+    return "an IPv6 prefix of length 32, 40, 48, 56, 64 or 96 (RFC 6052)"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "a number greater than 0"
+
+
+def _port_number(v: int) -> str | None:
+    return None if 0 < v < 65536 else "a port number 1-65535"
+
+
+def _absolute(v: Path) -> str | None:
+    return None if v.is_absolute() else "an absolute path"
+
+
+def check(fn: Callable[[Any], str | None], default: Any) -> Any:
+    """A dataclass field with a default and a check."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for sequence defaults")
+    return field(default=default, metadata={"check": fn})
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    """The mux namespace: where the uplinks live and the prefix is advertised."""
+
+    netns: str = check(_ifname, "mux")
+    parent: str = check(_ifname, "host0")
+    parent_kind: Literal["auto", "dummy", "veth", "bridge"] = "auto"
+    gateway: str = check(_ifname, "gw0")
+    ula: IPv6Interface = check(_ula64, IPv6Interface("fd64:cafe::1/64"))
+    uplinks: tuple[str, ...] = check(_ifpattern, ("enp*", "eth*"))
+    # A macvlan for the host's own services in the root namespace ("" = none).
+    root_link: str = ""
+
+
+@dataclass(frozen=True)
+class WorkloadDefaults:
+    """Defaults for every workload; a workload file or the command line can override some."""
+
+    ifname: str = check(_ifname, "eth0")
+    # What `netmux up` waits for before it reports ready: a global address and a default
+    # route ("global"), a ULA address only ("ula"), or nothing ("none").
+    wait: Literal["global", "ula", "none"] = "global"
+    timeout: float = check(_positive, 10.0)
+    optimistic_dad: bool = True
+    # The neighbour retransmit timer (also paces DAD and router solicitations).
+    retrans_time_ms: int = check(_positive, 100)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Names: NAME.internal. for ULA addresses, NAME.HOSTNAME.DOMAIN. for global ones."""
+
+    hostname: str = check(_label, "")  # "" = this host's short name, lower-cased
+    domain: str = check(_domain, "home.arpa")
+    internal_zone: str = check(_domain, "internal")
+    ttl: int = check(_positive, 60)
+
+
+@dataclass(frozen=True)
+class Nat64Config:
+    enabled: bool = True
+    prefix: IPv6Network = check(_nat64_prefix, IPv6Network("64:ff9b::/96"))
+    pool: IPv4Network = IPv4Network("240.0.0.0/4")
+
+
+@dataclass(frozen=True)
+class ResolverConfig:
+    address: IPv6Address = IPv6Address("fd64:cafe::53")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: Path = check(_absolute, Path("/var/lib/netmux"))
+    run_dir: Path = check(_absolute, Path("/run/netmux"))
+    workloads_dir: Path = check(_absolute, Path("/etc/netmux/workloads"))
+
+    @property
+    def host_key(self) -> Path:
+        return self.state_dir / "host.key"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything in netmux.toml. `source` is the file it came from (for messages)."""
+
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    workload: WorkloadDefaults = field(default_factory=WorkloadDefaults)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    nat64: Nat64Config = field(default_factory=Nat64Config)
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    source: str = field(default="(defaults)", compare=False)
+
+    @property
+    def hostname(self) -> str:
+        return self.dns.hostname or default_hostname()
+
+    @property
+    def public_zone(self) -> str:
+        """The zone for global addresses: HOSTNAME.DOMAIN (no trailing dot)."""
+        return f"{self.hostname}.{self.dns.domain.rstrip('.')}"
+
+
+def default_hostname() -> str:
+    short = socket.gethostname().split(".")[0].lower()
+    return short if LABEL_RE.fullmatch(short) else "localhost"
+
+
+def uplink_matches(cfg: MuxConfig, ifname: str) -> bool:
+    return any(fnmatch.fnmatchcase(ifname, pat) for pat in cfg.uplinks)
+
+
+# --- generic loader ----------------------------------------------------------------------
+
+
+def _to_bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise TypeError("true or false")
+
+
+def _to_str(v: object) -> str:
+    if isinstance(v, str) and "\0" not in v and "\n" not in v:
+        return v
+    raise TypeError("a string (one line)")
+
+
+def _to_int(v: object) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise TypeError("an integer")
+
+
+def _to_float(v: object) -> float:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    raise TypeError("a number")
+
+
+def _ip(ctor: Callable[[str], Any], what: str) -> Callable[[object], Any]:
+    def convert(v: object) -> Any:
+        if not isinstance(v, str):
+            raise TypeError(what)
+        try:
+            return ctor(v)
+        except ValueError:
+            raise TypeError(what) from None
+
+    return convert
+
+
+_CONVERTERS: dict[Any, Callable[[object], Any]] = {
+    bool: _to_bool,
+    str: _to_str,
+    int: _to_int,
+    float: _to_float,
+    Path: lambda v: Path(_to_str(v)),
+    IPv6Address: _ip(IPv6Address, "an IPv6 address such as fd64:cafe::53"),
+    IPv6Interface: _ip(
+        IPv6Interface, "an IPv6 address with prefix length, such as fd64:cafe::1/64"
+    ),
+    IPv6Network: _ip(
+        lambda s: IPv6Network(s, strict=True),
+        "an IPv6 prefix with host bits clear, such as 64:ff9b::/96",
+    ),
+    IPv4Network: _ip(
+        lambda s: IPv4Network(s, strict=True),
+        "an IPv4 prefix with host bits clear, such as 192.0.2.0/24",
+    ),
+}
+
+
+def _convert(tp: Any, value: object) -> Any:
+    """Convert a TOML value to `tp`; TypeError(allowed) when it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        raise TypeError("one of " + ", ".join(repr(c) for c in choices))
+    if origin is tuple:
+        (item,) = (a for a in typing.get_args(tp) if a is not Ellipsis)
+        if not isinstance(value, list):
+            raise TypeError("a list")
+        return tuple(_convert(item, v) for v in value)
+    return _CONVERTERS[tp](value)
+
+
+def build(cls: type[Any], table: Mapping[str, object], source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, checking every key. Pure."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(source, prefix.rstrip("."), table, "a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(
+            source, prefix + unknown[0], table[unknown[0]], "known keys: " + ", ".join(fields)
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        f = fields[key]
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build(tp, value, source, f"{prefix}{key}.")  # type: ignore[arg-type]
+            continue
+        try:
+            conv = _convert(tp, value)
+        except TypeError as e:
+            raise ConfigError(source, prefix + key, value, f"expected {e}") from None
+        chk = f.metadata.get("check")
+        if chk:
+            for item in conv if isinstance(conv, tuple) else (conv,):
+                problem = chk(item)
+                if problem:
+                    raise ConfigError(source, prefix + key, _plain(item), f"expected {problem}")
+        kwargs[key] = conv
+    return cls(**kwargs)
+
+
+def _plain(v: object) -> object:
+    return str(v) if isinstance(v, Path | IPv6Address | IPv6Interface | IPv6Network) else v
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), "", "(file)", f"expected valid TOML ({e})") from None
+    except PermissionError:
+        raise ConfigError(str(path), "", "(file)", "expected a readable file") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "", "(file)", "expected a file, not a directory") from None
+
+
+def parse_host(text: str, source: str = "(string)") -> HostConfig:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", "(file)", f"expected valid TOML ({e})") from None
+    cfg: HostConfig = build(HostConfig, table, source)
+    return dataclasses.replace(cfg, source=source)
+
+
+def config_path(arg: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $NETMUX_CONFIG, else /etc/netmux/netmux.toml."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_host(path: Path | None = None) -> HostConfig:
+    """Load the host config. A missing file means defaults, unless it was named explicitly."""
+    explicit = path is not None or CONFIG_ENV in os.environ
+    path = config_path(path)
+    if not path.exists():
+        if explicit and path != DEFAULT_CONFIG:
+            raise ConfigError(str(path), "", "(file)", "expected an existing file")
+        return HostConfig(source=f"{path} (missing: defaults)")
+    cfg: HostConfig = build(HostConfig, _read_toml(path), str(path))
+    return dataclasses.replace(cfg, source=str(path))
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+PORT_RE = re.compile(r"^(tcp|udp|sctp)/([0-9]{1,5})(?:-([0-9]{1,5}))?$")
+PORT_ALLOWED = "PROTO/PORT or PROTO/FIRST-LAST with PROTO tcp, udp or sctp, ports 1-65535"
+
+
+@dataclass(frozen=True, order=True)
+class Port:
+    proto: Literal["tcp", "udp", "sctp"]
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        rng = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        return f"{self.proto}/{rng}"
+
+
+def parse_port(spec: str) -> Port:
+    """'tcp/80' or 'udp/6000-6010' -> Port; ValueError(allowed) otherwise."""
+    m = PORT_RE.fullmatch(spec.strip().lower()) if isinstance(spec, str) else None
+    if not m:
+        raise ValueError(PORT_ALLOWED)
+    first = int(m.group(2))
+    last = int(m.group(3) or first)
+    if not (0 < first <= last < 65536):
+        raise ValueError(PORT_ALLOWED)
+    return Port(m.group(1), first, last)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """One workload. Built from its file, then NETMUX_* environment, then the command line."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    user: str = ""
+    group: str = ""
+    kind: Literal["process", "vm"] = "process"
+    ports: tuple[Port, ...] = ()
+    # Static addresses added besides SLAAC, e.g. fd64:cafe::53/64 for the resolver.
+    addresses: tuple[IPv6Interface, ...] = ()
+    # Extra DNS labels published besides NAME.
+    dns_names: tuple[str, ...] = ()
+    publish: bool = True
+    wait: Literal["global", "ula", "none"] | None = None  # None: the host default
+    timeout: float | None = None
+
+
+WORKLOAD_KEYS = ("command", "user", "group", "kind", "ports", "addresses", "dns_names",
+                 "publish", "wait", "timeout")  # fmt: skip
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$|^[0-9]{1,10}$")
+
+
+def _workload_value(key: str, value: object, source: str) -> Any:
+    """Check and convert one workload setting (from a file, the environment or argv)."""
+
+    def bad(allowed: str, shown: object = value) -> ConfigError:
+        return ConfigError(source, key, shown, f"expected {allowed}")
+
+    if key == "command":
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as e:
+                raise bad(f"a command line that shell-splits ({e})") from None
+        if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+            raise bad("a list of strings or one command-line string")
+        if any("\0" in a for a in value):
+            raise bad("arguments without NUL bytes")
+        return tuple(value)
+    if key in ("user", "group"):
+        if not isinstance(value, str) or not (value == "" or _USER_RE.fullmatch(value)):
+            raise bad("a user or group name or a numeric id")
+        return value
+    if key == "kind":
+        if value not in ("process", "vm"):
+            raise bad("'process' or 'vm'")
+        return value
+    if key == "wait":
+        if value not in ("global", "ula", "none"):
+            raise bad("'global', 'ula' or 'none'")
+        return value
+    if key == "timeout":
+        try:
+            t = _to_float(value)
+        except TypeError:
+            raise bad("a number of seconds greater than 0") from None
+        if t <= 0:
+            raise bad("a number of seconds greater than 0")
+        return t
+    if key == "publish":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    items = _as_list(value)
+    if items is None:
+        raise bad("a list of strings (or one space-separated string)")
+    if key == "ports":
+        ports = []
+        for item in items:
+            try:
+                ports.append(parse_port(item))
+            except ValueError:
+                raise bad(PORT_ALLOWED, item) from None
+        return tuple(sorted(set(ports)))
+    if key == "addresses":
+        addrs = []
+        for item in items:
+            try:
+                addrs.append(IPv6Interface(item if "/" in item else item + "/64"))
+            except ValueError:
+                raise bad(
+                    "IPv6 addresses with prefix length, such as fd64:cafe::53/64", item
+                ) from None
+        return tuple(addrs)
+    if key == "dns_names":
+        for item in items:
+            if _label(item):
+                raise bad("DNS labels: 1-63 characters of a-z, 0-9, '-'", item)
+        return tuple(items)
+    raise ConfigError(source, key, value, "known keys: " + ", ".join(WORKLOAD_KEYS))
+
+
+def _as_list(value: object) -> list[str] | None:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+_ENV_BOOL = {"1": True, "yes": True, "true": True, "0": False, "no": False, "false": False}
+ENV_KEYS = {f"NETMUX_{k.upper()}": k for k in WORKLOAD_KEYS}
+
+
+def workload_from(
+    name: str,
+    file_table: Mapping[str, object] | None = None,
+    file_source: str = "(workload file)",
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    overrides_source: str = "command line",
+) -> WorkloadConfig:
+    """Merge a workload's settings: file < NETMUX_* environment < command line. Pure."""
+    names.check_name(name)
+    values: dict[str, Any] = {}
+    for key, value in (file_table or {}).items():
+        if key not in WORKLOAD_KEYS:
+            raise ConfigError(file_source, key, value, "known keys: " + ", ".join(WORKLOAD_KEYS))
+        values[key] = _workload_value(key, value, file_source)
+    for var, key in ENV_KEYS.items():
+        if env and var in env:
+            raw: object = env[var]
+            if key == "publish":
+                raw = _ENV_BOOL.get(env[var].lower(), env[var])
+            elif key == "timeout":
+                with contextlib.suppress(ValueError):
+                    raw = float(env[var])
+            values[key] = _workload_value(key, raw, f"environment {var}")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        values[key] = _workload_value(key, value, overrides_source)
+    return WorkloadConfig(name=name, **values)
+
+
+def load_workload(
+    host: HostConfig,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> WorkloadConfig:
+    """Read /etc/netmux/workloads/NAME.toml (if any) and merge env and overrides."""
+    names.check_name(name)
+    path = host.paths.workloads_dir / f"{name}.toml"
+    table = _read_toml(path) if path.exists() else None
+    return workload_from(name, table, str(path), env, overrides)
+
+
+def effective_wait(host: HostConfig, wl: WorkloadConfig) -> str:
+    return wl.wait or host.workload.wait
+
+
+def effective_timeout(host: HostConfig, wl: WorkloadConfig) -> float:
+    return wl.timeout or host.workload.timeout
+
+
+__all__ = [
+    "DnsConfig",
+    "HostConfig",
+    "MuxConfig",
+    "Nat64Config",
+    "PathsConfig",
+    "Port",
+    "ResolverConfig",
+    "WorkloadConfig",
+    "WorkloadDefaults",
+    "build",
+    "load_host",
+    "load_workload",
+    "parse_host",
+    "parse_port",
+    "workload_from",
+]

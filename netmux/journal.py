@@ -1,0 +1,89 @@
+"""Logging with structured fields: to the journal under systemd, plain stderr elsewhere.
+
+Every event carries NETMUX_WORKLOAD where there is one, plus NETMUX_NETNS, NETMUX_ADDRESS,
+NETMUX_PREFIX, NETMUX_IFNAME where relevant; key events carry a MESSAGE_ID so that
+`journalctl MESSAGE_ID=...` finds them across units.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+from typing import Any
+
+# Stable MESSAGE_IDs (128-bit, generated once; never change them).
+WORKLOAD_UP = "7c03deed161c40a2ba7ff23184a1bd83"
+WORKLOAD_DOWN = "032df72ef1f6406dbd22f2c15695e18e"
+NIC_ADOPTED = "c84303cd2b43425b893e128533e24e68"
+ADDRESS_CHANGED = "7f3ad8ed603e43918ee2ab96ba3a680b"
+PREFIX_CHANGED = "eb616153533348579c818acf03783906"
+RECORD_PUBLISHED = "d6b3f4d4d8c54f6bbafec1d47975fe12"
+RECORD_REMOVED = "2df23efbbf3c47fbaebc861440812036"
+DENYLIST_SIZE = "3372c64963d340c4ac021d6aaf405b95"
+
+_FIELDS = {"workload", "netns", "address", "prefix", "ifname"}
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Suppress info-level messages on stderr (not in the journal)."""
+    global _quiet
+    _quiet = quiet
+
+
+def _to_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+def log(priority: int, message: str, message_id: str | None = None, **fields: Any) -> None:
+    """Send one event. Field names in _FIELDS become NETMUX_<NAME>; others pass unchanged."""
+    extra: dict[str, str] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        name = f"NETMUX_{key.upper()}" if key in _FIELDS else key.upper()
+        extra[name] = str(value)
+    if message_id:
+        extra["MESSAGE_ID"] = message_id
+    if _to_journal():
+        try:
+            from systemd import journal
+
+            journal.send(message, PRIORITY=priority, SYSLOG_IDENTIFIER=_ident(), **extra)
+            return
+        except ImportError:
+            pass
+    if priority <= syslog.LOG_WARNING or not _quiet:
+        print(f"{_ident()}: {message}", file=sys.stderr, flush=True)
+
+
+def _ident() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "netmux"
+
+
+def info(message: str, message_id: str | None = None, **fields: Any) -> None:
+    log(syslog.LOG_INFO, message, message_id, **fields)
+
+
+def warning(message: str, message_id: str | None = None, **fields: Any) -> None:
+    log(syslog.LOG_WARNING, message, message_id, **fields)
+
+
+def error(message: str, message_id: str | None = None, **fields: Any) -> None:
+    log(syslog.LOG_ERR, message, message_id, **fields)
+
+
+def debug(message: str, **fields: Any) -> None:
+    if os.environ.get("NETMUX_DEBUG"):
+        log(syslog.LOG_DEBUG, message, None, **fields)

@@ -1,0 +1,104 @@
+"""Workload names and what is derived from them.
+
+A workload name is used as a DNS label, a network namespace name (/run/netns/NAME) and an
+interface-sized token, so it must satisfy all three at once. The stable secret and MAC
+are derived from a per-host key and the name so that a workload keeps its addresses across
+restarts (the kernel's stable-privacy addresses depend on the secret and the prefix only),
+while two hosts never share them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+from pathlib import Path
+
+from .errors import StateError, UsageError
+
+MAX_NAME = 15  # IFNAMSIZ - 1: the tightest of the three namespaces
+NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,13}[a-z0-9])?$")
+ALLOWED = (
+    "a workload name is 1-15 characters of a-z, 0-9 and '-', starts with a letter, "
+    "does not end with '-' and has no '--'"
+)
+# Names with a meaning of their own in /proc/sys/net/*/conf or in netmux itself.
+RESERVED = frozenset({"all", "default", "lo"})
+
+HOST_KEY_BYTES = 32
+
+
+def check_name(name: str, what: str = "workload name") -> str:
+    """Return `name` if it is a valid workload name, else raise UsageError saying why."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or "--" in name:
+        raise UsageError(f"{what} {name!r} is not allowed: {ALLOWED}")
+    if name in RESERVED:
+        raise UsageError(f"{what} {name!r} is reserved (reserved: {', '.join(sorted(RESERVED))})")
+    return name
+
+
+def is_valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except UsageError:
+        return False
+    return True
+
+
+def load_host_key(path: Path, create: bool = True) -> bytes:
+    """Read the host key, creating it (mode 0600, atomically) on first use.
+
+    Concurrent first uses agree on one key: the file is created with O_EXCL and a loser
+    reads the winner's key.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise StateError(f"host key {path} does not exist") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(HOST_KEY_BYTES)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process won the race
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        data = path.read_bytes()
+    if len(data) != HOST_KEY_BYTES:
+        raise StateError(f"host key {path} has {len(data)} bytes, expected {HOST_KEY_BYTES}")
+    return data
+
+
+def _derive(key: bytes, purpose: str, name: str) -> bytes:
+    return hmac.new(key, f"netmux/{purpose}\0{name}".encode(), hashlib.sha256).digest()
+
+
+def stable_secret(key: bytes, name: str) -> str:
+    """The value for net.ipv6.conf.IF.stable_secret: 128 bits in IPv6 address syntax."""
+    check_name(name)
+    return ipaddress.IPv6Address(_derive(key, "stable_secret", name)[:16]).exploded
+
+
+def stable_mac(key: bytes, name: str) -> str:
+    """A locally administered unicast MAC, so neighbour caches stay right across restarts."""
+    check_name(name)
+    raw = bytearray(_derive(key, "mac", name)[:6])
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def mux_link_name(name: str) -> str:
+    """The temporary name of a workload's link while it is in mux (deterministic, ≤ 15)."""
+    check_name(name)
+    return "nm" + hashlib.sha256(name.encode()).hexdigest()[:12]

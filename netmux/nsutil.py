@@ -1,0 +1,111 @@
+"""The only module that calls setns(2): run Python code inside a network namespace.
+
+Namespaces are iproute2-compatible: a named namespace is a bind mount at /run/netns/NAME,
+so `ip netns exec`, `ip -n`, `nsenter --net=` and systemd's NetworkNamespacePath= all work.
+Creating and deleting named namespaces is pyroute2's job (links.py); this module enters
+them. Work runs in a short-lived thread that enters the namespace, so the caller's thread
+never changes namespace (Python 3.11 has no os.setns; ctypes calls libc).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/run/netns")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+T = TypeVar("T")
+
+
+def netns_path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace behind `fd`."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def open_netns(name_or_path: str | os.PathLike[str]) -> int:
+    """Open a namespace by name (/run/netns/NAME) or by path (/proc/PID/ns/net)."""
+    p = Path(name_or_path)
+    if not p.is_absolute():
+        p = netns_path(str(name_or_path))
+    return os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def run_in_netns(netns: str | os.PathLike[str] | int | None, fn: Callable[[], T]) -> T:
+    """Call fn() in a thread that has entered `netns` (a name, a path or an open fd).
+
+    None means the caller's own namespace (fn runs directly). Exceptions propagate.
+    """
+    if netns is None:
+        return fn()
+    fd = netns if isinstance(netns, int) else open_netns(netns)
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            setns(fd)
+            result.append(fn())
+        except BaseException as e:  # re-raised in the caller
+            failure.append(e)
+
+    try:
+        t = threading.Thread(target=target, name="netns", daemon=True)
+        t.start()
+        t.join()
+    finally:
+        if not isinstance(netns, int):
+            os.close(fd)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def sysctl_path(key: str) -> Path:
+    """'net.ipv6.conf.eth0.stable_secret' -> /proc/sys/net/ipv6/conf/eth0/stable_secret.
+
+    Interface names may contain dots, so the conf.IF part is split around the known shape.
+    """
+    parts = key.split(".")
+    if len(parts) >= 5 and parts[0] == "net" and parts[2] in ("conf", "neigh"):
+        ifname = ".".join(parts[3:-1])
+        return Path("/proc/sys/net", parts[1], parts[2], ifname, parts[-1])
+    return Path("/proc/sys", *parts)
+
+
+def write_sysctls(netns: str | os.PathLike[str] | int | None, items: list[tuple[str, str]]) -> None:
+    """Write sysctls in order, inside `netns` (the order matters for some, see links.py)."""
+
+    def apply() -> None:
+        for key, value in items:
+            sysctl_path(key).write_text(f"{value}\n")
+
+    run_in_netns(netns, apply)
+
+
+def read_sysctl(netns: str | os.PathLike[str] | int | None, key: str) -> str | None:
+    """Read one sysctl inside `netns`; None if it is unreadable (e.g. an unset secret: EIO)."""
+
+    def read() -> str | None:
+        try:
+            return sysctl_path(key).read_text().strip()
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.ENOENT):
+                return None
+            raise
+
+    return run_in_netns(netns, read)

@@ -1,0 +1,1 @@
+"""phonebookd: every running workload in DNS, gone when it stops."""

@@ -1,0 +1,171 @@
+"""Shared fixtures: per-run names, namespace/link factories that always clean up, leak checks.
+
+Every namespace, link, mount and cgroup a test creates carries the per-run prefix RUN
+(e.g. "n3fa2"), so that parallel runs on a shared machine never touch each other's
+objects. Tests marked netns or system get a leak check: anything with the run prefix, or
+any child process, that outlives the test fails it. The pytest process is made a child
+subreaper so that daemons which double-fork are still seen (and reaped) here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+RUN = "n" + secrets.token_hex(2)  # 5 characters: leaves 10 for a test's own suffix
+PR_SET_CHILD_SUBREAPER = 36
+IS_ROOT = os.geteuid() == 0
+
+from tests import leaks  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if IS_ROOT:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    os.environ["NETMUX_TEST_RUN"] = RUN
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = {m.name for m in item.iter_markers()} & {"unit", "netns", "system"}
+        if not tiers:
+            raise pytest.UsageError(f"{item.nodeid}: mark it unit, netns or system")
+        if tiers & {"netns", "system"} and not IS_ROOT:
+            item.add_marker(pytest.mark.skip(reason="needs root (netns/system tier)"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"netmux test run prefix: {RUN}"
+
+
+@pytest.fixture(scope="session")
+def run_prefix() -> str:
+    return RUN
+
+
+_counter = iter(range(1, 100000))
+
+
+@pytest.fixture
+def uname() -> Callable[[str], str]:
+    """uname("web") -> a unique, valid name such as "n3fa2w7web" (≤ 15 characters)."""
+
+    def make(suffix: str = "") -> str:
+        name = f"{RUN}{next(_counter):x}{suffix}"
+        assert len(name) <= 15, f"test name too long: {name}"
+        return name
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail netns/system tests that leave namespaces, links, mounts, cgroups or processes."""
+    if not IS_ROOT or not ({"netns", "system"} & {m.name for m in request.node.iter_markers()}):
+        yield
+        return
+    before = leaks.snapshot(RUN)
+    yield
+    after = leaks.wait_settled(RUN, before)
+    leaked = leaks.diff(before, after)
+    if leaked:
+        leaks.force_cleanup(RUN, before)
+        pytest.fail("leaked: " + "; ".join(leaked), pytrace=False)
+
+
+@pytest.fixture
+def netns(uname: Callable[[str], str]) -> Iterator[Callable[[str], str]]:
+    """netns("x") creates a named namespace (/run/netns/NAME) and removes it after the test."""
+    made: list[str] = []
+
+    def create(suffix: str = "") -> str:
+        name = uname(suffix)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield create
+    for name in reversed(made):
+        subprocess.run(["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def procs() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """procs(argv, ...) starts a process that is killed (by its PID, never by name) after."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        p: subprocess.Popen[bytes] = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+        started.append(p)
+        return p
+
+    yield start
+    for p in reversed(started):
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> object:
+    """Poll pred() until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {pred}")
+        time.sleep(step)
+
+
+@pytest.fixture
+def tmp_config(tmp_path: Path, uname: Callable[[str], str]) -> Callable[..., Path]:
+    """tmp_config(extra_toml="") writes a netmux.toml whose names and paths are this run's."""
+
+    def write(extra: str = "") -> Path:
+        mux = uname("mux")
+        p = tmp_path / "netmux.toml"
+        p.write_text(
+            f'[mux]\nnetns = "{mux}"\nuplinks = ["{RUN}u*"]\n'
+            f'[paths]\nstate_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\n'
+            f'workloads_dir = "{tmp_path}/workloads"\n' + extra
+        )
+        return p
+
+    return write
+
+
+_session_before: leaks.Snapshot | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _session_before
+    if IS_ROOT:
+        _session_before = leaks.snapshot(RUN)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture is torn down, the run must have left nothing with its prefix."""
+    if _session_before is None:
+        return
+    after = leaks.wait_settled(RUN, _session_before)
+    leaked = leaks.diff(_session_before, after)
+    if leaked:
+        leaks.force_cleanup(RUN, _session_before)
+        print(f"\nnetmux test run {RUN} leaked: " + "; ".join(leaked))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

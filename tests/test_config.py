@@ -1,0 +1,145 @@
+"""Config validation: good, missing, wrong type, unknown key, bad name, bad prefix."""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+from pathlib import Path
+
+import pytest
+
+from netmux import config
+from netmux.config import ConfigError, Port, parse_host, workload_from
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_reproduce_the_original_design() -> None:
+    c = parse_host("")
+    assert c.mux.netns == "mux" and c.mux.parent == "host0" and c.mux.gateway == "gw0"
+    assert c.mux.parent_kind == "auto"
+    assert c.mux.ula == IPv6Interface("fd64:cafe::1/64")
+    assert c.mux.uplinks == ("enp*", "eth*")
+    assert c.nat64.prefix == IPv6Network("64:ff9b::/96")
+    assert c.resolver.address == IPv6Address("fd64:cafe::53")
+
+
+def test_good_file(tmp_path: Path) -> None:
+    p = tmp_path / "netmux.toml"
+    p.write_text(
+        '[mux]\nnetns = "mux2"\nparent_kind = "veth"\nuplinks = ["enp3s0"]\n'
+        '[dns]\nhostname = "mini"\ndomain = "example.net"\n'
+        '[nat64]\nprefix = "2001:db8:64::/96"\n'
+    )
+    c = config.load_host(p)
+    assert c.mux.netns == "mux2" and c.mux.parent_kind == "veth"
+    assert c.public_zone == "mini.example.net"
+    assert c.source == str(p)
+    assert config.uplink_matches(c.mux, "enp3s0") and not config.uplink_matches(c.mux, "eth0")
+
+
+def test_missing_default_file_means_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NETMUX_CONFIG", raising=False)
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", Path("/nonexistent/netmux.toml"))
+    assert config.load_host().mux == config.MuxConfig()
+
+
+def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected an existing file"):
+        config.load_host(tmp_path / "nope.toml")
+
+
+def test_env_names_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text('[mux]\nnetns = "fromenv"\n')
+    monkeypatch.setenv("NETMUX_CONFIG", str(p))
+    assert config.load_host().mux.netns == "fromenv"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "allowed"),
+    [
+        ('[mux]\nnetns = 5\n', "mux.netns", "a string"),
+        ('[mux]\ngateway = "a very long interface"\n', "mux.gateway", "interface name"),
+        ('[mux]\nparent_kind = "ipvlan"\n', "mux.parent_kind", "'auto', 'dummy'"),
+        ('[mux]\nula = "2001:db8::1/64"\n', "mux.ula", "ULA"),
+        ('[mux]\nula = "fd64:cafe::1/48"\n', "mux.ula", "ULA /64"),
+        ('[mux]\nula = "fd64:zz::1/64"\n', "mux.ula", "IPv6 address with prefix"),
+        ('[mux]\nuplinks = "eth*"\n', "mux.uplinks", "a list"),
+        ('[mux]\nuplinks = ["e th"]\n', "mux.uplinks", "pattern"),
+        ('[mux]\nbogus = 1\n', "mux.bogus", "known keys: netns"),
+        ('bogus = 1\n', "bogus", "known keys: mux"),
+        ('mux = 1\n', "mux", "a table"),
+        ('[nat64]\nprefix = "64:ff9b::/95"\n', "nat64.prefix", "RFC 6052"),
+        ('[nat64]\nprefix = "64:ff9b::1/96"\n', "nat64.prefix", "host bits clear"),
+        ('[workload]\ntimeout = -1\n', "workload.timeout", "greater than 0"),
+        ('[workload]\ntimeout = true\n', "workload.timeout", "a number"),
+        ('[dns]\ndomain = "bad_domain"\n', "dns.domain", "DNS name"),
+        ('[paths]\nrun_dir = "relative"\n', "paths.run_dir", "absolute"),
+    ],
+)  # fmt: skip
+def test_errors_name_file_key_value_and_what_is_allowed(text: str, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_host(text, source="/etc/netmux/netmux.toml")
+    msg = str(e.value)
+    assert msg.startswith(f"/etc/netmux/netmux.toml: {key}: "), msg
+    assert allowed in msg, msg
+    assert "\n" not in msg
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "netmux.toml"
+    p.write_text("[mux\n")
+    with pytest.raises(ConfigError, match=f"{p}: .*valid TOML"):
+        config.load_host(p)
+
+
+def test_workload_file_env_and_cli_merge_in_order() -> None:
+    wl = workload_from(
+        "httpd",
+        {"command": "/usr/sbin/httpd -f", "ports": ["tcp/80"], "user": "www-data"},
+        "/etc/netmux/workloads/httpd.toml",
+        env={"NETMUX_PORTS": "tcp/80 tcp/443", "NETMUX_PUBLISH": "no"},
+        overrides={"user": "nobody", "ports": None},
+    )
+    assert wl.command == ("/usr/sbin/httpd", "-f")
+    assert wl.ports == (Port("tcp", 80, 80), Port("tcp", 443, 443))
+    assert wl.user == "nobody" and wl.publish is False
+
+
+def test_workload_static_address_and_names() -> None:
+    wl = workload_from("resolver", {"addresses": ["fd64:cafe::53/64"], "dns_names": ["ns"]})
+    assert wl.addresses == (IPv6Interface("fd64:cafe::53/64"),)
+    assert wl.dns_names == ("ns",)
+
+
+@pytest.mark.parametrize(
+    ("table", "env", "key", "allowed"),
+    [
+        ({"ports": ["tcp/0"]}, {}, "ports", "PROTO/PORT"),
+        ({"ports": ["icmp/1"]}, {}, "ports", "tcp, udp or sctp"),
+        ({"ports": ["tcp/90-80"]}, {}, "ports", "FIRST-LAST"),
+        ({"kind": "container"}, {}, "kind", "'process' or 'vm'"),
+        ({"addresses": ["fd64::zz/64"]}, {}, "addresses", "IPv6 addresses"),
+        ({"user": "bad user"}, {}, "user", "user or group name"),
+        ({"command": 5}, {}, "command", "list of strings"),
+        ({"dns_names": ["Bad_Name"]}, {}, "dns_names", "DNS labels"),
+        ({"colour": "red"}, {}, "colour", "known keys"),
+        ({}, {"NETMUX_PORTS": "tcp/http"}, "NETMUX_PORTS", "PROTO/PORT"),
+        ({}, {"NETMUX_TIMEOUT": "soon"}, "NETMUX_TIMEOUT", "seconds"),
+    ],
+)  # fmt: skip
+def test_workload_errors(table: dict, env: dict, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        workload_from("w", table, "/etc/netmux/workloads/w.toml", env=env)
+    msg = str(e.value)
+    assert key in msg and allowed in msg, msg
+
+
+def test_bad_workload_name_is_rejected() -> None:
+    with pytest.raises(Exception, match="not allowed"):
+        workload_from("Bad_Name")
+
+
+def test_port_str_roundtrip() -> None:
+    for spec in ("tcp/80", "udp/6000-6010", "sctp/9"):
+        assert str(config.parse_port(spec)) == spec
