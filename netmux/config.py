@@ -109,6 +109,9 @@ class MuxConfig:
     uplinks: tuple[str, ...] = check(_ifpattern, ("enp*", "eth*"))
     # A macvlan for the host's own services in the root namespace ("" = none).
     root_link: str = ""
+    # Global addresses put on the gateway by `mux up`, for a host with a routed static
+    # prefix (no DHCPv6-PD) and for the lab: e.g. ["2001:db8:0:1::1/64"].
+    static_addresses: tuple[IPv6Interface, ...] = ()
 
 
 @dataclass(frozen=True)
