@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import ipaddress
 import os
 import re
 import shlex
@@ -150,6 +151,40 @@ class ResolverConfig:
     address: IPv6Address = IPv6Address("fd64:cafe::53")
 
 
+def _ip_address(v: str) -> str | None:
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(v)
+        return None
+    return "an IP address such as 2001:db8::53 or 127.0.0.1 (empty: none)" if v else None
+
+
+@dataclass(frozen=True)
+class PhonebookConfig:
+    """phonebookd: where the records go (sinks) and how it is reached."""
+
+    # The seed protocol's socket: a client sends "NAME IFNAME\n" and keeps it open.
+    socket: Path = check(_absolute, Path("/run/phonebook/publish"))
+    sinks: tuple[Literal["tinydns", "rfc2136"], ...] = ("tinydns",)
+    # tinydns: the directory holding `data` and `data.cdb`; tinydns-data runs there.
+    tinydns_dir: Path = check(_absolute, Path("/var/lib/netmux/tinydns"))
+    tinydns_data: Path = check(_absolute, Path("/usr/sbin/tinydns-data"))
+    # SIGHUP goes to the process in this pidfile after each rebuild (e.g. shibari); "" = none.
+    sighup_pidfile: str = ""
+    # At most one rebuild per this many seconds, however many changes arrive.
+    rebuild_interval: float = check(_positive, 1.0)
+    # RFC 2136: the authoritative server (Knot DNS in netmux@dns) and its TSIG key file
+    # (Knot's `key:` YAML, as written by `python -m netmux.phonebook.knot`).
+    server: str = check(_ip_address, "")
+    server_port: int = check(_port_number, 53)
+    tsig_key: Path = check(_absolute, Path("/etc/netmux/phonebook.key"))
+    # The name server label: NS and SOA point at LABEL.HOSTNAME.DOMAIN. (the dns workload).
+    ns_label: str = check(_label, "dns")
+    # Prefixes whose reverse zones this host serves (PTR records); mux.ula is always one.
+    reverse: tuple[IPv6Network, ...] = ()
+    # Drop a record when the systemd unit that published it stops (besides its lifeline).
+    watch_units: bool = True
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: Path = check(_absolute, Path("/var/lib/netmux"))
@@ -170,6 +205,7 @@ class HostConfig:
     dns: DnsConfig = field(default_factory=DnsConfig)
     nat64: Nat64Config = field(default_factory=Nat64Config)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     source: str = field(default="(defaults)", compare=False)
 
@@ -538,6 +574,7 @@ __all__ = [
     "MuxConfig",
     "Nat64Config",
     "PathsConfig",
+    "PhonebookConfig",
     "Port",
     "ResolverConfig",
     "WorkloadConfig",
