@@ -185,6 +185,28 @@ class PhonebookConfig:
     watch_units: bool = True
 
 
+def _prefix64(v: IPv6Network) -> str | None:
+    return None if v.prefixlen == 64 else "a /64 prefix such as 2001:db8:0:1::/64"
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """`netmux lab`: a simulated home router upstream of mux (documentation addresses).
+
+    The lab makes a veth pair: `uplink` is created in the root namespace with a NIC-like
+    name, so it must match mux.uplinks and is adopted into mux like a real NIC; its peer
+    `router_link` lives in the router namespace.
+    """
+
+    router_netns: str = check(_ifname, "labrouter")
+    uplink: str = check(_ifname, "labup0")
+    router_link: str = check(_ifname, "lan0")
+    # The router's own address on the link to mux: what workloads ping "upstream".
+    router_address: IPv6Interface = IPv6Interface("2001:db8::1/64")
+    # The /64 put on mux's gateway and advertised (static until DHCPv6-PD arrives).
+    prefix: IPv6Network = check(_prefix64, IPv6Network("2001:db8:0:1::/64"))
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: Path = check(_absolute, Path("/var/lib/netmux"))
@@ -206,6 +228,7 @@ class HostConfig:
     nat64: Nat64Config = field(default_factory=Nat64Config)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
+    lab: LabConfig = field(default_factory=LabConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     source: str = field(default="(defaults)", compare=False)
 
@@ -571,6 +594,7 @@ def effective_timeout(host: HostConfig, wl: WorkloadConfig) -> float:
 __all__ = [
     "DnsConfig",
     "HostConfig",
+    "LabConfig",
     "MuxConfig",
     "Nat64Config",
     "PathsConfig",
