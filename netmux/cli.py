@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", 8)
     _json_flag(p)
 
-    p = _add(sub, "lab", "a simulated home router upstream of mux, for demos and tests", 3)
+    p = _add(
+        sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"
+    )
     p.add_argument("action", choices=["up", "down"])
     return parser
 

@@ -1,0 +1,274 @@
+"""`netmux lab up|down`: a stand-in for a home router, so netmux runs on any Linux box.
+
+    router netns (lab.router_netns)            mux netns (mux.netns)
+    lan0  fe80::1, 2001:db8::1/64   <-veth->   labup0  fe80::2   (adopted like a real NIC)
+          route PREFIX via fe80::2                     default via fe80::1
+                                               gw0  PREFIX::1/64 + ULA, forwarding,
+                                                    radvd (supervised) advertises both
+
+The uplink end of the veth pair is created in the root namespace under a NIC-like name
+(it must match mux.uplinks) and moved into mux by the same code that adopts real NICs
+(`mux.adopt`, i.e. `netmux nic adopt`), so the lab exercises that path. Both ends of the
+pair get fixed link-local addresses without DAD (a two-ended veth cannot hold a duplicate),
+so routes work at once. The prefix on gw0 is static for now; DHCPv6-PD replaces
+`assign_prefix` later. The upstream side is built by small functions (`router_up`,
+`router_routes`, ...) that later features extend (DHCPv6-PD, IPv4, DNS).
+
+Daemons the lab starts are supervised (netmux.supervise) in `daemon_dir(host)`; `lab down`
+stops every daemon recorded there, whoever started it.
+
+Safety: the lab refuses to run when mux.uplinks would match any other link of the root
+namespace (such as the host's eth0), and it only ever deletes a link that carries its own
+alias. `make demo` and the tests use configs whose names are their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import time
+from ipaddress import IPv6Interface
+from pathlib import Path
+from typing import Any
+
+from . import config, journal, nsutil, supervise
+from .config import HostConfig
+from .errors import StateError, UsageError
+from .render import radvd as radvd_render
+
+ALIAS = "netmux-lab uplink"  # marks the veth the lab made (ifalias survives netns moves)
+ROUTER_LL = IPv6Interface("fe80::1/64")
+MUX_LL = IPv6Interface("fe80::2/64")
+
+
+# --- small `ip` helpers -------------------------------------------------------------------
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
+    """Run `ip [-n NETNS] ARGS`; StateError with ip's message when it fails and check."""
+    argv = ["ip", *(["-n", netns] if netns else []), *args]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise StateError(f"lab: `{' '.join(argv)}` failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def links_in(netns: str | None) -> dict[str, dict[str, Any]]:
+    """ifname -> `ip -j -d link` record for every link in `netns` (None: root namespace)."""
+    if netns and not netns_exists(netns):
+        return {}
+    out = ip("-j", "-d", "link", "show", netns=netns, check=False)
+    try:
+        return {rec["ifname"]: rec for rec in json.loads(out or "[]")}
+    except ValueError:
+        return {}
+
+
+def netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _ours(rec: dict[str, Any] | None) -> bool:
+    return bool(rec) and rec.get("ifalias") == ALIAS  # type: ignore[union-attr]
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def check(host: HostConfig) -> None:
+    """UsageError unless this config can run a lab without touching the host's own links."""
+    lab, mux = host.lab, host.mux
+    src = host.source
+    if not config.uplink_matches(mux, lab.uplink):
+        raise UsageError(
+            f"{src}: lab.uplink {lab.uplink!r} must match mux.uplinks "
+            f"({', '.join(mux.uplinks)}): the lab's NIC is adopted like a real one"
+        )
+    if lab.router_netns == mux.netns:
+        raise UsageError(f"{src}: lab.router_netns must differ from mux.netns ({mux.netns!r})")
+    if lab.router_address.network.overlaps(lab.prefix) or lab.prefix.overlaps(mux.ula.network):
+        raise UsageError(
+            f"{src}: lab.prefix {lab.prefix} must not overlap lab.router_address "
+            f"({lab.router_address}) or mux.ula ({mux.ula})"
+        )
+    root = links_in(None)
+    for name, rec in root.items():
+        if name == lab.uplink and _ours(rec):
+            continue
+        if config.uplink_matches(mux, name):
+            raise UsageError(
+                f"{src}: mux.uplinks ({', '.join(mux.uplinks)}) match {name!r} in the root "
+                "namespace, which the lab would move into mux: give the lab a config of its "
+                "own whose uplink patterns match only lab.uplink (see docs/examples/demo.toml)"
+            )
+    if lab.uplink in root and not _ours(root[lab.uplink]):
+        raise UsageError(f"{src}: lab.uplink {lab.uplink!r} exists and is not the lab's")
+
+
+# --- the upstream router ------------------------------------------------------------------
+
+
+def router_up(host: HostConfig) -> None:
+    """The router namespace: loopback up and forwarding on (it routes for mux)."""
+    ns = host.lab.router_netns
+    if not netns_exists(ns):
+        ip("netns", "add", ns)
+        journal.info(f"lab: created router namespace {ns}", netns=ns)
+    ip("link", "set", "lo", "up", netns=ns)
+    nsutil.write_sysctls(ns, [("net.ipv6.conf.all.forwarding", "1")])
+
+
+def cable_up(host: HostConfig) -> None:
+    """The veth pair between router and mux; its uplink end adopted into mux like a NIC."""
+    from . import mux
+
+    lab, ns = host.lab, host.lab.router_netns
+    in_mux = links_in(host.mux.netns).get(lab.uplink)
+    in_root = links_in(None).get(lab.uplink)
+    peer_ok = lab.router_link in links_in(ns)
+    if (in_mux or in_root) and not peer_ok:  # half of an old cable: start over
+        cable_down(host)
+        in_mux = in_root = None
+    if not in_mux and not in_root:
+        ip("link", "add", lab.uplink, "type", "veth", "peer", "name", lab.router_link,
+           "netns", ns)  # fmt: skip
+        ip("link", "set", lab.uplink, "alias", ALIAS)
+        in_root = links_in(None).get(lab.uplink)
+    if in_root:
+        if not _ours(in_root):
+            raise StateError(f"lab: {lab.uplink} in the root namespace is not the lab's veth")
+        if not mux.adopt(host, lab.uplink):
+            raise StateError(f"lab: {lab.uplink} could not be adopted into {host.mux.netns}")
+    ip("link", "set", lab.uplink, "up", netns=host.mux.netns)
+    ip("link", "set", lab.router_link, "up", netns=ns)
+    _addr(ns, lab.router_link, ROUTER_LL)
+    _addr(ns, lab.router_link, lab.router_address)
+    _addr(host.mux.netns, lab.uplink, MUX_LL)
+
+
+def _addr(netns: str, dev: str, addr: IPv6Interface) -> None:
+    ip("-6", "addr", "replace", str(addr), "dev", dev, "nodad", netns=netns)
+
+
+def router_routes(host: HostConfig) -> None:
+    """Routes both ways: the router reaches the prefix via mux, mux defaults to the router."""
+    lab = host.lab
+    ip("-6", "route", "replace", str(lab.prefix), "via", str(MUX_LL.ip), "dev",
+       lab.router_link, netns=lab.router_netns)  # fmt: skip
+    ip("-6", "route", "replace", "default", "via", str(ROUTER_LL.ip), "dev", lab.uplink,
+       netns=host.mux.netns)  # fmt: skip
+
+
+def gateway_address(host: HostConfig) -> IPv6Interface:
+    return IPv6Interface(f"{host.lab.prefix.network_address + 1}/{host.lab.prefix.prefixlen}")
+
+
+def assign_prefix(host: HostConfig) -> None:
+    """The lab's /64 on gw0, static (DHCPv6-PD from the router replaces this later)."""
+    _addr(host.mux.netns, host.mux.gateway, gateway_address(host))
+
+
+# --- radvd ------------------------------------------------------------------------------
+
+
+def daemon_dir(host: HostConfig) -> Path:
+    """Where the lab's supervised daemons keep pidfiles, configs and logs."""
+    return host.paths.run_dir / "lab"
+
+
+def radvd_up(host: HostConfig) -> supervise.Daemon:
+    """radvd in mux with the rendered config; restarted when the config changed."""
+    run = daemon_dir(host)
+    run.mkdir(parents=True, exist_ok=True)
+    conf = run / "radvd.conf"
+    text = radvd_render.render(host)
+    if not conf.exists() or conf.read_text() != text:
+        supervise.stop("radvd", run)
+        conf.write_text(text)
+    pidfile = run / "radvd.daemon.pid"
+    argv = ["radvd", "--nodaemon", "-m", "stderr", "-C", str(conf), "-p", str(pidfile)]
+    return supervise.start("radvd", argv, host.mux.netns, run, pidfile=pidfile)
+
+
+def stop_daemons(host: HostConfig) -> None:
+    """Stop every daemon recorded in the lab's directory (newest first)."""
+    run = daemon_dir(host)
+    records = sorted(run.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for rec in records:
+        supervise.stop(rec.stem, run)
+
+
+# --- up / down ----------------------------------------------------------------------------
+
+
+def up(host: HostConfig) -> None:
+    """Build (or complete) the whole lab. Idempotent."""
+    from . import mux
+
+    check(host)
+    t0 = time.monotonic()
+    mux.up(host)
+    router_up(host)
+    cable_up(host)
+    router_routes(host)
+    assign_prefix(host)
+    radvd_up(host)
+    journal.info(
+        f"lab is up in {time.monotonic() - t0:.2f}s: router {host.lab.router_netns} "
+        f"({host.lab.router_address.ip}), prefix {host.lab.prefix} on "
+        f"{host.mux.netns}/{host.mux.gateway}",
+        netns=host.mux.netns,
+        prefix=str(host.lab.prefix),
+    )
+
+
+def cable_down(host: HostConfig) -> None:
+    """Delete the lab's veth pair, wherever its uplink end is (only if it is the lab's)."""
+    lab = host.lab
+    for netns in (host.mux.netns, None):
+        rec = links_in(netns).get(lab.uplink)
+        if rec is not None and _ours(rec):
+            ip("link", "del", lab.uplink, netns=netns, check=False)
+    if netns_exists(lab.router_netns):
+        ip("link", "del", lab.router_link, netns=lab.router_netns, check=False)
+
+
+def router_down(host: HostConfig) -> None:
+    ns = host.lab.router_netns
+    if netns_exists(ns):
+        ip("netns", "del", ns, check=False)
+
+
+def down(host: HostConfig) -> None:
+    """Remove everything `up` made: daemons, cable, mux, router. Idempotent."""
+    from . import mux
+
+    stop_daemons(host)
+    cable_down(host)
+    mux.down(host)
+    router_down(host)
+    run = daemon_dir(host)
+    if run.is_dir():
+        for f in run.iterdir():
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            run.rmdir()
+    journal.info("lab is down", netns=host.mux.netns)
+
+
+def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
+    if args.action == "up":
+        check(host)  # before anything changes
+        try:
+            up(host)
+        except BaseException:
+            journal.warning("lab up failed: removing what it built")
+            with contextlib.suppress(Exception):
+                down(host)
+            raise
+        return 0
+    down(host)
+    return 0
