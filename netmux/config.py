@@ -207,6 +207,50 @@ class LabConfig:
     prefix: IPv6Network = check(_prefix64, IPv6Network("2001:db8:0:1::/64"))
 
 
+def _prefix_length(v: int) -> str | None:
+    return None if 8 <= v <= 128 else "a prefix length 8-128, such as 64 or 48"
+
+
+def _group(v: str) -> str | None:
+    ok = re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}", v)
+    return None if ok else "a group name or a numeric group id"
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    """Per-workload inbound firewall (nftables, applied before the link comes up)."""
+
+    enabled: bool = True
+    # Accept ICMPv6 echo-request (ping) besides what IPv6 itself needs.
+    echo: bool = True
+
+
+@dataclass(frozen=True)
+class DenyConfig:
+    """mux's guard table: the source-prefix denylist and automatic flood denial."""
+
+    # Automatic denial: a source prefix of this length sending more than `rate` packets
+    # (or new connections) per second, after `burst`, is dropped for `timeout` seconds.
+    auto: bool = True
+    prefix_length: int = check(_prefix_length, 64)
+    rate: int = check(_positive, 1000)
+    burst: int = check(_positive, 1000)
+    count: Literal["packets", "connections"] = "packets"
+    timeout: float = check(_positive, 600.0)
+    # `netmux deny log` (run by a timer) writes the size to the journal this often.
+    log_interval: float = check(_positive, 300.0)
+
+
+@dataclass(frozen=True)
+class IpmuxConfig:
+    """ipmuxd: devices on demand for unprivileged callers, guarded by socket permissions."""
+
+    socket: Path = check(_absolute, Path("/run/netmux/ipmuxd.sock"))
+    group: str = check(_group, "netmux")
+    # Devices one user may hold at once.
+    quota: int = check(_positive, 4)
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: Path = check(_absolute, Path("/var/lib/netmux"))
@@ -228,6 +272,9 @@ class HostConfig:
     nat64: Nat64Config = field(default_factory=Nat64Config)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    deny: DenyConfig = field(default_factory=DenyConfig)
+    ipmux: IpmuxConfig = field(default_factory=IpmuxConfig)
     lab: LabConfig = field(default_factory=LabConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     source: str = field(default="(defaults)", compare=False)
