@@ -141,14 +141,51 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class Nat64Config:
+    """tayga in mux: IPv6 clients reach IPv4-only hosts through `prefix` (render/tayga.py)."""
+
     enabled: bool = True
     prefix: IPv6Network = check(_nat64_prefix, IPv6Network("64:ff9b::/96"))
     pool: IPv4Network = IPv4Network("240.0.0.0/4")
+    # Used instead of `pool` when the installed tayga refuses it (0.9.2 rejects class E
+    # 240.0.0.0/4 as "reserved"): the benchmarking block, unused on real networks.
+    fallback_pool: IPv4Network = IPv4Network("198.18.0.0/15")
+    tun: str = check(_ifname, "nat64")
+
+
+def _stub(v: str) -> str | None:
+    zone, _, addrs = v.partition("=")
+    try:
+        ok = not _domain(zone) and all(ipaddress.ip_address(a) for a in addrs.split(","))
+    except ValueError:
+        ok = False
+    return None if ok and addrs else "ZONE=ADDRESS[,ADDRESS...] such as lab.test=2001:db8::53"
 
 
 @dataclass(frozen=True)
 class ResolverConfig:
+    """unbound with DNS64 in the resolver workload (render/unbound.py)."""
+
     address: IPv6Address = IPv6Address("fd64:cafe::53")
+    # Where the host's own zones (internal. and HOSTNAME.DOMAIN., plus the reverse zones)
+    # are served: the phonebook's Knot. Empty: phonebook.server when that is set.
+    zone_servers: tuple[IPv6Address, ...] = ()
+    # More stub zones, e.g. a test zone of the lab's router: "lab.test=2001:db8::53".
+    stubs: tuple[str, ...] = check(_stub, ())
+    # Forward everything else to these resolvers (the home router); empty: recurse.
+    forwarders: tuple[IPv6Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    """dhcpcd on the uplinks in mux: DHCPv6-PD onto the gateway (render/dhcpcd.py)."""
+
+    # IAID of the prefix delegation, and which /64 of the delegation goes on the gateway.
+    pd_iaid: int = check(_positive, 1)
+    pd_sla_id: int = 0
+    # DHCPv4 on the uplinks: "auto" = when NAT64 is enabled (it masquerades behind it).
+    dhcpv4: Literal["auto", "on", "off"] = "auto"
+    # dhcpcd's `script`: "" = the netmux hook written next to the rendered dhcpcd.conf.
+    hook: str = ""
 
 
 def _ip_address(v: str) -> str | None:
@@ -271,6 +308,7 @@ class HostConfig:
     dns: DnsConfig = field(default_factory=DnsConfig)
     nat64: Nat64Config = field(default_factory=Nat64Config)
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     deny: DenyConfig = field(default_factory=DenyConfig)
@@ -648,6 +686,7 @@ __all__ = [
     "PhonebookConfig",
     "Port",
     "ResolverConfig",
+    "UplinkConfig",
     "WorkloadConfig",
     "WorkloadDefaults",
     "build",
