@@ -1,0 +1,148 @@
+"""netmux lab: a real router namespace, a veth uplink adopted into mux, radvd, workloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from ipaddress import IPv6Address
+from pathlib import Path
+
+import pytest
+
+from netmux import config, lab, supervise, workload
+from netmux.config import HostConfig
+from netmux.errors import UsageError
+from tests.conftest import RUN
+
+pytestmark = pytest.mark.netns
+
+ROUTER = "2001:db8::1"
+
+
+@pytest.fixture
+def lab_host(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> Iterator[HostConfig]:
+    """A lab config whose names are this run's; `lab down` after the test, whatever happened."""
+    router = uname("rt")
+    path = tmp_config(f'[lab]\nrouter_netns = "{router}"\nuplink = "{RUN}ulab"\n')
+    host = config.load_host(path)
+    try:
+        yield host
+    finally:
+        for name in workload.known(host):
+            workload.down(host, name)
+        lab.down(host)
+
+
+def _ping(netns: str, addr: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "ping", "-6", "-c", "1", "-W", "2", addr],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_workload_gets_lab_prefix_and_reaches_router(
+    lab_host: HostConfig, uname: Callable[[str], str]
+) -> None:
+    host = lab_host
+    lab.up(host)
+    name = uname("w")
+    assert workload.up(host, config.workload_from(name), exec_cmd=False) == 0
+    st = workload.status(host, name)
+    glob = [IPv6Address(a.split("/")[0]) for a in st["addresses"]["global"]]
+    assert any(a in host.lab.prefix for a in glob), st
+    assert st["default_route"]
+    r = _ping(name, ROUTER)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # and back: the router reaches the workload through mux (the return route)
+    r = _ping(host.lab.router_netns, str(glob[0]))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert workload.down(host, name)
+
+
+def _objects(host: HostConfig) -> dict[str, object]:
+    netns = sorted(n for n in os.listdir("/run/netns") if n.startswith(RUN))
+    links = sorted(n for n in os.listdir("/sys/class/net") if n.startswith(RUN))
+    run = lab.daemon_dir(host)
+    files = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    return {"netns": netns, "links": links, "files": files}
+
+
+def test_up_down_three_times_leaves_nothing(lab_host: HostConfig) -> None:
+    host = lab_host
+    before = _objects(host)
+    for _ in range(3):
+        lab.up(host)
+        lab.up(host)  # idempotent
+        d = supervise.status("radvd", lab.daemon_dir(host))
+        assert d is not None and d.netns == host.mux.netns
+        assert set(_objects(host)["netns"]) >= {host.mux.netns, host.lab.router_netns}
+        assert _ping(host.mux.netns, ROUTER).returncode == 0
+        lab.down(host)
+        lab.down(host)  # idempotent
+        assert not d.alive
+        assert _objects(host) == before
+
+
+def test_cli_up_down(lab_host: HostConfig) -> None:
+    """Through the command line: radvd outlives `lab up` and is stopped by `lab down`."""
+    host = lab_host
+    cli = [sys.executable, "-m", "netmux.cli", "--config", host.source, "-q", "lab"]
+    r = subprocess.run([*cli, "up"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = supervise.status("radvd", lab.daemon_dir(host))
+    assert d is not None
+    conf = (lab.daemon_dir(host) / "radvd.conf").read_text()
+    assert f"interface {host.mux.gateway} {{" in conf
+    r = subprocess.run([*cli, "down"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not d.alive
+    assert not Path("/run/netns", host.mux.netns).exists()
+
+
+def test_refuses_uplink_patterns_matching_other_links(
+    lab_host: HostConfig, uname: Callable[[str], str]
+) -> None:
+    """A root-namespace link that matches mux.uplinks and is not the lab's stops `lab up`
+    before anything is built (this is what keeps a host's eth0 out of a lab's mux)."""
+    host = lab_host
+    other = f"{RUN}uother"
+    subprocess.run(["ip", "link", "add", other, "type", "veth", "peer", "name", uname("p")],
+                   check=True)  # fmt: skip
+    try:
+        with pytest.raises(UsageError, match=f"match '{other}' in the root namespace"):
+            lab.up(host)
+        assert not Path("/run/netns", host.mux.netns).exists()
+        assert not Path("/run/netns", host.lab.router_netns).exists()
+    finally:
+        subprocess.run(["ip", "link", "del", other], check=False)
+
+
+def test_refuses_uplink_not_matching_patterns(tmp_config: Callable[..., Path]) -> None:
+    host = config.load_host(tmp_config('[lab]\nuplink = "nomatch0"\n'))
+    with pytest.raises(UsageError, match=r"lab\.uplink 'nomatch0' must match mux\.uplinks"):
+        lab.check(host)
+
+
+def test_status_json_of_two_workloads(lab_host: HostConfig, uname: Callable[[str], str]) -> None:
+    """Two workloads reach each other over host0 (macvlan bridge mode)."""
+    host = lab_host
+    lab.up(host)
+    a, b = uname("a"), uname("b")
+    for n in (a, b):
+        workload.up(host, config.workload_from(n), exec_cmd=False)
+    addr_b = workload.status(host, b)["addresses"]["global"][0].split("/")[0]
+    r = _ping(a, addr_b)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "netmux.cli", "--config", host.source, "ls", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert sorted(r["name"] for r in rows) == sorted([a, b])
