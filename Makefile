@@ -26,7 +26,7 @@ help:
 # Idempotent: installs only what is missing, then the venv. Daemons installed here are
 # not started (policy-rc.d): netmux runs its own instances inside namespaces.
 deps:
-	@missing=""; for p in $(APT_REQUIRED); do \
+	@missing=""; for p in $(APT_REQUIRED) $(APT_PACKAGING); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	for p in $(APT_OPTIONAL); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' && continue; \
@@ -66,6 +66,12 @@ demo: deps
 	@echo "netmux demo: nothing to show yet — the workload lifecycle (issue 3) brings it."
 	@$(VENV)/bin/netmux --version
 	@$(VENV)/bin/netmux config
+
+# The Debian package, built out of tree (dist/build/), lintian-checked; the .deb lands in
+# dist/. Downloads the pinned pyroute2 wheel it vendors (debian/README.source).
+package:
+	@test "$$(id -u)" = 0 || { echo "make package: run as root (it installs build dependencies)"; exit 1; }
+	APT_PACKAGING="$(APT_PACKAGING)" bash debian/make-package $(CURDIR)/dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
