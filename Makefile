@@ -62,10 +62,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check netmux tests bench
 	$(VENV)/bin/mypy
 
+# A lab router, two workloads, pings both ways, a restart with the same address; all in
+# demo-only namespaces (docs/examples/demo.toml), removed at the end even on failure.
 demo: deps
-	@echo "netmux demo: nothing to show yet — the workload lifecycle (issue 3) brings it."
-	@$(VENV)/bin/netmux --version
-	@$(VENV)/bin/netmux config
+	@test "$$(id -u)" = 0 || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
+	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/demo.sh
 
 # The Debian package, built out of tree (dist/build/), lintian-checked; the .deb lands in
 # dist/. Downloads the pinned pyroute2 wheel it vendors (debian/README.source).

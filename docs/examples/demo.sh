@@ -1,0 +1,91 @@
+#!/bin/bash
+# netmux, live: a lab router, two workloads with real IPv6 addresses, pings, a restart.
+# Run as root from the source tree (`make demo`). Everything it makes is demo-specific
+# (docs/examples/demo.toml) and removed at the end, also when a step fails.
+set -euo pipefail
+exec 2>&1  # netmux logs to stderr: keep it in order with the commands' output
+
+here=$(cd "$(dirname "$0")/../.." && pwd)
+NETMUX=${NETMUX:-$here/.venv/bin/netmux}
+export NETMUX_CONFIG=${NETMUX_CONFIG:-$here/docs/examples/demo.toml}
+WEB=demo-web
+APP=demo-app
+ROUTER=demo-router
+web_pid=""
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+cleanup() {
+  rc=$?
+  set +e
+  trap - EXIT INT TERM
+  step "clean up"
+  if [ -n "$web_pid" ]; then kill "$web_pid" 2>/dev/null; wait "$web_pid" 2>/dev/null; fi
+  for w in $WEB $APP; do "$NETMUX" -q down "$w" || true; done
+  "$NETMUX" lab down || true
+  rm -rf /run/netmux-demo
+  left=$(ip netns list | grep -E '^(demo-|'"$WEB"'|'"$APP"')' || true)
+  if [ -n "$left" ]; then echo "left behind: $left"; rc=1; else echo "nothing left behind"; fi
+  [ "$rc" = 0 ] && echo "demo finished" || echo "demo FAILED (exit $rc)"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ "$(id -u)" = 0 ] || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
+
+# leftovers of an interrupted earlier demo (all idempotent)
+for w in $WEB $APP; do "$NETMUX" -q down "$w" >/dev/null || true; done
+"$NETMUX" -q lab down >/dev/null || true
+
+global() {  # the first global address of workload $1
+  "$NETMUX" status "$1" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["addresses"]["global"][0].split("/")[0])'
+}
+
+step "1. the lab: an upstream router namespace, mux, a veth 'NIC' adopted into mux, radvd"
+run "$NETMUX" lab up
+run ip -n demo-mux -br addr show
+run ip -n $ROUTER -br addr show
+
+step "2. two workloads: $WEB serves HTTP (busybox httpd, exec'd in place), $APP has no command"
+mkdir -p /run/netmux-demo/www
+echo "hello from $WEB" > /run/netmux-demo/www/index.html
+printf '$ %s &\n' "netmux up $WEB --port tcp/80 -- busybox httpd -f -p [::]:80 -h /run/netmux-demo/www"
+"$NETMUX" up $WEB --port tcp/80 -- busybox httpd -f -p '[::]:80' -h /run/netmux-demo/www &
+web_pid=$!
+run "$NETMUX" up $APP
+for _ in $(seq 100); do
+  "$NETMUX" status $WEB --json 2>/dev/null | grep -q '"state": "up"' && break
+  sleep 0.05
+done
+run "$NETMUX" status
+web=$(global $WEB)
+app=$(global $APP)
+echo "(ps: the workload's process is httpd itself: $(ps -o pid=,comm= -p "$web_pid"))"
+
+step "3. $APP -> $WEB directly over host0, then HTTP"
+run ip netns exec $APP ping -n -c 2 -i 0.2 "$web"
+run ip netns exec $APP curl -sS -g --max-time 5 "http://[$web]/"
+
+step "4. from upstream: the router reaches both workloads; they reach the router"
+run ip netns exec $ROUTER ping -n -c 2 -i 0.2 "$web"
+run ip netns exec $ROUTER ping -n -c 2 -i 0.2 "$app"
+run ip netns exec $APP ping -n -c 2 -i 0.2 2001:db8::1
+
+step "5. restart $WEB: same name, same address"
+kill "$web_pid"; wait "$web_pid" 2>/dev/null || true; web_pid=""
+run "$NETMUX" down $WEB
+t0=$(date +%s%N)
+"$NETMUX" up $WEB --port tcp/80 -- busybox httpd -f -p '[::]:80' -h /run/netmux-demo/www &
+web_pid=$!
+for _ in $(seq 100); do
+  "$NETMUX" status $WEB --json 2>/dev/null | grep -q '"state": "up"' && break
+  sleep 0.05
+done
+web2=$(global $WEB)
+printf 'before: %s\nafter:  %s  (serving again %d ms after the restart)\n' "$web" "$web2" \
+  $((($(date +%s%N) - t0) / 1000000))
+[ "$web" = "$web2" ] && echo "address unchanged" || { echo "ADDRESS CHANGED"; exit 1; }
+run ip netns exec $APP curl -sS -g --max-time 5 "http://[$web2]/"
