@@ -67,51 +67,87 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "config", "print the effective host configuration", "cli:cmd_config")
     _json_flag(p)
 
-    p = _add(sub, "mux", "create or remove the mux namespace and its links", 3)
+    p = _add(sub, "mux", "create or remove the mux namespace and its links", "mux:cmd_mux")
     p.add_argument("action", choices=["up", "down"])
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="after up: adopt hot-plugged uplink NICs until SIGTERM (READY=1 under systemd)",
+    )
 
-    p = _add(sub, "nic", "adopt an uplink NIC into mux (used by the udev rule)", 3)
+    p = _add(sub, "nic", "adopt an uplink NIC into mux (used by the udev rule)", "mux:cmd_nic")
     p.add_argument("action", choices=["adopt"])
     p.add_argument("ifname")
 
-    p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", 3)
+    p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", "workload:cmd_up")
     p.add_argument("name")
     p.add_argument("--port", action="append", metavar="PROTO/PORT", help="e.g. tcp/80")
     p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
     p.add_argument("--user", help="run CMD as this user")
     p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
     p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
-    p = _add(sub, "down", "remove workload NAME (idempotent)", 3)
+    p = _add(sub, "down", "remove workload NAME (idempotent)", "workload:cmd_down")
     p.add_argument("name")
 
-    p = _add(sub, "exec", "run CMD inside workload NAME's namespace", 3)
+    p = _add(sub, "exec", "run CMD inside workload NAME's namespace", "workload:cmd_exec")
     p.add_argument("name")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("--user", help="run CMD as this user")
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
-    p = _add(sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", 3)
+    p = _add(
+        sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", "workload:cmd_run"
+    )
     p.add_argument("name")
     p.add_argument("--port", action="append", metavar="PROTO/PORT")
     p.add_argument("--user")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
+    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
+    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
-    p = _add(sub, "ls", "list workloads", 3)
+    p = _add(sub, "ls", "list workloads", "workload:cmd_ls")
     _json_flag(p)
 
-    p = _add(sub, "status", "addresses, DNS names and state of workloads", 3)
+    p = _add(sub, "status", "addresses, DNS names and state of workloads", "workload:cmd_status")
     p.add_argument("name", nargs="?")
     _json_flag(p)
 
-    p = _add(sub, "render", "print a daemon configuration rendered from the config", 6)
-    p.add_argument("what", help="radvd, dhcpcd, tayga, unbound, nft, ...")
+    p = _add(
+        sub, "render", "print a daemon configuration rendered from the config", "render:cmd_render"
+    )
+    p.add_argument("what", choices=["radvd", "dhcpcd", "tayga", "unbound", "nft"])
+    p.add_argument("--output", metavar="FILE", help="write FILE (atomically) instead of stdout")
+    p.add_argument(
+        "--uplink",
+        action="append",
+        metavar="IFNAME",
+        help="dhcpcd: an uplink name (default: links in mux matching mux.uplinks)",
+    )
 
-    p = _add(sub, "deny", "the source-prefix denylist", 7)
-    p.add_argument("action", choices=["add", "del", "list", "count"])
-    p.add_argument("prefix", nargs="?")
-
-    p = _add(sub, "stats", "per-workload traffic counters", 7)
+    p = _add(sub, "deny", "the source-prefix denylist in mux", "denylist:cmd_deny")
+    p.add_argument("action", choices=["add", "del", "list", "count", "log"])
+    p.add_argument("prefix", nargs="?", help="e.g. 2001:db8:bad::/48")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="add: expire after")
     _json_flag(p)
+
+    p = _add(sub, "stats", "per-workload traffic counters", "stats:cmd_stats")
+    _json_flag(p)
+    p.add_argument("--prometheus", metavar="FILE", help="also write a node-exporter textfile")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+
+    p = _add(sub, "top", "per-workload traffic, refreshing", "stats:cmd_top")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: never)")
+
+    p = _add(sub, "ipmux", "run CMD in a new user+net namespace with a device from ipmuxd",
+             "ipmuxd:cmd_ipmux")  # fmt: skip
+    p.add_argument("name", help="the device's name (stable secret and MAC derive from it)")
+    p.add_argument("--kind", choices=["macvlan", "macvtap", "ipvlan"], default="macvlan")
+    p.add_argument("--ifname", help="its name inside the namespace (default: workload.ifname)")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
 
     p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", 8)
     _json_flag(p)
@@ -151,9 +187,23 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+# Commands whose CMD follows "--": options may come anywhere before it (argparse's
+# REMAINDER would swallow `up NAME --user u -- CMD`'s options into CMD).
+_DASHDASH_CMD = frozenset({"up", "exec", "run"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        i = argv.index("--")
+        args = parser.parse_args(argv[:i])
+        if args.command in _DASHDASH_CMD:
+            args.cmd = [*args.cmd, *argv[i + 1 :]]
+        else:
+            args = parser.parse_args(argv)
+    else:
+        args = parser.parse_args(argv)
     journal.set_quiet(args.quiet)
     if getattr(args, "cmd", None) and args.cmd[0] == "--":
         args.cmd = args.cmd[1:]

@@ -9,6 +9,7 @@ never changes namespace (Python 3.11 has no os.setns; ctypes calls libc).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
+MNT_DETACH = 2
 NETNS_DIR = Path("/run/netns")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -109,3 +111,62 @@ def read_sysctl(netns: str | os.PathLike[str] | int | None, key: str) -> str | N
             raise
 
     return run_in_netns(netns, read)
+
+
+def unshare_netns() -> None:
+    """Give the calling thread a new, empty network namespace."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def create_named_netns(name: str) -> None:
+    """Create /run/netns/NAME like `ip netns add` (FileExistsError if the name is taken).
+
+    A short-lived thread unshares and bind-mounts /proc/thread-self/ns/net (pyroute2's
+    mount code, without its fork); the caller's thread never changes namespace.
+    """
+    from pyroute2 import netns as pr_netns
+
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            unshare_netns()
+            pr_netns.attach(str(netns_path(name)), "thread-self")
+        except BaseException as e:  # re-raised in the caller
+            failure.append(e)
+
+    t = threading.Thread(target=target, name="netns-create", daemon=True)
+    t.start()
+    t.join()
+    if failure:
+        e = failure[0]
+        if not isinstance(e, FileExistsError):
+            # the mount point may exist without a mount: remove it, nothing half-built
+            with contextlib.suppress(OSError):
+                remove_named_netns(name)
+        raise e
+
+
+def remove_named_netns(name: str) -> bool:
+    """Unmount and remove /run/netns/NAME (idempotent); True if something was there."""
+    path = netns_path(name)
+    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def enter_netns(name_or_path: str | os.PathLike[str]) -> None:
+    """Move the *calling* thread into a namespace for good: used right before exec."""
+    fd = open_netns(name_or_path)
+    try:
+        setns(fd)
+    finally:
+        os.close(fd)

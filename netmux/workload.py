@@ -1,0 +1,606 @@
+"""One workload's life: up (validate, build, wait, report, exec), down, exec, run, status.
+
+`up` validates everything before it changes anything (name, user, command, mux, name not
+in use); once it has created something, any failure rolls it all back through `down`, so
+nothing is ever left half-built. `down` is idempotent and works whatever state the
+workload is in (fully up, half-built by a SIGKILLed `up`, its command killed).
+
+No Python process stays resident: `up NAME -- CMD` ends by exec'ing CMD inside the
+namespace (same PID, so systemd's Type=notify main process is the workload itself);
+`up NAME` without CMD returns, leaving the namespace to units that join it.
+
+VMs (`--vm`): the macvtap lives in the workload's own namespace /run/netns/NAME, like a
+macvlan, so `down`, `status` and the firewall treat both kinds alike; QEMU only needs the
+tap's file descriptor, which is opened here (/dev/tapIFINDEX, or a node made with mknod
+in a private directory when /dev lacks it) and inherited across exec as {tapfd}. QEMU
+itself is exec'd inside the namespace too, so nothing of the VM is in the root namespace.
+The host side of the macvtap gets no IPv6 of its own (disable_ipv6): the guest does SLAAC
+with the MAC netmux gives it ({mac}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config, journal, links, mux, names, nsutil
+from .config import HostConfig, WorkloadConfig
+from .errors import NetmuxError, StateError, UsageError
+
+TAPFD = "{tapfd}"
+MAC = "{mac}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything `up` will do, computed and checked before anything is changed."""
+
+    name: str
+    kind: str  # "macvlan" or "macvtap"
+    ifname: str
+    mac: str
+    secret: str
+    wait: str
+    timeout: float
+    cmd: tuple[str, ...]
+    user: pwd.struct_passwd | None
+    gid: int | None
+
+
+def _state_dir(host: HostConfig) -> Path:
+    return host.paths.run_dir / "workloads"
+
+
+def state_path(host: HostConfig, name: str) -> Path:
+    return _state_dir(host) / f"{name}.json"
+
+
+def read_state(host: HostConfig, name: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(state_path(host, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_state(host: HostConfig, name: str, data: dict[str, Any]) -> None:
+    d = _state_dir(host)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(state_path(host, name))
+
+
+def lookup_user(spec: str, what: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+    except KeyError:
+        raise UsageError(f"{what}: unknown user {spec!r} (not in the passwd database)") from None
+
+
+def lookup_group(spec: str, what: str) -> int:
+    try:
+        return grp.getgrgid(int(spec)).gr_gid if spec.isdigit() else grp.getgrnam(spec).gr_gid
+    except KeyError:
+        raise UsageError(f"{what}: unknown group {spec!r} (not in the group database)") from None
+
+
+def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Plan:
+    """Check everything `up` needs; raise a one-line error and change nothing otherwise."""
+    name = names.check_name(wl.name)
+    user = lookup_user(wl.user, f"workload {name}: user") if wl.user else None
+    gid = lookup_group(wl.group, f"workload {name}: group") if wl.group else None
+    if cmd:
+        exe = cmd[0]
+        found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
+        if not found:
+            raise UsageError(f"workload {name}: command {exe!r} not found or not executable")
+    kind = "macvtap" if wl.kind == "vm" else "macvlan"
+    if kind == "macvtap" and cmd and not any(TAPFD in a for a in cmd):
+        raise UsageError(
+            f"workload {name}: a VM command needs {TAPFD} where QEMU takes the tap's fd, "
+            f"e.g. -netdev tap,id=n0,fd={TAPFD} -device virtio-net,netdev=n0,mac={MAC}"
+        )
+    mux.require(host)
+    if name == host.mux.netns:
+        raise StateError(f"workload name {name!r} is the mux namespace's name")
+    if links.netns_exists(name):
+        raise StateError(
+            f"workload {name!r} is already up (network namespace /run/netns/{name} exists): "
+            f"`netmux down {name}` first"
+        )
+    key = names.load_host_key(host.paths.host_key)
+    wait = "none" if kind == "macvtap" else config.effective_wait(host, wl)
+    return Plan(
+        name=name,
+        kind=kind,
+        ifname=host.workload.ifname,
+        mac=names.stable_mac(key, name),
+        secret=names.stable_secret(key, name),
+        wait=wait,
+        timeout=config.effective_timeout(host, wl),
+        cmd=tuple(cmd),
+        user=user,
+        gid=gid,
+    )
+
+
+def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
+    """Create the namespace and the link, configure, bring up, wait. Rolls back on failure."""
+    name = p.name
+    links.create_netns(name)  # StateError if a concurrent `up` took the name first
+    try:
+        with links.iproute(host.mux.netns) as mipr:
+            links.create_child_link(
+                mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=name
+            )
+        if p.kind == "macvtap":
+            sysctls = [(f"net.ipv6.conf.{p.ifname}.disable_ipv6", "1")]
+        else:
+            sysctls = links.workload_sysctls(
+                p.ifname, p.secret, host.workload.optimistic_dad, host.workload.retrans_time_ms
+            )
+        links.sysctl_write(name, sysctls)
+        # firewall: applied here by firewall.py (issue 7), before the link goes up.
+        groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
+        events = nsutil.run_in_netns(name, lambda: links.event_socket(groups))
+        try:
+            with links.iproute(name) as ipr:
+                links.set_up(ipr, "lo")
+                if wl.addresses and p.kind == "macvlan":
+                    links.add_addresses(ipr, p.ifname, wl.addresses, nodad=False)
+                links.set_up(ipr, p.ifname)
+                state = links.wait_ready(ipr, events, p.ifname, p.wait, p.timeout, host.mux.gateway)
+        finally:
+            events.close()
+        # phonebook: published here by the phonebook slice (issue 5).
+        return state
+    except BaseException:
+        _teardown(host, name, p.ifname)
+        raise
+
+
+def up(
+    host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = (), exec_cmd: bool = True
+) -> int:
+    """`netmux up NAME [-- CMD]`: build the workload, report, then exec CMD or return 0."""
+    p = plan(host, wl, cmd)
+    t0 = time.monotonic()
+    state = build(host, wl, p)
+    elapsed = time.monotonic() - t0
+    try:
+        tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
+        addrs = links.split_addresses(state.addrs)
+        record = {
+            "name": p.name,
+            "kind": wl.kind,
+            "netns": p.name,
+            "netns_path": str(nsutil.netns_path(p.name)),
+            "ifname": p.ifname,
+            "mac": p.mac,
+            "user": p.user.pw_name if p.user else None,
+            "command": list(p.cmd),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "up_seconds": round(elapsed, 4),
+            "addresses": addrs,
+            "dns": dns_names(host, wl),
+        }
+        _write_state(host, p.name, record)
+    except BaseException:
+        _teardown(host, p.name, p.ifname)
+        raise
+    best = state.global_addrs or state.ula_addrs
+    main_addr = str(best[0].address) if best else None
+    journal.info(
+        f"workload {p.name} up in {elapsed:.3f}s: {p.ifname} {p.mac} "
+        + " ".join(addrs["global"] + addrs["ula"]),
+        message_id=journal.WORKLOAD_UP,
+        workload=p.name,
+        netns=p.name,
+        address=main_addr,
+        ifname=p.ifname,
+    )
+    mux.notify(status=_status_line(host, wl, addrs), ready="1")
+    if not p.cmd:
+        return 0
+    if not exec_cmd:
+        return 0
+    argv = _substitute(p.cmd, tap_fd, p.mac)
+    exec_in(p.name, argv, p.user, p.gid, pass_fds=(tap_fd,) if tap_fd is not None else ())
+    return 127  # not reached
+
+
+def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
+    labels = [wl.name, *wl.dns_names]
+    out = [f"{lab}.{host.public_zone}" for lab in labels]
+    out += [f"{lab}.{host.dns.internal_zone.rstrip('.')}" for lab in labels]
+    return out
+
+
+def _status_line(host: HostConfig, wl: WorkloadConfig, addrs: dict[str, list[str]]) -> str:
+    parts = []
+    if addrs["global"]:
+        parts.append("global " + " ".join(addrs["global"]))
+    if addrs["ula"]:
+        parts.append("ula " + " ".join(addrs["ula"]))
+    return "; ".join([*parts, "dns " + " ".join(dns_names(host, wl))])
+
+
+def _substitute(cmd: tuple[str, ...], tap_fd: int | None, mac: str) -> list[str]:
+    out = []
+    for a in cmd:
+        if tap_fd is not None:
+            a = a.replace(TAPFD, str(tap_fd))
+        out.append(a.replace(MAC, mac))
+    return out
+
+
+# --- macvtap ------------------------------------------------------------------------------
+
+
+def _open_tap(host: HostConfig, p: Plan) -> int:
+    """Open the macvtap's character device; the fd is inheritable (for QEMU)."""
+    with links.iproute(p.name) as ipr:
+        idx = links.link_index(ipr, p.ifname)
+    if idx is None:
+        raise StateError(f"workload {p.name}: macvtap {p.ifname} vanished")
+    node = Path(f"/dev/tap{idx}")
+    deadline = time.monotonic() + 1.0
+    while not node.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # devtmpfs creates it asynchronously
+    fd = os.open(node, os.O_RDWR) if node.exists() else _mknod_tap(host, p, idx)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _mknod_tap(host: HostConfig, p: Plan, idx: int) -> int:
+    """/dev has no node (no devtmpfs): read major:minor from the namespace's sysfs."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", p.name, "sh", "-c", f"cat /sys/class/net/{p.ifname}/macvtap/*/dev"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        major, minor = (int(x) for x in out.stdout.strip().split(":"))
+    except ValueError:
+        raise StateError(f"workload {p.name}: cannot find the tap device of {p.ifname}") from None
+    d = host.paths.run_dir / "tap" / p.name
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    node = d / f"tap{idx}"
+    with contextlib.suppress(FileNotFoundError):
+        node.unlink()
+    os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))
+    try:
+        return os.open(node, os.O_RDWR)
+    finally:
+        node.unlink()
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+# --- becoming the workload ----------------------------------------------------------------
+
+
+def _drop_privileges(user: pwd.struct_passwd | None, gid: int | None) -> None:
+    if user is None:
+        if gid is not None:
+            os.setgid(gid)
+        return
+    g = gid if gid is not None else user.pw_gid
+    os.initgroups(user.pw_name, g)
+    os.setgid(g)
+    os.setuid(user.pw_uid)
+
+
+def _user_env(user: pwd.struct_passwd | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if user is not None:
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        if user.pw_shell:
+            env["SHELL"] = user.pw_shell
+    return env
+
+
+def exec_in(
+    name: str,
+    argv: list[str],
+    user: pwd.struct_passwd | None = None,
+    gid: int | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> None:
+    """Enter NAME's namespace in this (main) thread, drop privileges, exec. No return."""
+    env = _user_env(user)
+    nsutil.enter_netns(name)
+    _drop_privileges(user, gid)
+    if user is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(user.pw_dir)
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        raise StateError(f"workload {name}: cannot execute {argv[0]!r}: {e.strerror}") from e
+
+
+# --- down -------------------------------------------------------------------------------
+
+
+def _teardown(host: HostConfig, name: str, ifname: str) -> bool:
+    """Remove link, leftovers in mux, the netns mount and state. Idempotent; True if
+    anything was there. The link goes first (synchronous) so that a stable MAC can never
+    clash with a namespace that is still being torn down (asynchronous)."""
+    did = False
+    ns_path = nsutil.netns_path(name)
+    if ns_path.exists():
+        try:
+            with links.iproute(name) as ipr:
+                did |= links.delete_link(ipr, ifname)
+        except OSError:
+            pass  # a mount point without a mount (killed mid-create): nothing inside
+    if links.netns_exists(host.mux.netns):
+        with contextlib.suppress(OSError, NetmuxError), links.iproute(host.mux.netns) as mipr:
+            did |= links.delete_link(mipr, names.mux_link_name(name))
+    did |= links.remove_netns(name)
+    try:
+        state_path(host, name).unlink()
+        did = True
+    except FileNotFoundError:
+        pass
+    tapdir = host.paths.run_dir / "tap" / name
+    if tapdir.exists():
+        shutil.rmtree(tapdir, ignore_errors=True)
+    return did
+
+
+def down(host: HostConfig, name: str) -> bool:
+    """`netmux down NAME`: remove everything of NAME, whatever its state. Idempotent."""
+    names.check_name(name)
+    st = read_state(host, name) or {}
+    ifname = str(st.get("ifname") or host.workload.ifname)
+    did = _teardown(host, name, ifname)
+    if did:
+        journal.info(
+            f"workload {name} down",
+            message_id=journal.WORKLOAD_DOWN,
+            workload=name,
+            netns=name,
+        )
+    return did
+
+
+# --- exec / run --------------------------------------------------------------------------
+
+
+def require_up(host: HostConfig, name: str) -> None:
+    names.check_name(name)
+    if not links.netns_exists(name):
+        raise StateError(f"workload {name!r} is not up (no /run/netns/{name})")
+
+
+def run(
+    host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...], timeout: float | None = None
+) -> int:
+    """`netmux run NAME -- CMD`: up, run CMD as a child inside, down; CMD's exit status.
+
+    SIGINT/SIGTERM/SIGHUP are forwarded to CMD; `down` runs however CMD ends.
+    """
+    if not cmd:
+        raise UsageError("run: a command is needed: netmux run NAME -- CMD [ARG ...]")
+    p = plan(host, wl, cmd)
+    child: subprocess.Popen[bytes] | None = None
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    pending: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+        else:
+            pending.append(signum)
+
+    old = {s: signal.signal(s, forward) for s in forwarded}
+    try:
+        up(host, wl, (), exec_cmd=False)
+        tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
+        if pending:
+            return 128 + pending[0]
+        argv = _substitute(p.cmd, tap_fd, p.mac)
+
+        def pre() -> None:
+            nsutil.enter_netns(p.name)
+            _drop_privileges(p.user, p.gid)
+            for s in forwarded:
+                signal.signal(s, signal.SIG_DFL)
+
+        child = subprocess.Popen(
+            argv,
+            preexec_fn=pre,
+            env=_user_env(p.user),
+            pass_fds=(tap_fd,) if tap_fd is not None else (),
+            cwd=p.user.pw_dir if p.user and os.path.isdir(p.user.pw_dir) else None,
+        )
+        if tap_fd is not None:
+            os.close(tap_fd)
+        while True:
+            try:
+                rc = child.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                child.kill()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+        return rc if rc >= 0 else 128 - rc
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        down(host, p.name)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def known(host: HostConfig) -> list[str]:
+    d = _state_dir(host)
+    try:
+        return sorted(p.stem for p in d.glob("*.json") if names.is_valid_name(p.stem))
+    except FileNotFoundError:
+        return []
+
+
+def status(host: HostConfig, name: str) -> dict[str, Any]:
+    """Live status of one workload: state, interface, MAC, addresses (global/ULA)."""
+    names.check_name(name)
+    st = read_state(host, name) or {}
+    ifname = str(st.get("ifname") or host.workload.ifname)
+    out: dict[str, Any] = {
+        "name": name,
+        "netns": name,
+        "netns_path": str(nsutil.netns_path(name)),
+        "ifname": ifname,
+        "kind": st.get("kind", "process"),
+        "mac": st.get("mac"),
+        "pid": st.get("pid"),
+        "user": st.get("user"),
+        "dns": st.get("dns", []),
+        "addresses": {"global": [], "ula": [], "link_local": []},
+        "default_route": False,
+    }
+    if not links.netns_exists(name):
+        out["state"] = "stale" if st else "absent"
+        return out
+    try:
+        with links.iproute(name) as ipr:
+            ls = links.link_state(ipr, ifname)
+    except OSError:
+        out["state"] = "broken"
+        return out
+    out["addresses"] = links.split_addresses(ls.addrs)
+    out["default_route"] = ls.default_route
+    out["mac"] = ls.mac or out["mac"]
+    if ls.mac is None:
+        out["state"] = "no-link"
+    elif not st:
+        out["state"] = "unmanaged"
+    elif not ls.up:
+        out["state"] = "down"
+    elif st.get("kind") == "vm" or links.ready(ls, "global"):
+        out["state"] = "up"
+    else:
+        out["state"] = "degraded"
+    pid = st.get("pid")
+    out["running"] = bool(isinstance(pid, int) and _alive(pid))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- CLI handlers -------------------------------------------------------------------------
+
+
+def _workload_from_args(args: argparse.Namespace, host: HostConfig) -> WorkloadConfig:
+    overrides: dict[str, object] = {
+        "ports": getattr(args, "port", None),
+        "user": getattr(args, "user", None),
+        "addresses": getattr(args, "address", None),
+        "timeout": getattr(args, "timeout", None),
+    }
+    if getattr(args, "vm", False):
+        overrides["kind"] = "vm"
+    return config.load_workload(host, args.name, env=os.environ, overrides=overrides)
+
+
+def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
+    wl = _workload_from_args(args, host)
+    cmd = tuple(args.cmd) or wl.command
+    rc = up(host, wl, cmd)
+    if not cmd:
+        _print_status(status(host, wl.name))
+    return rc
+
+
+def cmd_down(args: argparse.Namespace, host: HostConfig) -> int:
+    down(host, args.name)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace, host: HostConfig) -> int:
+    require_up(host, args.name)
+    if not args.cmd:
+        raise UsageError("exec: a command is needed: netmux exec NAME -- CMD [ARG ...]")
+    user = lookup_user(args.user, "exec --user") if getattr(args, "user", None) else None
+    exec_in(args.name, list(args.cmd), user, None)
+    return 127  # not reached
+
+
+def cmd_run(args: argparse.Namespace, host: HostConfig) -> int:
+    wl = _workload_from_args(args, host)
+    return run(host, wl, tuple(args.cmd) or wl.command)
+
+
+def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
+    rows = [status(host, n) for n in known(host)]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    print(f"{'NAME':15} {'STATE':9} {'KIND':7} {'MAC':17} ADDRESSES")
+    for r in rows:
+        addrs = " ".join(r["addresses"]["global"] + r["addresses"]["ula"]) or "-"
+        print(f"{r['name']:15} {r['state']:9} {r['kind']:7} {r['mac'] or '-':17} {addrs}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
+    if args.name:
+        names.check_name(args.name)
+        rows = [status(host, args.name)]
+        if rows[0]["state"] == "absent":
+            if args.json:
+                print(json.dumps(rows[0], indent=2, sort_keys=True))
+            else:
+                print(f"{args.name}: not up", file=sys.stderr)
+            return 3
+    else:
+        rows = [status(host, n) for n in known(host)]
+    if args.json:
+        print(json.dumps(rows[0] if args.name else rows, indent=2, sort_keys=True))
+        return 0
+    for r in rows:
+        _print_status(r)
+    return 0
+
+
+def _print_status(r: dict[str, Any]) -> None:
+    print(f"{r['name']}: {r['state']} ({r['kind']}, netns {r['netns_path']})")
+    print(f"  interface {r['ifname']} mac {r['mac'] or '-'}")
+    for key in ("global", "ula"):
+        for a in r["addresses"][key]:
+            print(f"  {key:6} {a}")
+    if r.get("dns"):
+        print("  dns    " + " ".join(r["dns"]))

@@ -1,0 +1,177 @@
+"""A running mux with radvd and a static global prefix, for any slice's netns tests.
+
+Use it from a test module:
+
+    from tests import muxfix
+    from tests.muxfix import MuxEnv
+
+    mux_radvd = muxfix.mux_radvd  # pytest finds fixtures by module attribute
+
+    def test_x(mux_radvd: MuxEnv) -> None:
+        r = mux_radvd.netmux("up", "web")          # the real CLI, as a subprocess
+        ...
+
+`mux_radvd` is per test; `mux_radvd_module` is shared by a module's tests (set up before
+the first test's leak snapshot, torn down after the last). Both give a MuxEnv: the host
+config (this run's own netns names and tmp paths), its file, radvd's process, and helpers.
+At teardown every workload still up is brought down, radvd is stopped by its PID, and mux
+is removed, so the leak check sees nothing.
+
+Addresses: gw0 has fd64:cafe::1/64 (ULA) and 2001:db8:0:1::1/64 (static "global" prefix,
+documentation range); radvd advertises both (`prefix ::/64`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from netmux import config, mux, workload
+from netmux.render import radvd as radvd_render
+from tests.conftest import RUN
+
+STATIC_PREFIX = "2001:db8:0:1::/64"
+STATIC_GW = "2001:db8:0:1::1/64"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class MuxEnv:
+    host: config.HostConfig
+    config_path: Path
+    tmp: Path
+    radvd: subprocess.Popen[bytes] | None
+
+    @property
+    def netns(self) -> str:
+        return self.host.mux.netns
+
+    def name(self, suffix: str = "") -> str:
+        """A fresh workload name carrying the run prefix (≤ 15 characters)."""
+        n = f"{RUN}{secrets.token_hex(2)}{suffix}"
+        assert len(n) <= 15, n
+        return n
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NETMUX_CONFIG"] = str(self.config_path)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        for k in list(env):
+            if k.startswith("NETMUX_") and k not in ("NETMUX_CONFIG", "NETMUX_TEST_RUN"):
+                del env[k]
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "netmux.cli", "--config", str(self.config_path), *args]
+
+    def netmux(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real `netmux` CLI with this mux's config; output captured as text."""
+        r = subprocess.run(
+            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"netmux {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}"
+            )
+        return r
+
+    def status(self, name: str) -> dict[str, object]:
+        return workload.status(self.host, name)
+
+    def global_address(self, name: str) -> str:
+        """The workload's first global address, without prefix length or state."""
+        addrs = workload.status(self.host, name)["addresses"]
+        assert isinstance(addrs, dict) and addrs["global"], f"{name} has no global address"
+        return str(addrs["global"][0]).split("/")[0]
+
+    def down_all(self) -> None:
+        for name in workload.known(self.host):
+            workload.down(self.host, name)
+
+
+def write_config(tmp: Path, mux_name: str, extra: str = "") -> Path:
+    p = tmp / "netmux.toml"
+    p.write_text(
+        f'[mux]\nnetns = "{mux_name}"\nuplinks = ["{RUN}u*"]\n'
+        f'static_addresses = ["{STATIC_GW}"]\n'
+        f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n'
+        f'workloads_dir = "{tmp}/workloads"\n' + extra
+    )
+    return p
+
+
+def start_radvd(host: config.HostConfig, tmp: Path) -> subprocess.Popen[bytes]:
+    """radvd in mux with the rendered config, in the foreground (its PID is ours)."""
+    conf = tmp / "radvd.conf"
+    conf.write_text(radvd_render.render(host))
+    pidfile = tmp / "radvd.pid"
+    log = (tmp / "radvd.log").open("wb")
+    p = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{host.mux.netns}", "radvd", "-n", "-C", str(conf),
+         "-p", str(pidfile), "-m", "stderr"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + 5
+    while not pidfile.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            stop(p)
+            raise RuntimeError(f"radvd did not start: {(tmp / 'radvd.log').read_text()}")
+        time.sleep(0.01)
+    return p
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+@contextlib.contextmanager
+def running_mux(tmp: Path, extra: str = "", radvd: bool = True) -> Iterator[MuxEnv]:
+    """Bring up this run's own mux (+ radvd); always tear everything down afterwards."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    name = f"{RUN}M{secrets.token_hex(2)}"
+    path = write_config(tmp, name, extra)
+    host = config.load_host(path)
+    env = MuxEnv(host, path, tmp, None)
+    try:
+        mux.up(host)
+        if radvd:
+            env.radvd = start_radvd(host, tmp)
+        yield env
+    finally:
+        with contextlib.suppress(Exception):
+            env.down_all()
+        if env.radvd is not None:
+            stop(env.radvd)
+        mux.down(host)
+
+
+@pytest.fixture
+def mux_radvd(tmp_path: Path) -> Iterator[MuxEnv]:
+    with running_mux(tmp_path / "mux") as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def mux_radvd_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MuxEnv]:
+    with running_mux(tmp_path_factory.mktemp("mux")) as env:
+        yield env

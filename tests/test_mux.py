@@ -1,0 +1,128 @@
+"""mux up/down (idempotent, real namespaces), the muxfix fixture, NIC adoption."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from netmux import config, links, mux
+from tests import muxfix
+from tests.conftest import RUN, wait_for
+from tests.muxfix import MuxEnv
+
+mux_radvd = muxfix.mux_radvd
+
+pytestmark = pytest.mark.netns
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _sysctl(ns: str, key: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-n", key], capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_mux_up_is_idempotent_and_down_removes_all(
+    tmp_config: Callable[..., Path], uname: Callable[[str], str]
+) -> None:
+    root_link = uname("r")
+    path = tmp_config()
+    path.write_text(path.read_text().replace("[mux]\n", f'[mux]\nroot_link = "{root_link}"\n'))
+    host = config.load_host(path)
+    ns = host.mux.netns
+    mux.up(host)
+    mux.up(host)  # idempotent: no error, same result
+    links_in_mux = _ip("-n", ns, "-br", "link")
+    assert "host0" in links_in_mux and "gw0@host0" in links_in_mux
+    assert "fd64:cafe::1/64" in _ip("-n", ns, "-6", "addr", "show", "gw0")
+    assert _sysctl(ns, "net.ipv6.conf.all.forwarding") == "1"
+    assert _sysctl(ns, "net.ipv6.conf.default.forwarding") == "1"
+    assert _sysctl(ns, "net.ipv6.conf.gw0.forwarding") == "1"
+    assert _sysctl(ns, "net.ipv6.neigh.gw0.retrans_time_ms") == "100"
+    # the root namespace's macvlan exists here, on host0, and is up
+    assert root_link in _ip("-br", "link", "show", root_link)
+    assert mux.down(host)
+    assert not mux.down(host)  # idempotent
+    assert ns not in _ip("netns", "list")
+    assert root_link not in _ip("-br", "link")
+
+
+def test_fixture_serves_router_adverts(mux_radvd: MuxEnv) -> None:
+    assert mux_radvd.radvd is not None and mux_radvd.radvd.poll() is None
+    gw = _ip("-n", mux_radvd.netns, "-6", "addr", "show", "gw0")
+    assert "2001:db8:0:1::1/64" in gw
+
+
+def _peer(name: str) -> str:
+    """The root-side end of a test uplink: outside the uplink pattern RUN + "u*"."""
+    return name.replace(f"{RUN}u", f"{RUN}v", 1)
+
+
+def _veth(name: str) -> None:
+    subprocess.run(
+        ["ip", "link", "add", name, "type", "veth", "peer", "name", _peer(name)], check=True
+    )
+
+
+def _del(name: str) -> None:
+    subprocess.run(["ip", "link", "del", name], check=False, stderr=subprocess.DEVNULL)
+
+
+def test_nic_adopt_cli_skips_non_matching_and_missing(mux_radvd: MuxEnv) -> None:
+    u = f"{RUN}u{int(time.time() * 1000) % 0xFFFF:x}"
+    _veth(u)
+    try:
+        r = mux_radvd.netmux("nic", "adopt", u)
+        assert "adopted" in r.stderr
+        assert u in _ip("-n", mux_radvd.netns, "-br", "link")
+        # missing NIC, NIC that matches no pattern: logged, exit 0, nothing changes
+        r = mux_radvd.netmux("nic", "adopt", f"{RUN}ugone")
+        assert r.returncode == 0 and "vanished" in r.stderr
+        r = mux_radvd.netmux("nic", "adopt", _peer(u))
+        assert r.returncode == 0 and "matches no uplink pattern" in r.stderr
+        assert _peer(u) in _ip("-br", "link")
+    finally:
+        _del(_peer(u))
+
+
+def test_watcher_adopts_hotplugged_nic_and_skips_vanished(mux_radvd: MuxEnv) -> None:
+    host = mux_radvd.host
+    base = f"{RUN}u{int(time.time() * 1000) % 0xFFF:x}"
+    early, gone, late = base + "a", base + "b", base + "c"
+    _veth(early)  # present before the watcher starts: found by enumeration
+    stop = threading.Event()
+    ready = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(
+        target=lambda: result.append(mux.watch_nics(host, stop, ready.set, poll=0.05))
+    )
+    t.start()
+    try:
+        assert ready.wait(10)
+        assert early in _ip("-n", host.mux.netns, "-br", "link")
+        # a NIC that disappears right after it appeared is skipped, the watcher goes on
+        _veth(gone)
+        _del(gone)
+        _veth(late)
+        wait_for(lambda: late in _ip("-n", host.mux.netns, "-br", "link"), timeout=5)
+    finally:
+        stop.set()
+        t.join(5)
+        for n in (early, gone, late):
+            _del(_peer(n))
+    assert not t.is_alive()
+    assert result and result[0] >= 2
+
+
+def test_mux_down_keeps_nothing_in_root(mux_radvd: MuxEnv) -> None:
+    with links.iproute(mux_radvd.netns) as ipr:
+        assert links.link_index(ipr, "gw0") is not None
