@@ -1,0 +1,53 @@
+"""dhcpcd.conf rendering (pure); dhcpcd itself runs in tests/test_uplink_pd.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from netmux.config import parse_host
+from netmux.errors import UsageError
+from netmux.render import dhcpcd
+
+pytestmark = pytest.mark.unit
+
+
+def test_pd_onto_gateway_with_namespace_essentials() -> None:
+    text = dhcpcd.render(parse_host(""), ["enp2s0"], "/run/netmux/dhcpcd-hook")
+    lines = [line.strip() for line in text.splitlines()]
+    for want in ("nodev", "duid ll", "script /run/netmux/dhcpcd-hook",
+                 "allowinterfaces enp2s0 gw0", "noipv6rs", "ipv6ra_noautoconf"):  # fmt: skip
+        assert want in lines, want
+    gw = text.index("interface gw0")
+    up = text.index("interface enp2s0")
+    assert "noipv4" in text[gw:up] and "noipv6rs" in text[gw:up]
+    assert "ipv6rs" in text[up:] and "ia_pd 1 gw0/0/64/0" in text[up:]
+    # NAT64 is on by default: DHCPv4 on the uplink, so not ipv6only.
+    assert "ipv6only" not in lines
+
+
+def test_dhcpv4_follows_nat64_unless_forced() -> None:
+    off = parse_host("[nat64]\nenabled = false\n")
+    assert "ipv6only" in dhcpcd.render(off, ["eth0"], "/bin/true").splitlines()
+    forced = parse_host('[nat64]\nenabled = false\n[uplink]\ndhcpv4 = "on"\n')
+    assert "ipv6only" not in dhcpcd.render(forced, ["eth0"], "/bin/true").splitlines()
+    never = parse_host('[uplink]\ndhcpv4 = "off"\n')
+    assert "ipv6only" in dhcpcd.render(never, ["eth0"], "/bin/true").splitlines()
+
+
+def test_iaid_sla_and_gateway_from_config_and_every_uplink() -> None:
+    cfg = parse_host('[mux]\ngateway = "gwx"\n[uplink]\npd_iaid = 7\npd_sla_id = 3\n')
+    text = dhcpcd.render(cfg, ["enp1s0", "enp2s0"], "/bin/true")
+    assert text.count("ia_pd 7 gwx/3/64/0") == 2
+    assert "allowinterfaces enp1s0 enp2s0 gwx" in text
+
+
+def test_no_uplink_is_a_clear_error() -> None:
+    with pytest.raises(UsageError, match=r"uplink.*--uplink"):
+        dhcpcd.render(parse_host(""), [], "/bin/true")
+
+
+def test_hook_execs_renumber_with_quoted_paths() -> None:
+    hook = dhcpcd.render_hook("/usr/bin/python3", "/etc/net mux/netmux.toml", "/run/netmux")
+    assert hook.startswith("#!/bin/sh\n")
+    assert "exec /usr/bin/python3 -m netmux.renumber --state /run/netmux" in hook
+    assert "--config '/etc/net mux/netmux.toml'" in hook
