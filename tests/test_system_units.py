@@ -75,13 +75,15 @@ def test_only_known_placeholders() -> None:
 
 
 def test_launcher_has_no_mount_namespace_sandboxing() -> None:
-    """PLATFORM.md: a netns created in a unit with its own mount namespace is dead outside."""
+    """PLATFORM.md: a netns created in a unit with its own mount namespace is dead outside.
+
+    PrivateIPC= counts too: it mounts a private /dev/mqueue (measured: the netns dies)."""
     mount_ns = re.compile(
         r"^(PrivateMounts|ProtectSystem|ProtectHome|PrivateTmp|PrivateDevices|"
         r"ProtectKernelTunables|ProtectKernelModules|ProtectKernelLogs|ProtectControlGroups|"
         r"ProtectProc|ProcSubset|ReadOnlyPaths|ReadWritePaths|InaccessiblePaths|BindPaths|"
         r"BindReadOnlyPaths|TemporaryFileSystem|MountAPIVFS|RootDirectory|RootImage|"
-        r"PrivateUsers|DynamicUser)=",
+        r"PrivateUsers|DynamicUser|PrivateIPC|MountImages|ExtensionImages|LogNamespace)=",
         re.M,
     )
     for name in ("netmux@.service", "netmux-mux.service"):
