@@ -1,0 +1,147 @@
+"""Firewall and denylist against real traffic from a simulated upstream (tests/fwtopo.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from ipaddress import IPv6Network
+from pathlib import Path
+
+import pytest
+
+from netmux import denylist, firewall
+from netmux.errors import StateError, UsageError
+from tests import fwtopo
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.netns
+
+DECLARED = ["tcp/80", "tcp/443", "tcp/8000-8002"]
+
+
+@pytest.fixture
+def topo(netns: Callable[[str], str], tmp_path: Path) -> Callable[..., fwtopo.Topo]:
+    def make(extra: str = "", ports: list[str] = DECLARED) -> fwtopo.Topo:
+        up, mux, wl = netns("up"), netns("mux"), netns("wl")
+        host = fwtopo.host_config(mux, tmp_path, extra)
+        return fwtopo.build(up, mux, wl, host, ports)
+
+    return make
+
+
+def test_scan_finds_only_declared_ports(topo: Callable[..., fwtopo.Topo]) -> None:
+    t = topo()
+    listening = [22, 80, 8000, 8001, 8080, 9999]
+    socks = fwtopo.listen_tcp(t.wl, listening)
+    try:
+        ports = sorted(set(range(1, 1025)) | set(listening) | {8002})
+        result = fwtopo.scan_tcp(t.up, None, fwtopo.WL_ADDR, ports, timeout=1.0)
+    finally:
+        for s in socks:
+            s.close()
+    assert sorted(p for p, v in result.items() if v == "open") == [80, 8000, 8001]
+    # Declared but nobody listening: the firewall lets the RST through.
+    assert result[443] == "closed" and result[8002] == "closed"
+    # Undeclared ports, listening or not, give no answer at all.
+    assert result[22] == result[8080] == result[9999] == result[25] == "filtered"
+    counters = firewall.port_counters(t.wl)
+    assert counters["tcp_80"]["packets"] >= 1 and counters["tcp_443"]["packets"] >= 1
+    assert set(counters) == {"tcp_80", "tcp_443", "tcp_8000_8002"}
+
+
+def test_ping_and_neighbour_discovery_pass(topo: Callable[..., fwtopo.Topo]) -> None:
+    t = topo()
+    r = subprocess.run(
+        ["ip", "netns", "exec", t.up, "ping", "-6", "-c1", "-W2", fwtopo.WL_ADDR],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_denylisted_prefix_gets_no_answer(topo: Callable[..., fwtopo.Topo]) -> None:
+    t = topo()
+    bad, good = fwtopo.source("c"), fwtopo.source("b")
+    t.add_sources([bad, good])
+    socks = fwtopo.listen_tcp(t.wl, [80])
+    try:
+        assert fwtopo.tcp_ok(t.up, bad, fwtopo.WL_ADDR, 80)
+        denylist.add(t.host, IPv6Network("2001:db8:c::/48"))
+        assert not fwtopo.tcp_ok(t.up, bad, fwtopo.WL_ADDR, 80, timeout=0.5)
+        assert fwtopo.tcp_ok(t.up, good, fwtopo.WL_ADDR, 80)
+        # mux itself is protected too (prerouting), not only the workloads.
+        assert not fwtopo.tcp_ok(t.up, bad, fwtopo.GW, 22, timeout=0.3)
+        assert denylist.remove(t.host, IPv6Network("2001:db8:c::/48"))
+        assert fwtopo.tcp_ok(t.up, bad, fwtopo.WL_ADDR, 80)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_deny_count_is_exact_and_persists(topo: Callable[..., fwtopo.Topo], tmp_path: Path) -> None:
+    t = topo(extra="[deny]\nauto = false\n")
+    assert denylist.count(t.host) == 0
+    prefixes = [IPv6Network(f"2001:db8:{i:x}::/48") for i in range(0x100, 0x100 + 40)]
+    prefixes.append(IPv6Network("2001:db8:ffff:1::7/128"))
+    for i, p in enumerate(prefixes):
+        denylist.add(t.host, p, timeout=3600 if i % 2 else None)
+    denylist.add(t.host, prefixes[0])  # again: idempotent
+    assert denylist.count(t.host) == len(prefixes)
+    with pytest.raises(UsageError, match="overlaps 2001:db8:100::/48"):
+        denylist.add(t.host, IPv6Network("2001:db8:100:5::/64"))
+    assert denylist.count(t.host) == len(prefixes)
+    assert denylist.remove(t.host, prefixes[1])
+    assert not denylist.remove(t.host, prefixes[1])
+    assert denylist.count(t.host) == len(prefixes) - 1
+    listed = {str(d.prefix): d for d in denylist.entries(t.host)}
+    assert listed["2001:db8:103::/48"].expires and listed["2001:db8:102::/48"].expires is None
+    # A reload of the guard table (mux up again) keeps the manual entries.
+    firewall.apply_guard(t.host)
+    assert denylist.count(t.host) == len(prefixes) - 1
+    # The CLI prints exactly one number.
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(
+        f'[mux]\nnetns = "{t.mux}"\nuplinks = ["up*"]\n[paths]\n'
+        f'state_dir = "{t.host.paths.state_dir}"\n[deny]\nauto = false\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "deny", "count"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == f"{len(prefixes) - 1}\n"
+
+
+def test_deny_without_mux_is_a_clear_error(tmp_path: Path, uname: Callable[[str], str]) -> None:
+    host = fwtopo.host_config(uname("nomux"), tmp_path)
+    with pytest.raises(StateError, match="does not exist"):
+        denylist.count(host)
+
+
+def test_flood_is_denied_automatically(topo: Callable[..., fwtopo.Topo]) -> None:
+    t = topo(extra="[deny]\nprefix_length = 48\nrate = 200\nburst = 100\ntimeout = 30\n")
+    flooder, other = fwtopo.source("a", 1), fwtopo.source("b", 1)
+    t.add_sources([flooder, other])
+    socks = fwtopo.listen_tcp(t.wl, [80])
+    try:
+        assert fwtopo.tcp_ok(t.up, flooder, fwtopo.WL_ADDR, 80)
+        t0 = time.monotonic()
+        fwtopo.udp_flood(t.up, flooder, fwtopo.WL_ADDR, 9, count=3000)
+        wait_for(lambda: fwtopo.auto_denied(t.host), timeout=2.0)
+        elapsed = time.monotonic() - t0
+        assert fwtopo.auto_denied(t.host) == ["2001:db8:a::/48"]
+        assert elapsed < 2.0
+        # The whole /48 is denied, the other prefix is still served.
+        assert not fwtopo.tcp_ok(t.up, flooder, fwtopo.WL_ADDR, 80, timeout=0.5)
+        assert fwtopo.tcp_ok(t.up, other, fwtopo.WL_ADDR, 80)
+        assert denylist.auto_denials(t.host) >= 1
+        assert denylist.count(t.host) == 1
+        # An operator can lift an automatic denial.
+        assert denylist.remove(t.host, IPv6Network("2001:db8:a::/48"))
+        assert fwtopo.tcp_ok(t.up, flooder, fwtopo.WL_ADDR, 80)
+    finally:
+        for s in socks:
+            s.close()
