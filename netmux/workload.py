@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, journal, links, mux, names, nsutil
+from . import config, firewall, journal, links, mux, names, nsutil
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -153,7 +153,8 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
                 p.ifname, p.secret, host.workload.optimistic_dad, host.workload.retrans_time_ms
             )
         links.sysctl_write(name, sysctls)
-        # firewall: applied here by firewall.py (issue 7), before the link goes up.
+        # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
+        firewall.apply_workload(host, wl, name)
         groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
         events = nsutil.run_in_netns(name, lambda: links.event_socket(groups))
         try:
