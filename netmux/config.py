@@ -220,6 +220,8 @@ class PhonebookConfig:
     reverse: tuple[IPv6Network, ...] = ()
     # Drop a record when the systemd unit that published it stops (besides its lifeline).
     watch_units: bool = True
+    # Besides root, members of this group may publish (seed socket; D-Bus: the policy file).
+    group: str = check(_label, "netmux")
 
 
 def _prefix64(v: IPv6Network) -> str | None:

@@ -1,10 +1,474 @@
-"""phonebookd entry point (the daemon itself arrives with the phonebook issue)."""
+"""phonebookd: every running workload in DNS, gone when it stops.
+
+One asyncio process. A publication is a name (plus aliases), an interface and the network
+namespace it lives in, kept alive by one or more *lifelines*: file descriptors whose other
+end the workload holds (a pipe or socket it inherited, or the seed protocol's connection).
+When every lifeline has been closed (the workload exited, was killed, or its unit stopped),
+the publication and its records go. Addresses are followed over netlink inside the
+namespace; records are computed by records.py and handed to every sink.
+
+Restart safety: each publication's state (a small memfd), namespace fd and lifelines are
+put in systemd's fd store; on start they come back through LISTEN_FDS and are adopted.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import signal
+import stat
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import journal, names
+from ..config import IFNAME_RE, HostConfig, load_host
+from ..errors import NetmuxError, StateError, UsageError
+from . import fdstore
+from .follow import Follower, NsKey, ns_key
+from .records import Address, Record, Zones, check_alias, publication_records, zone_records
+from .sinks import Sink, make_sinks
+
+NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
 
-def main() -> int:
-    print("phonebookd: not implemented yet (planned in issue 5)", file=sys.stderr)
-    return 1
+def check_netns_name(name: str) -> str:
+    ok = (
+        isinstance(name, str)
+        and 0 < len(name) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "_.-") for c in name)
+        and name not in (".", "..")
+    )
+    if not ok:
+        raise UsageError(f"netns {name!r} is not allowed: {NETNS_NAME_ALLOWED}")
+    return name
+
+
+def check_ifname(name: str) -> str:
+    if not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", ".."):
+        raise UsageError(
+            f"interface {name!r} is not allowed: 1-15 characters of letters, digits, '_', '.', '-'"
+        )
+    return name
+
+
+def check_lifeline(fd: int) -> None:
+    """A lifeline is a socket or the read end of a pipe: its other end closing is the signal."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise UsageError("lifeline is not an open file descriptor") from None
+    if stat.S_ISSOCK(st.st_mode):
+        return
+    if stat.S_ISFIFO(st.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        return
+    raise UsageError("lifeline must be a socket or the read end of a pipe")
+
+
+def check_netns_fd(fd: int) -> None:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if not target.startswith("net:["):
+        raise UsageError("not a network namespace")
+
+
+def unit_of(pid: int) -> str:
+    """The systemd service a process runs in ('' if none), from its cgroup path."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        hier, _, path = line.partition(":")[2].partition(":")
+        if hier in ("", "name=systemd"):
+            for part in reversed(path.split("/")):
+                if part.endswith(".service"):
+                    return part
+    return ""
+
+
+@dataclass(eq=False)
+class Publication:
+    id: int
+    name: str
+    aliases: tuple[str, ...]
+    ifname: str
+    netns: str  # for people: a /run/netns name or "pid:N"
+    nsfd: int
+    nskey: NsKey
+    unit: str = ""
+    uid: int = 0
+    via: str = "dbus"
+    lifelines: dict[int, str] = field(default_factory=dict)  # fd -> fd store name
+    addresses: tuple[Address, ...] = ()
+    token: int = 0
+    state_fd: int = -1
+    next_lifeline: int = 0
+
+    @property
+    def labels(self) -> set[str]:
+        return {self.name, *self.aliases}
+
+    def state(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "ifname": self.ifname,
+            "netns": self.netns,
+            "unit": self.unit,
+            "uid": self.uid,
+            "via": self.via,
+        }
+
+
+class Phonebook:
+    """The records and their owners. Side effects: netlink (follow), sinks, the fd store."""
+
+    def __init__(
+        self,
+        cfg: HostConfig,
+        sinks: Sequence[Sink],
+        notifier: fdstore.Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.zones = Zones.from_config(cfg)
+        self.sinks = list(sinks)
+        self.notifier = notifier or fdstore.Notifier({})
+        self.pubs: dict[str, Publication] = {}
+        self.follower = Follower()
+        self.next_id = 1
+        self.listeners: list[Callable[[], None]] = []
+        self._emit_pending = False
+        self.fixed = zone_records(self.zones)
+
+    # -- publishing -------------------------------------------------------------------
+
+    def fqdns(self, name: str, aliases: Sequence[str] = ()) -> list[str]:
+        labels = list(dict.fromkeys([name, *aliases]))
+        return [f"{lab}.{self.zones.public}." for lab in labels] + [
+            f"{lab}.{self.zones.internal}." for lab in labels
+        ]
+
+    def publish(
+        self,
+        name: str,
+        aliases: Sequence[str],
+        ifname: str,
+        nsfd: int,
+        netns: str,
+        lifeline: int,
+        unit: str = "",
+        uid: int = 0,
+        via: str = "dbus",
+    ) -> Publication:
+        """Publish (or add a lifeline to) `name`. Takes ownership of nsfd and lifeline,
+        also on failure (they are closed)."""
+        try:
+            names.check_name(name)
+            aliases = tuple(dict.fromkeys(check_alias(a) for a in aliases if a != name))
+            check_ifname(ifname)
+            check_netns_fd(nsfd)
+            check_lifeline(lifeline)
+            key = ns_key(nsfd)
+            labels = {name, *aliases}
+            for other in self.pubs.values():
+                clash = labels & other.labels
+                if not clash:
+                    continue
+                if (
+                    other.name == name
+                    and other.nskey == key
+                    and other.ifname == ifname
+                    and other.aliases == aliases
+                ):
+                    os.close(nsfd)
+                    nsfd = -1
+                    self._add_lifeline(other, lifeline)
+                    return other
+                raise StateError(
+                    f"DNS name {sorted(clash)[0]!r} is already published by workload "
+                    f"{other.name!r} (netns {other.netns}, interface {other.ifname})"
+                )
+        except BaseException:
+            for fd in (nsfd, lifeline):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            raise
+        pub = Publication(
+            self.next_id, name, aliases, ifname, netns, nsfd, key, unit=unit, uid=uid, via=via
+        )
+        self.next_id += 1
+        self._start(pub)
+        self._store_state(pub)
+        self._add_lifeline(pub, lifeline)
+        journal.info(
+            f"published {name} ({', '.join(self.fqdns(name, aliases))}) on {ifname} in {netns}",
+            journal.RECORD_PUBLISHED,
+            workload=name,
+            netns=netns,
+            ifname=ifname,
+        )
+        return pub
+
+    def _start(self, pub: Publication) -> None:
+        try:
+            pub.token, pub.addresses = self.follower.follow(
+                pub.nsfd, pub.ifname, functools.partial(self._addresses, pub)
+            )
+        except OSError as e:
+            os.close(pub.nsfd)
+            raise StateError(f"cannot follow {pub.ifname} in {pub.netns}: {e}") from None
+        self.pubs[pub.name] = pub
+        self._changed()
+
+    def _store_state(self, pub: Publication) -> None:
+        if not self.notifier.enabled:
+            return
+        fd = os.memfd_create(f"phonebook-{pub.id}", os.MFD_CLOEXEC)
+        os.write(fd, json.dumps(pub.state()).encode())
+        pub.state_fd = fd
+        self.notifier.store(f"s.{pub.id}", fd)
+        self.notifier.store(f"n.{pub.id}", pub.nsfd)
+
+    def _add_lifeline(self, pub: Publication, fd: int, stored: str = "") -> None:
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        if not stored:
+            stored = f"l.{pub.id}.{pub.next_lifeline}"
+            if self.notifier.enabled:
+                self.notifier.store(stored, fd)
+        pub.next_lifeline += 1
+        pub.lifelines[fd] = stored
+        asyncio.get_running_loop().add_reader(fd, self._lifeline_readable, pub, fd)
+
+    def _lifeline_readable(self, pub: Publication, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return
+            data = b""
+        if data:
+            return  # a holder wrote something: ignore it, the end of the stream matters
+        self._drop_lifeline(pub, fd)
+        if not pub.lifelines:
+            self.drop(pub, "every lifeline closed")
+
+    def _drop_lifeline(self, pub: Publication, fd: int) -> None:
+        name = pub.lifelines.pop(fd)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fd)
+        if self.notifier.enabled:
+            self.notifier.remove(name)
+        os.close(fd)
+
+    def drop(self, pub: Publication, reason: str) -> None:
+        if self.pubs.get(pub.name) is not pub:
+            return
+        del self.pubs[pub.name]
+        for fd in list(pub.lifelines):
+            self._drop_lifeline(pub, fd)
+        self.follower.unfollow(pub.nskey, pub.ifname, pub.token)
+        if self.notifier.enabled:
+            self.notifier.remove(f"n.{pub.id}")
+            self.notifier.remove(f"s.{pub.id}")
+        os.close(pub.nsfd)
+        if pub.state_fd >= 0:
+            os.close(pub.state_fd)
+        journal.info(
+            f"removed {pub.name}: {reason}",
+            journal.RECORD_REMOVED,
+            workload=pub.name,
+            netns=pub.netns,
+        )
+        self._changed()
+
+    def unpublish(self, name: str) -> bool:
+        pub = self.pubs.get(name)
+        if pub is None:
+            return False
+        self.drop(pub, "unpublished")
+        return True
+
+    def drop_unit(self, unit: str) -> None:
+        for pub in [p for p in self.pubs.values() if p.unit == unit]:
+            self.drop(pub, f"unit {unit} stopped")
+
+    def _addresses(self, pub: Publication, addrs: tuple[Address, ...]) -> None:
+        old = {a.ip for a in pub.addresses if a.usable}
+        pub.addresses = addrs
+        new = {a.ip for a in addrs if a.usable}
+        if old != new:
+            journal.info(
+                f"{pub.name}: addresses now {', '.join(sorted(map(str, new))) or 'none'}",
+                journal.ADDRESS_CHANGED,
+                workload=pub.name,
+                netns=pub.netns,
+            )
+            self._changed()
+
+    # -- records ----------------------------------------------------------------------
+
+    def records(self) -> list[Record]:
+        out = list(self.fixed)
+        for pub in self.pubs.values():
+            out += publication_records(pub.name, pub.aliases, pub.addresses, self.zones)
+        return out
+
+    def _changed(self) -> None:
+        recs = self.records()
+        for sink in self.sinks:
+            sink.update(recs)
+        if not self._emit_pending and self.listeners:
+            self._emit_pending = True
+            asyncio.get_running_loop().call_soon(self._emit)
+
+    def _emit(self) -> None:
+        self._emit_pending = False
+        for cb in self.listeners:
+            cb()
+
+    # -- restart ----------------------------------------------------------------------
+
+    def restore(self, fds: list[tuple[str, int]]) -> int:
+        """Adopt publications from the fd store; close and forget anything incomplete."""
+        groups: dict[int, dict[str, list[tuple[str, int]]]] = {}
+        for fdname, fd in fds:
+            parts = fdname.split(".")
+            if len(parts) >= 2 and parts[0] in ("s", "n", "l") and parts[1].isdigit():
+                groups.setdefault(int(parts[1]), {}).setdefault(parts[0], []).append((fdname, fd))
+            else:
+                os.close(fd)
+        restored = 0
+        for pid, g in sorted(groups.items()):
+            self.next_id = max(self.next_id, pid + 1)
+            ok = "s" in g and "n" in g and "l" in g
+            pub = None
+            if ok:
+                try:
+                    st = json.loads(os.pread(g["s"][0][1], 65536, 0))
+                    names.check_name(st["name"])
+                    aliases = tuple(check_alias(a) for a in st["aliases"])
+                    nsfd = g["n"][0][1]
+                    check_netns_fd(nsfd)
+                    pub = Publication(
+                        pid,
+                        st["name"],
+                        aliases,
+                        check_ifname(st["ifname"]),
+                        str(st["netns"]),
+                        nsfd,
+                        ns_key(nsfd),
+                        unit=str(st["unit"]),
+                        uid=int(st["uid"]),
+                        via=str(st["via"]),
+                        state_fd=g["s"][0][1],
+                    )
+                    if pub.name in self.pubs:
+                        raise StateError("duplicate")
+                    self._start(pub)
+                except (NetmuxError, ValueError, KeyError, TypeError, OSError) as e:
+                    journal.warning(f"phonebook: dropping stored publication {pid}: {e}")
+                    pub = None
+            if pub is None:
+                for items in g.values():
+                    for fdname, fd in items:
+                        self.notifier.remove(fdname)
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                continue
+            for fdname, fd in g["l"]:
+                self._add_lifeline(pub, fd, stored=fdname)
+                pub.next_lifeline = max(pub.next_lifeline, int(fdname.split(".")[-1]) + 1)
+            restored += 1
+            # A lifeline closed while we were down: its reader fires at once and drops it.
+        return restored
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.close()
+        self.follower.close()
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+class _QuietDBusErrors(logging.Filter):
+    """dbus-next logs every intended DBusError as 'unexpected error': they are not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "unexpected error" not in record.getMessage()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    cfg = load_host(args.config)
+    zones = Zones.from_config(cfg)
+    notifier = fdstore.Notifier()
+    book = Phonebook(cfg, make_sinks(cfg, zones), notifier)
+    stored = fdstore.listen_fds()
+    listen_sock = None
+    rest = []
+    for fdname, fd in stored:
+        if fdname == "publish" and listen_sock is None:
+            listen_sock = fd
+        else:
+            rest.append((fdname, fd))
+    n = book.restore(rest)
+    if n:
+        journal.info(f"restored {n} publication(s) from the fd store")
+    from . import seed
+
+    seed_server = await seed.start(book, cfg.phonebook.socket, listen_sock)
+    bus = None
+    if not args.no_dbus:
+        from . import dbus
+
+        bus = await dbus.start(book, args.bus_address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier.notify(f"READY=1\nSTATUS=serving {len(book.pubs)} publication(s)")
+    journal.info(f"ready ({', '.join(s.name for s in book.sinks) or 'no sinks'})")
+    await stop.wait()
+    notifier.notify("STOPPING=1")
+    for sink in book.sinks:  # records that changed last must still reach the sinks
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sink.flush(), 3)
+    seed_server.close()
+    if bus is not None:
+        bus.disconnect()  # type: ignore[no-untyped-call]
+    await book.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="phonebookd", description="netmux DNS publisher")
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--bus-address", default=None, help="default: the system bus")
+    ap.add_argument("--no-dbus", action="store_true", help="serve the seed socket only")
+    args = ap.parse_args(argv)
+    logging.getLogger().addFilter(_QuietDBusErrors())  # dbus-next logs on the root logger
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(serve(args))
+    except NetmuxError as e:
+        journal.error(f"{e}")
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

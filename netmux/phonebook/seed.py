@@ -1,0 +1,151 @@
+"""The original socket protocol on /run/phonebook/publish, for scripts that are not netmux.
+
+A client connects, sends one line `NAME IFNAME [ALIAS ...]\\n` (ASCII, at most 512 bytes)
+and keeps the connection open: it is the lifeline (the seed's reference count — pass the
+fd to children and the record lives until the last copy is closed). The namespace is the
+client's own, taken from SO_PEERCRED's PID at connect time. The daemon answers
+`ok FQDN ...\\n` or `error MESSAGE\\n` (then closes). Callers must be root or in the
+configured group (the socket is also mode 0660, group netmux).
+
+    exec 3<>/dev/null; socat - UNIX-CONNECT:/run/phonebook/publish <<< "httpd eth0" ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import journal
+from ..errors import NetmuxError
+from .daemon import unit_of
+
+if TYPE_CHECKING:
+    from .daemon import Phonebook
+
+MAX_LINE = 512
+READ_TIMEOUT = 5.0
+
+
+def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def allowed(pid: int, uid: int, gid: int, group: str) -> bool:
+    """Root, or a member of `group` (primary or supplementary, as the kernel sees the peer)."""
+    if uid == 0:
+        return True
+    try:
+        want = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    if gid == want:
+        return True
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return str(want) in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
+def parse_request(data: bytes) -> tuple[str, str, list[str]]:
+    """b'NAME IFNAME [ALIAS...]\\n' -> (name, ifname, aliases); ValueError if malformed.
+    The fields are checked by Phonebook.publish (names, interface) before anything is kept."""
+    if len(data) > MAX_LINE or not data.endswith(b"\n") or data.count(b"\n") != 1:
+        raise ValueError(f"expected one line 'NAME IFNAME [ALIAS ...]' of at most {MAX_LINE} bytes")
+    try:
+        text = data[:-1].decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("expected ASCII") from None
+    if any(not c.isprintable() for c in text):
+        raise ValueError("expected printable characters")
+    parts = text.split(" ")
+    if len(parts) < 2 or "" in parts:
+        raise ValueError("expected 'NAME IFNAME [ALIAS ...]' separated by single spaces")
+    return parts[0], parts[1], parts[2:]
+
+
+class SeedServer:
+    def __init__(self, book: Phonebook, sock: socket.socket) -> None:
+        self.book = book
+        self.sock = sock
+        self.task = asyncio.get_running_loop().create_task(self._accept())
+        self.clients: set[asyncio.Task[None]] = set()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            t = loop.create_task(self._client(conn))
+            self.clients.add(t)
+            t.add_done_callback(self.clients.discard)
+
+    async def _client(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        nsfd = -1
+        try:
+            pid, uid, gid = peer_cred(conn)
+            # Bind the namespace now: the PID may be gone (or reused) by the time it speaks.
+            nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if not allowed(pid, uid, gid, self.book.cfg.phonebook.group):
+                raise PermissionError(f"uid {uid} is not root or in group netmux")
+            unit = unit_of(pid) if self.book.cfg.phonebook.watch_units else ""
+            data = b""
+            async with asyncio.timeout(READ_TIMEOUT):
+                while not data.endswith(b"\n") and len(data) <= MAX_LINE:
+                    chunk = await loop.sock_recv(conn, MAX_LINE + 1 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+            name, ifname, aliases = parse_request(data)
+            lifeline = os.dup(conn.fileno())
+            fd, nsfd = nsfd, -1
+            pub = self.book.publish(name, aliases, ifname, fd, f"pid:{pid}", lifeline, unit, uid,
+                                    "socket")  # fmt: skip
+            reply = "ok " + " ".join(self.book.fqdns(pub.name, pub.aliases)) + "\n"
+            await loop.sock_sendall(conn, reply.encode())
+        except (NetmuxError, ValueError, PermissionError, OSError, TimeoutError) as e:
+            msg = str(e).replace("\n", " ") or type(e).__name__
+            journal.warning(f"refused a publish request: {msg}")
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, f"error {msg}\n".encode())
+        finally:
+            if nsfd >= 0:
+                os.close(nsfd)
+            conn.close()  # the daemon keeps its dup as the lifeline
+
+    def close(self) -> None:
+        self.task.cancel()
+        for t in self.clients:
+            t.cancel()
+        self.sock.close()
+
+
+async def start(book: Phonebook, path: Path, fd: int | None = None) -> SeedServer:
+    """Listen on `path` (or adopt a listening socket passed by systemd as `fd`)."""
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(path))
+        try:
+            gid = grp.getgrnam(book.cfg.phonebook.group).gr_gid
+            os.chown(path, 0, gid)
+            os.chmod(path, 0o660)
+        except (KeyError, PermissionError):
+            os.chmod(path, 0o600)
+        sock.listen(128)
+    sock.setblocking(False)
+    return SeedServer(book, sock)
