@@ -3,10 +3,19 @@
 Every event carries NETMUX_WORKLOAD where there is one, plus NETMUX_NETNS, NETMUX_ADDRESS,
 NETMUX_PREFIX, NETMUX_IFNAME where relevant; key events carry a MESSAGE_ID so that
 `journalctl MESSAGE_ID=...` finds them across units.
+
+An `address` given with its prefix length ("2001:db8::5/64" or an IPv6Interface) fills
+both NETMUX_ADDRESS (the bare address) and NETMUX_PREFIX (its network), so callers pass
+what they hold and `journalctl NETMUX_PREFIX=2001:db8::/64` finds every workload on it.
+
+Under systemd (stderr is the journal stream: JOURNAL_STREAM matches fd 2) records go to
+journald with their fields; anywhere else a plain line goes to stderr. `fields()` is the
+pure part, for tests.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import syslog
@@ -46,16 +55,44 @@ def _to_journal() -> bool:
     return st.st_dev == dev and st.st_ino == ino
 
 
-def log(priority: int, message: str, message_id: str | None = None, **fields: Any) -> None:
-    """Send one event. Field names in _FIELDS become NETMUX_<NAME>; others pass unchanged."""
+def fields(message_id: str | None = None, **values: Any) -> dict[str, str]:
+    """The journal fields for one event. Pure.
+
+    Names in _FIELDS become NETMUX_<NAME>; others are upper-cased and pass unchanged;
+    None values are left out. An address with a prefix length also gives NETMUX_PREFIX.
+    """
     extra: dict[str, str] = {}
-    for key, value in fields.items():
+    for key, value in values.items():
         if value is None:
             continue
+        if key == "address":
+            value, prefix = _split_address(value)
+            if prefix and values.get("prefix") is None:
+                extra["NETMUX_PREFIX"] = prefix
         name = f"NETMUX_{key.upper()}" if key in _FIELDS else key.upper()
         extra[name] = str(value)
     if message_id:
         extra["MESSAGE_ID"] = message_id
+    return extra
+
+
+def _split_address(value: Any) -> tuple[str, str | None]:
+    """'2001:db8::5/64' -> ('2001:db8::5', '2001:db8::/64'); a bare address -> (it, None)."""
+    if isinstance(value, ipaddress.IPv6Interface | ipaddress.IPv4Interface):
+        return str(value.ip), str(value.network)
+    text = str(value)
+    if "/" not in text:
+        return text, None
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        return text, None
+    return str(iface.ip), str(iface.network)
+
+
+def log(priority: int, message: str, message_id: str | None = None, **values: Any) -> None:
+    """Send one event with the fields `fields()` makes of `values`."""
+    extra = fields(message_id, **values)
     if _to_journal():
         try:
             from systemd import journal
@@ -72,18 +109,18 @@ def _ident() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "netmux"
 
 
-def info(message: str, message_id: str | None = None, **fields: Any) -> None:
-    log(syslog.LOG_INFO, message, message_id, **fields)
+def info(message: str, message_id: str | None = None, **values: Any) -> None:
+    log(syslog.LOG_INFO, message, message_id, **values)
 
 
-def warning(message: str, message_id: str | None = None, **fields: Any) -> None:
-    log(syslog.LOG_WARNING, message, message_id, **fields)
+def warning(message: str, message_id: str | None = None, **values: Any) -> None:
+    log(syslog.LOG_WARNING, message, message_id, **values)
 
 
-def error(message: str, message_id: str | None = None, **fields: Any) -> None:
-    log(syslog.LOG_ERR, message, message_id, **fields)
+def error(message: str, message_id: str | None = None, **values: Any) -> None:
+    log(syslog.LOG_ERR, message, message_id, **values)
 
 
-def debug(message: str, **fields: Any) -> None:
+def debug(message: str, **values: Any) -> None:
     if os.environ.get("NETMUX_DEBUG"):
-        log(syslog.LOG_DEBUG, message, None, **fields)
+        log(syslog.LOG_DEBUG, message, None, **values)
