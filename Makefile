@@ -18,7 +18,7 @@ APT_OPTIONAL := tayga tinydns
 APT_PACKAGING := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	dpkg-dev lintian mmdebstrap
 
-.PHONY: help deps venv test test-unit lint demo clean install package
+.PHONY: help deps venv test test-unit lint demo bench clean install package
 
 help:
 	@sed -n '1,4p' Makefile
@@ -67,6 +67,12 @@ lint: venv
 demo: deps
 	@test "$$(id -u)" = 0 || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
 	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/demo.sh
+
+# Workload lifecycle speed and memory vs the CNI macvlan plugin, in a lab of its own
+# (bench/README.md). BENCH_ARGS=--quick for a smoke run.
+bench: deps
+	@test "$$(id -u)" = 0 || { echo "make bench: run as root"; exit 1; }
+	$(PY) -m bench.lifecycle $(BENCH_ARGS)
 
 # The Debian package, built out of tree (dist/build/), lintian-checked; the .deb lands in
 # dist/. Downloads the pinned pyroute2 wheel it vendors (debian/README.source).
