@@ -178,9 +178,39 @@ def daemon_dir(host: HostConfig) -> Path:
     return host.paths.run_dir / "lab"
 
 
-def radvd_up(host: HostConfig) -> supervise.Daemon:
-    """radvd in mux with the rendered config; restarted when the config changed."""
+def processes_in(netns: str, comm: str) -> list[int]:
+    """PIDs of processes named `comm` whose network namespace is `netns` (looked at only,
+    never signalled: a process is stopped by the PID its starter recorded)."""
+    try:
+        target = Path("/run/netns", netns).stat().st_ino
+    except OSError:
+        return []
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().strip() == comm and (
+                    (d / "ns/net").stat().st_ino == target
+                ):
+                    found.append(int(d.name))
+    return found
+
+
+def radvd_up(host: HostConfig) -> supervise.Daemon | None:
+    """radvd in mux with the rendered config; restarted when the config changed.
+
+    When another radvd already serves mux (netmux-radvd.service: systemd is in charge),
+    the lab leaves it alone and returns None.
+    """
     run = daemon_dir(host)
+    ours = supervise.status("radvd", run)
+    others = [p for p in processes_in(host.mux.netns, "radvd") if not ours or p != ours.pid]
+    if others and not ours:
+        journal.info(
+            f"lab: radvd already runs in {host.mux.netns} (pid {others[0]}): left in charge",
+            netns=host.mux.netns,
+        )
+        return None
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "radvd.conf"
     text = radvd_render.render(host)

@@ -146,3 +146,23 @@ def test_status_json_of_two_workloads(lab_host: HostConfig, uname: Callable[[str
         ).stdout
     )
     assert sorted(r["name"] for r in rows) == sorted([a, b])
+
+
+def test_leaves_a_radvd_it_did_not_start_in_charge(lab_host: HostConfig, tmp_path: Path) -> None:
+    """With systemd in charge (netmux-radvd.service), mux already has a radvd: keep it."""
+    host = lab_host
+    lab.up(host)
+    ours = supervise.status("radvd", lab.daemon_dir(host))
+    assert ours is not None
+    supervise.stop("radvd", lab.daemon_dir(host))
+    other_run = tmp_path / "unit"
+    conf = lab.daemon_dir(host) / "radvd.conf"
+    pidfile = other_run / "radvd.pid"
+    argv = ["radvd", "--nodaemon", "-m", "stderr", "-C", str(conf), "-p", str(pidfile)]
+    other = supervise.start("radvd", argv, host.mux.netns, other_run, pidfile=pidfile)
+    try:
+        lab.up(host)
+        assert supervise.status("radvd", lab.daemon_dir(host)) is None
+        assert other.pid in lab.processes_in(host.mux.netns, "radvd")
+    finally:
+        supervise.stop("radvd", other_run)
