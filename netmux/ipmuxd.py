@@ -1,10 +1,529 @@
-"""ipmuxd: macvlan/macvtap devices on demand for unprivileged callers (planned in issue 7)."""
+"""ipmuxd: macvlan/macvtap (ipvlan where the kernel has it) on demand for unprivileged callers.
+
+The original author's daemon, rebuilt: a caller in its own network namespace (typically
+an unprivileged `unshare -rn`) connects to a unix socket whose file permissions (0660,
+group `ipmux.group`) are the whole access policy, sends one request and its namespace as
+an fd (SCM_RIGHTS). ipmuxd checks
+
+- the peer (SO_PEERCRED) and that the namespace belongs to the peer: the user namespace
+  owning it must be owned by the peer's uid (root may use any namespace);
+- the name (names.check_name; not a running workload's, not in use) and the kind;
+- the per-user quota (devices held at once);
+
+then creates the device on mux's parent (host0) directly in the caller's namespace, with
+the MAC and stable secret derived from the name, so the caller gets the same addresses
+every time. The device lives as long as the connection: when it closes (exit, crash,
+SIGKILL of every holder) ipmuxd deletes it. ipmuxd keeps the namespace fd until then, so
+the namespace cannot vanish under it.
+
+Protocol (SOCK_SEQPACKET, one JSON object per message):
+  request  {"name": "web", "kind": "macvlan", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
+  reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "macvlan"}
+           {"ok": false, "error": "one line saying what is wrong"}
+Malformed requests get an error reply; the daemon keeps serving everyone else.
+
+Started by systemd (ipmuxd.socket, LISTEN_FDS) or standalone (binds `ipmux.socket`).
+The client side is `netmux ipmux NAME -- CMD` (cmd_ipmux below).
+"""
 
 from __future__ import annotations
 
+import argparse
+import array
+import contextlib
+import errno
+import fcntl
+import grp
+import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config, journal, names, nsutil
+from .config import HostConfig
+from .errors import NetmuxError, StateError, UsageError
+
+KINDS = ("macvlan", "macvtap", "ipvlan")
+MAX_MSG = 4096
+SD_LISTEN_FDS_START = 3
+ENV_FD = "NETMUX_IPMUX_FD"
+
+# linux/nsfs.h
+NS_GET_USERNS = 0xB701
+NS_GET_NSTYPE = 0xB703
+NS_GET_OWNER_UID = 0xB704
 
 
-def main() -> int:
-    print("ipmuxd: not implemented yet (planned in issue 7)", file=sys.stderr)
-    return 1
+class RequestError(NetmuxError):
+    """A request ipmuxd refuses; the message goes back to the caller."""
+
+
+# --- namespace checks ------------------------------------------------------------------------
+
+
+def netns_owner_uid(fd: int) -> int:
+    """The uid owning the user namespace that owns network namespace `fd`."""
+    if fcntl.ioctl(fd, NS_GET_NSTYPE) != nsutil.CLONE_NEWNET:
+        raise RequestError("the fd passed is not a network namespace")
+    userns = fcntl.ioctl(fd, NS_GET_USERNS)
+    try:
+        buf = array.array("I", [0])
+        fcntl.ioctl(userns, NS_GET_OWNER_UID, buf, True)
+        return int(buf[0])
+    finally:
+        os.close(userns)
+
+
+def same_netns(fd: int, pid: int) -> bool:
+    a = os.fstat(fd)
+    try:
+        b = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+# --- requests (pure checks) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+    kind: str
+    ifname: str
+
+
+def parse_request(data: bytes, default_ifname: str) -> Request:
+    """Check one request message; RequestError saying what is wrong. Pure."""
+    try:
+        msg = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError("a request is one JSON object") from None
+    if not isinstance(msg, dict):
+        raise RequestError("a request is one JSON object")
+    unknown = sorted(set(msg) - {"name", "kind", "ifname"})
+    if unknown:
+        raise RequestError(f"unknown key {unknown[0]!r}; known: name, kind, ifname")
+    name = msg.get("name")
+    if not isinstance(name, str):
+        raise RequestError("'name' (a string) is required")
+    try:
+        names.check_name(name, "device name")
+    except UsageError as e:
+        raise RequestError(str(e)) from None
+    kind = msg.get("kind", "macvlan")
+    if kind not in KINDS:
+        raise RequestError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    ifname = msg.get("ifname", default_ifname)
+    if not isinstance(ifname, str) or not config.IFNAME_RE.fullmatch(ifname) or ifname == "lo":
+        raise RequestError(f"ifname {ifname!r} is not allowed: {config.IFNAME_ALLOWED}")
+    return Request(name, kind, ifname)
+
+
+def quota_ok(held: dict[int, int], uid: int, quota: int) -> bool:
+    return uid == 0 or held.get(uid, 0) < quota
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+@dataclass
+class Conn:
+    sock: socket.socket
+    pid: int
+    uid: int
+    gid: int
+    netns_fd: int | None = None
+    device: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, host: HostConfig, listener: socket.socket) -> None:
+        self.host = host
+        self.listener = listener
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.stopping = False
+        self._key: bytes | None = None
+
+    # -- bookkeeping
+    def held(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for c in self.conns.values():
+            if c.device:
+                out[c.uid] = out.get(c.uid, 0) + 1
+        return out
+
+    def names_in_use(self) -> set[str]:
+        return {c.device["name"] for c in self.conns.values() if c.device}
+
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = names.load_host_key(self.host.paths.host_key)
+        return self._key
+
+    # -- loop
+    def serve(self) -> None:
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ)
+        while not self.stopping:
+            for skey, _ in self.sel.select(timeout=1.0):
+                if skey.fileobj is self.listener:
+                    self.accept()
+                else:
+                    self.readable(skey.fd)
+        for fd in list(self.conns):
+            self.close(fd)
+
+    def accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        sock.setblocking(False)
+        self.conns[sock.fileno()] = Conn(sock, pid, uid, gid)
+        self.sel.register(sock, selectors.EVENT_READ)
+
+    def readable(self, fd: int) -> None:
+        c = self.conns[fd]
+        try:
+            data, fds = recv_fds(c.sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data and not fds:
+            self.close(fd)  # the caller is gone: remove its device
+            return
+        try:
+            reply = self.handle(c, data, fds)
+        except RequestError as e:
+            reply = {"ok": False, "error": str(e)}
+            journal.warning(f"ipmuxd: refused uid {c.uid} pid {c.pid}: {e}")
+        except NetmuxError as e:
+            reply = {"ok": False, "error": str(e)}
+            journal.error(f"ipmuxd: failed for uid {c.uid} pid {c.pid}: {e}")
+        finally:
+            for extra in fds:
+                if extra != c.netns_fd:
+                    os.close(extra)
+        with contextlib.suppress(OSError):
+            c.sock.send(json.dumps(reply).encode())
+
+    def handle(self, c: Conn, data: bytes, fds: list[int]) -> dict[str, Any]:
+        if c.device:
+            raise RequestError("one device per connection; open another connection")
+        req = parse_request(data, self.host.workload.ifname)
+        if len(fds) != 1:
+            raise RequestError("send exactly one fd: your network namespace (/proc/self/ns/net)")
+        try:
+            owner = netns_owner_uid(fds[0])
+        except OSError:
+            raise RequestError("the fd passed is not a network namespace") from None
+        if c.uid != 0 and owner != c.uid:
+            raise RequestError(
+                f"that network namespace belongs to uid {owner}, not to you (uid {c.uid})"
+            )
+        if req.name in self.names_in_use() or nsutil.netns_path(req.name).exists():
+            raise RequestError(f"name {req.name!r} is in use")
+        if req.name == self.host.mux.netns:
+            raise RequestError(f"name {req.name!r} is the mux namespace's name")
+        if not quota_ok(self.held(), c.uid, self.host.ipmux.quota):
+            raise RequestError(
+                f"quota: uid {c.uid} already holds {self.host.ipmux.quota} devices "
+                "(ipmux.quota); close one first"
+            )
+        c.netns_fd = fds[0]
+        try:
+            c.device = create_device(self.host, self.key(), req, fds[0])
+        except BaseException:
+            c.netns_fd = None
+            raise
+        journal.info(
+            f"ipmuxd: {req.kind} {req.ifname} for uid {c.uid} pid {c.pid}",
+            workload=req.name,
+            ifname=req.ifname,
+        )
+        return {"ok": True, **c.device}
+
+    def close(self, fd: int) -> None:
+        c = self.conns.pop(fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(c.sock)
+        c.sock.close()
+        if c.netns_fd is not None:
+            try:
+                if c.device:
+                    delete_device(c.netns_fd, c.device)
+                    journal.info(
+                        f"ipmuxd: removed {c.device['ifname']} (uid {c.uid} disconnected)",
+                        workload=c.device["name"],
+                    )
+            except Exception as e:  # never let one caller's cleanup stop the daemon
+                journal.error(f"ipmuxd: cannot remove {c.device.get('ifname')}: {e}")
+            finally:
+                os.close(c.netns_fd)
+
+
+def recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    data, anc, flags, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+    got = list(fds)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in got:
+            os.close(fd)
+        return b"\0", []  # answered as malformed
+    return data, got
+
+
+# --- kernel side ------------------------------------------------------------------------------
+
+
+def _ipr_in(netns: str | int) -> Any:
+    from pyroute2 import IPRoute
+
+    def make() -> int:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).detach()
+
+    return IPRoute(fileno=nsutil.run_in_netns(netns, make))
+
+
+def create_device(host: HostConfig, key: bytes, req: Request, netns_fd: int) -> dict[str, Any]:
+    """Create the device on mux's parent, registered directly in the caller's namespace."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    mac = names.stable_mac(key, req.name)
+    kw: dict[str, Any] = {"ifname": req.ifname, "kind": req.kind, "net_ns_fd": netns_fd}
+    if req.kind == "ipvlan":
+        kw["ipvlan_mode"] = 0  # L2: neighbour discovery and SLAAC work as on a macvlan
+    else:
+        kw[f"{req.kind}_mode"] = "bridge"
+        kw["address"] = mac
+    if not nsutil.netns_path(host.mux.netns).exists():
+        raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
+    ipr = _ipr_in(host.mux.netns)
+    try:
+        parent = ipr.link_lookup(ifname=host.mux.parent)
+        if not parent:
+            raise StateError(f"parent link {host.mux.parent} is missing in mux")
+        ipr.link("add", link=parent[0], **kw)
+    except NetlinkError as e:
+        if e.code == errno.EOPNOTSUPP or "nknown device type" in str(e):
+            raise RequestError(f"{req.kind} is not supported by this kernel") from None
+        if e.code == errno.EEXIST:
+            raise RequestError(f"{req.ifname} already exists in your namespace") from None
+        raise StateError(f"cannot create {req.kind} {req.ifname}: {e.args[-1]}") from None
+    finally:
+        ipr.close()
+    tipr = _ipr_in(netns_fd)
+    try:
+        idx = tipr.link_lookup(ifname=req.ifname)[0]
+        mac = tipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        if req.kind != "macvtap":
+            secret = names.stable_secret(key, req.name)
+            conf = f"net.ipv6.conf.{req.ifname}"
+            nsutil.write_sysctls(
+                netns_fd,
+                [
+                    (f"{conf}.stable_secret", secret),
+                    (f"{conf}.addr_gen_mode", "2"),
+                    (f"{conf}.router_solicitation_delay", "0"),
+                    (f"{conf}.ndisc_notify", "1"),
+                    (
+                        f"net.ipv6.neigh.{req.ifname}.retrans_time_ms",
+                        str(host.workload.retrans_time_ms),
+                    ),
+                ],
+            )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tipr.link("del", ifname=req.ifname)
+        raise
+    finally:
+        tipr.close()
+    return {"name": req.name, "kind": req.kind, "ifname": req.ifname, "ifindex": idx, "mac": mac}
+
+
+def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
+    """Delete the device if it is still ours (same index and MAC) in that namespace."""
+    ipr = _ipr_in(netns_fd)
+    try:
+        links = ipr.get_links(device["ifindex"])
+    except Exception:
+        links = []
+    try:
+        if links and links[0].get_attr("IFLA_ADDRESS") == device["mac"]:
+            ipr.link("del", index=device["ifindex"])
+            return True
+        return False
+    finally:
+        ipr.close()
+
+
+# --- sockets ---------------------------------------------------------------------------------
+
+
+def resolve_group(spec: str) -> int:
+    if spec.isdigit():
+        return int(spec)
+    try:
+        return grp.getgrnam(spec).gr_gid
+    except KeyError:
+        raise StateError(
+            f"ipmux.group {spec!r} does not exist: create it (groupadd --system {spec}) "
+            "or give a numeric gid"
+        ) from None
+
+
+def bind_socket(host: HostConfig) -> socket.socket:
+    """Bind `ipmux.socket` with mode 0660, owner root, group `ipmux.group`."""
+    path = host.ipmux.socket
+    gid = resolve_group(host.ipmux.group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)  # never reachable by anyone before the chown/chmod below
+    try:
+        s.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o660)
+    s.listen(64)
+    return s
+
+
+def listen_fds() -> list[int]:
+    """Sockets passed by systemd (LISTEN_FDS/LISTEN_PID), [] when not socket-activated."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    n = int(os.environ.get("LISTEN_FDS", "0"))
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ipmuxd", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", metavar="PATH", help="host configuration")
+    args = ap.parse_args(argv)
+    try:
+        host = config.load_host(config.config_path(args.config) if args.config else None)
+        fds = listen_fds()
+        if fds:
+            listener = socket.socket(fileno=fds[0])
+            if listener.type != socket.SOCK_SEQPACKET:
+                raise StateError("ipmuxd.socket must be a SOCK_SEQPACKET socket")
+        else:
+            listener = bind_socket(host)
+    except NetmuxError as e:
+        print(f"ipmuxd: {e}", file=sys.stderr)
+        return e.exit_code
+    daemon = Daemon(host, listener)
+
+    def stop(signum: int, frame: object) -> None:
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    from . import mux
+
+    mux.notify(ready="1", status=f"serving {host.ipmux.socket}")
+    journal.info(f"ipmuxd: serving {'(socket-activated)' if fds else host.ipmux.socket}")
+    daemon.serve()
+    if not fds:
+        with contextlib.suppress(OSError):
+            host.ipmux.socket.unlink()
+    return 0
+
+
+# --- the client: netmux ipmux NAME -- CMD ---------------------------------------------------
+
+
+def request(
+    sock_path: Path, name: str, kind: str, ifname: str
+) -> tuple[socket.socket, dict[str, Any]]:
+    """Ask ipmuxd for a device in this process's network namespace; keep the socket open."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(str(sock_path))
+    except PermissionError:
+        s.close()
+        raise StateError(
+            f"permission denied on {sock_path}: ipmuxd serves members of its group only"
+        ) from None
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        raise StateError(f"ipmuxd is not running ({sock_path})") from None
+    nsfd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        msg = json.dumps({"name": name, "kind": kind, "ifname": ifname}).encode()
+        s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [nsfd]))])
+    finally:
+        os.close(nsfd)
+    s.settimeout(30)
+    reply = json.loads(s.recv(MAX_MSG).decode() or "{}")
+    s.settimeout(None)
+    if not reply.get("ok"):
+        s.close()
+        raise StateError(f"ipmuxd refused: {reply.get('error', 'no reply')}")
+    return s, reply
+
+
+def _link_up(ifname: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for dev in ("lo", ifname):
+            idx = ipr.link_lookup(ifname=dev)
+            if idx:
+                ipr.link("set", index=idx[0], state="up")
+
+
+def cmd_ipmux(args: argparse.Namespace, host: HostConfig) -> int:
+    """Outer: re-exec inside `unshare --user --map-root-user --net`. Inner: the dance."""
+    names.check_name(args.name, "device name")
+    cmd = list(args.cmd or [])
+    if not cmd:
+        raise UsageError("ipmux: give the command to run after '--'")
+    ifname = args.ifname or host.workload.ifname
+    if not args.inner:
+        argv = ["unshare", "--user", "--map-root-user", "--net", sys.executable, "-m",
+                "netmux.cli"]  # fmt: skip
+        if args.config:
+            argv += ["--config", str(args.config)]
+        argv += ["ipmux", "--inner", "--kind", args.kind, "--ifname", ifname, args.name, "--"]
+        os.execvp(argv[0], argv + cmd)
+    s, reply = request(host.ipmux.socket, args.name, args.kind, ifname)
+    _link_up(ifname)
+    fd = s.detach()
+    os.set_inheritable(fd, True)
+    os.environ[ENV_FD] = str(fd)
+    os.environ["NETMUX_IFNAME"] = ifname
+    journal.debug(f"ipmux: {reply}")
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        raise UsageError(f"ipmux: cannot run {cmd[0]!r}: {e.strerror}") from None
+    return 127  # not reached
+
+
+__all__ = ["Daemon", "Request", "main", "parse_request", "request"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

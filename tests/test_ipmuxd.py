@@ -1,0 +1,44 @@
+"""ipmuxd's request checks (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from netmux import ipmuxd
+
+pytestmark = pytest.mark.unit
+
+
+def test_parse_request_defaults() -> None:
+    req = ipmuxd.parse_request(b'{"name": "web"}', "eth0")
+    assert req == ipmuxd.Request("web", "macvlan", "eth0")
+    req = ipmuxd.parse_request(b'{"name": "vm1", "kind": "macvtap", "ifname": "tap0"}', "eth0")
+    assert req == ipmuxd.Request("vm1", "macvtap", "tap0")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\xff\xfe", "JSON object"),
+        (b"not json", "JSON object"),
+        (b"[1, 2]", "JSON object"),
+        (b"{}", "'name'"),
+        (b'{"name": 5}', "'name'"),
+        (b'{"name": "Bad_Name"}', "not allowed"),
+        (b'{"name": "all"}', "reserved"),
+        (b'{"name": "web", "kind": "tun"}', "kind 'tun'"),
+        (b'{"name": "web", "ifname": "lo"}', "ifname 'lo'"),
+        (b'{"name": "web", "ifname": "a/b"}', "ifname"),
+        (b'{"name": "web", "owner": 0}', "unknown key 'owner'"),
+    ],
+)
+def test_parse_request_refuses(data: bytes, why: str) -> None:
+    with pytest.raises(ipmuxd.RequestError, match=why):
+        ipmuxd.parse_request(data, "eth0")
+
+
+def test_quota() -> None:
+    assert ipmuxd.quota_ok({}, 1000, 1)
+    assert not ipmuxd.quota_ok({1000: 1}, 1000, 1)
+    assert ipmuxd.quota_ok({1000: 1}, 1001, 1)
+    assert ipmuxd.quota_ok({0: 99}, 0, 1)  # root is not limited
