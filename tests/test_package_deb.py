@@ -1,0 +1,266 @@
+"""The Debian package, end to end: build + lintian, install into a minimal Debian root
+booted with systemd as PID 1, `systemctl start netmux@httpd`, then `dpkg --purge`.
+
+The .deb is built by debian/make-package (the `make package` path: dpkg-buildpackage -b,
+then lintian, which fails on any error or warning) into this module's tmp dir, or taken
+from $NETMUX_DEB. The root is made once per module with mmdebstrap (variant apt plus
+the package's dependencies, ~25 s from Debian's mirror), under a tmp dir named for this
+run, and booted with systemd-nspawn -D ROOT (its own cgroup with the run prefix, private
+network, PR_SET_PDEATHSIG), driven through nsenter like tests/sysbox.py does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RUN
+from tests.sysbox import CGROUP_HIERARCHIES, PR_SET_PDEATHSIG, SysBox
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = os.environ.get("NETMUX_DEB_SUITE", "bookworm")
+# The package's Depends (what apt would pull in) plus what the test itself uses.
+ROOT_PACKAGES = (
+    "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
+    "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,bind9-dnsutils,ndisc6"
+)
+STATIC = "2001:db8:0:1::1/64"
+# What may differ after install + purge: logs, dpkg's and apt's own books, systemd state.
+VOLATILE = (
+    "var/log/",
+    "var/lib/dpkg/",
+    "var/cache/",
+    "var/lib/systemd/",
+    "var/tmp/",
+    "tmp/",
+    "run/",
+    "etc/group-",
+    "etc/gshadow-",
+)
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make deps` installs APT_PACKAGING")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp(f"{RUN}deb")
+
+
+@pytest.fixture(scope="module")
+def deb(workdir: Path) -> Path:
+    """The .deb: $NETMUX_DEB, else built (and lintian-checked) by debian/make-package."""
+    if os.environ.get("NETMUX_DEB"):
+        return Path(os.environ["NETMUX_DEB"])
+    _need("dpkg-buildpackage", "lintian")
+    dist = workdir / "dist"
+    r = subprocess.run(
+        ["bash", str(REPO / "debian" / "make-package"), str(dist)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, f"make-package failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    (found,) = dist.glob("netmux_*_all.deb")
+    return found
+
+
+@pytest.fixture(scope="module")
+def root(workdir: Path) -> Iterator[Path]:
+    """A minimal Debian root with the package's dependencies, made once per module."""
+    _need("mmdebstrap", "systemd-nspawn")
+    root = workdir / "root"
+    r = subprocess.run(
+        ["mmdebstrap", "--quiet", "--variant=apt", "--mode=root",
+         f"--include={ROOT_PACKAGES}", SUITE, str(root)],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert r.returncode == 0, f"mmdebstrap failed:\n{r.stderr[-4000:]}"
+    (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")  # not a first boot
+    (root / "etc" / "hostname").write_text("debroot\n")
+    system = root / "etc" / "systemd" / "system"
+    for unit in ("console-getty.service", "getty.target", "systemd-logind.service"):
+        with contextlib.suppress(FileExistsError):
+            (system / unit).symlink_to("/dev/null")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # ~300 MB: not kept with pytest's tmp dirs
+
+
+class RootBox(SysBox):
+    """tests.sysbox.SysBox, booting a Debian root directory instead of a volatile /."""
+
+    def __init__(self, name: str, workdir: Path, root: Path) -> None:
+        super().__init__(name, workdir)
+        self.root = root
+
+    def start(self, veth_extra: object = (), timeout: float = 30.0) -> None:
+        sock_path = self.workdir / "notify.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(sock_path))
+        cgroups = [Path("/sys/fs/cgroup") / h / self.name for h in CGROUP_HIERARCHIES]
+        cgroups = [cg for cg in cgroups if cg.parent.is_dir()]
+        for cg in cgroups:
+            cg.mkdir()
+
+        def in_own_cgroup() -> None:  # runs in the child between fork and exec
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            for cg in cgroups:
+                (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+        argv = [
+            "systemd-nspawn", "--quiet", "--notify-ready=yes", "--keep-unit", "--register=no",
+            "-M", self.name, "--console=read-only", "--resolv-conf=off", "--timezone=off",
+            "--link-journal=no", "--private-network", "-D", str(self.root),
+            "-b", "systemd.firstboot=off",
+        ]  # fmt: skip
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
+        with open(self.console, "wb") as console:
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                preexec_fn=in_own_cgroup,
+            )
+        try:
+            self._wait_ready(sock, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            sock.close()
+            sock_path.unlink()
+
+    def path(self, inside: str) -> Path:
+        return self.root / inside.lstrip("/")
+
+
+def files(root: Path) -> dict[str, str]:
+    """Every path in the root (not the API filesystems) -> a short fingerprint."""
+    out: dict[str, str] = {}
+    skip = {"proc", "sys", "dev", "run", "tmp"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == ".":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            key = os.path.relpath(p, root)
+            out[key] = f"{st.st_mode:o} {st.st_uid}:{st.st_gid}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def box(root: Path, deb: Path, workdir: Path) -> Iterator[RootBox]:
+    shutil.copy(deb, root / "var" / "tmp" / deb.name)
+    b = RootBox(f"{RUN}deb", workdir / "box", root)
+    b.workdir.mkdir()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_package_contents(deb: Path) -> None:
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    paths = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+    for expected in (
+        "/usr/bin/netmux",
+        "/usr/bin/phonebookd",
+        "/usr/lib/python3/dist-packages/netmux/cli.py",
+        "/usr/lib/netmux/vendor/pyroute2/__init__.py",
+        "/etc/netmux/netmux.toml",
+        "/usr/share/man/man8/netmux.8.gz",
+        "/usr/share/man/man5/netmux.toml.5.gz",
+        "/usr/share/doc/netmux/examples/netmux.toml",
+    ):
+        assert expected in paths, f"{expected} missing from {deb.name}"
+    units = {p.rsplit("/", 1)[1] for p in paths if "/systemd/system/" in p and "." in p}
+    assert "netmux@.service" in units and "netmux-mux.service" in units
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                         check=True).stdout  # fmt: skip
+    assert b"@BINDIR@" not in tar and b"@DOCDIR@" not in tar  # placeholders filled in
+    control = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "pyroute2" not in control  # vendored: Debian 12's 0.7.2 cannot run netmux
+
+
+def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> None:
+    before = files(root)
+    group_before = (root / "etc" / "group").read_text()
+
+    box.run("dpkg", "-i", f"/var/tmp/{deb.name}", timeout=120)
+    # postinst: group and host key (0600), nothing enabled or started
+    assert box.run("getent", "group", "netmux").stdout.startswith("netmux:")
+    key = root / "var" / "lib" / "netmux" / "host.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_size == 32
+    enabled = box.systemctl("list-unit-files", "--state=enabled", "netmux*", "phonebookd*",
+                            "ipmuxd*", check=False).stdout  # fmt: skip
+    assert "netmux" not in enabled.split("unit files listed")[0].replace("UNIT FILE", "")
+    assert box.systemctl("is-active", "netmux-mux.service", check=False).stdout.strip() != "active"
+    # The installed code runs with the vendored pyroute2, not a system copy.
+    where = box.run("python3", "-c", "import netmux, pyroute2; print(pyroute2.__file__)").stdout
+    assert where.startswith("/usr/lib/netmux/vendor/"), where
+
+    # A static prefix on gw0, and a workload that serves HTTP.
+    box.path("/etc/netmux/netmux.toml").write_text(f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+    box.path("/etc/netmux/workloads/httpd.toml").write_text(
+        'command = ["python3", "-m", "http.server", "--bind", "::", "80"]\nports = ["tcp/80"]\n'
+    )
+    box.systemctl("start", "netmux-radvd.service", timeout=60)
+    r = box.systemctl("start", "netmux@httpd.service", check=False, timeout=60)
+    assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
+    assert box.systemctl("is-active", "netmux@httpd.service").stdout.strip() == "active"
+
+    addrs = json.loads(box.run("ip", "-n", "httpd", "-j", "-6", "addr", "show").stdout)
+    global_addrs = [
+        a["local"]
+        for link in addrs
+        for a in link.get("addr_info", [])
+        if a["local"].startswith("2001:db8:0:1:")
+    ]
+    assert global_addrs, addrs
+    fetch = (
+        "import time, urllib.request as u\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        f"        print(u.urlopen('http://[{global_addrs[0]}]/', timeout=2).status); break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.1)\n"
+    )
+    out = box.run("ip", "netns", "exec", "mux", "python3", "-c", fetch, timeout=30).stdout
+    assert out.strip() == "200"
+
+    # Purge: units stopped, namespaces gone, files, group and state removed.
+    box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
+    box.run("dpkg", "--purge", "netmux", timeout=120)
+    assert box.run("ls", "/run/netns", check=False).stdout.split() == []
+    running = box.systemctl("list-units", "--plain", "--no-legend", "netmux*", check=False)
+    assert running.stdout.strip() == ""
+    assert box.run("getent", "group", "netmux", check=False).returncode == 2
+    assert (root / "etc" / "group").read_text() == group_before
+    after = files(root)
+    added = sorted(p for p in set(after) - set(before) if not p.startswith(VOLATILE))
+    removed = sorted(p for p in set(before) - set(after) if not p.startswith(VOLATILE))
+    assert not added, f"left behind after purge: {added[:20]}"
+    assert not removed, f"removed by install + purge: {removed[:20]}"
