@@ -142,6 +142,9 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
     name = p.name
     links.create_netns(name)  # StateError if a concurrent `up` took the name first
     try:
+        # Mark it ours at once, so `down` knows this namespace is a (half-built) workload.
+        _write_state(host, name, {"name": name, "phase": "building", "pid": os.getpid(),
+                                  "ifname": p.ifname, "kind": p.kind})  # fmt: skip
         with links.iproute(host.mux.netns) as mipr:
             links.create_child_link(
                 mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=name
@@ -186,6 +189,7 @@ def up(
         addrs = links.split_addresses(state.addrs)
         record = {
             "name": p.name,
+            "phase": "up",
             "kind": wl.kind,
             "netns": p.name,
             "netns_path": str(nsutil.netns_path(p.name)),
@@ -370,11 +374,35 @@ def _teardown(host: HostConfig, name: str, ifname: str) -> bool:
     return did
 
 
+def _looks_like_ours(name: str, ifname: str) -> bool:
+    """A namespace without netmux state: ours only if it holds nothing but lo and our link
+    (a workload killed right after creating its namespace). Anything else is not touched."""
+    try:
+        with links.iproute(name) as ipr:
+            for msg in ipr.get_links():
+                n = msg.get_attr("IFLA_IFNAME")
+                if n == "lo":
+                    continue
+                info = links.link_info(ipr, n)
+                if n != ifname or not info or info["kind"] not in ("macvlan", "macvtap"):
+                    return False
+    except OSError:
+        return True  # a mount point without a mount: a leftover of a killed `up`
+    return True
+
+
 def down(host: HostConfig, name: str) -> bool:
     """`netmux down NAME`: remove everything of NAME, whatever its state. Idempotent."""
     names.check_name(name)
-    st = read_state(host, name) or {}
-    ifname = str(st.get("ifname") or host.workload.ifname)
+    if name == host.mux.netns:
+        raise UsageError(f"{name!r} is the mux namespace, not a workload: use `netmux mux down`")
+    st = read_state(host, name)
+    ifname = str((st or {}).get("ifname") or host.workload.ifname)
+    if st is None and links.netns_exists(name) and not _looks_like_ours(name, ifname):
+        raise StateError(
+            f"network namespace {name!r} is not a netmux workload (no state in "
+            f"{_state_dir(host)} and it holds other links): not touching it"
+        )
     did = _teardown(host, name, ifname)
     if did:
         journal.info(
@@ -501,6 +529,9 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
         out["state"] = "no-link"
     elif not st:
         out["state"] = "unmanaged"
+    elif st.get("phase") == "building":
+        pid = st.get("pid")
+        out["state"] = "building" if isinstance(pid, int) and _alive(pid) else "half-built"
     elif not ls.up:
         out["state"] = "down"
     elif st.get("kind") == "vm" or links.ready(ls, "global"):

@@ -102,12 +102,16 @@ class MuxEnv:
             workload.down(self.host, name)
 
 
-def write_config(tmp: Path, mux_name: str, extra: str = "") -> Path:
+def write_config(tmp: Path, mux_name: str, extra: str = "", static: bool = True) -> Path:
+    """netmux.toml for this run: own mux name, uplink pattern RUN + "u*", tmp paths.
+
+    `extra` is appended (further sections); `static=False` leaves gw0 with the ULA only.
+    """
     p = tmp / "netmux.toml"
     p.write_text(
         f'[mux]\nnetns = "{mux_name}"\nuplinks = ["{RUN}u*"]\n'
-        f'static_addresses = ["{STATIC_GW}"]\n'
-        f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n'
+        + (f'static_addresses = ["{STATIC_GW}"]\n' if static else "")
+        + f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n'
         f'workloads_dir = "{tmp}/workloads"\n' + extra
     )
     return p
@@ -145,11 +149,13 @@ def stop(p: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_mux(tmp: Path, extra: str = "", radvd: bool = True) -> Iterator[MuxEnv]:
+def running_mux(
+    tmp: Path, extra: str = "", radvd: bool = True, static: bool = True
+) -> Iterator[MuxEnv]:
     """Bring up this run's own mux (+ radvd); always tear everything down afterwards."""
     tmp.mkdir(parents=True, exist_ok=True)
-    name = f"{RUN}M{secrets.token_hex(2)}"
-    path = write_config(tmp, name, extra)
+    name = f"{RUN}m{secrets.token_hex(2)}"
+    path = write_config(tmp, name, extra, static)
     host = config.load_host(path)
     env = MuxEnv(host, path, tmp, None)
     try:

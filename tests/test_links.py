@@ -1,0 +1,94 @@
+"""Pure parts of links.py: sysctl order, what counts as usable, the one-line reasons."""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address
+
+import pytest
+
+from netmux import links
+from netmux.links import Addr, LinkState
+
+pytestmark = pytest.mark.unit
+
+LL = Addr(IPv6Address("fe80::1"), 64, 0x80)
+GLOBAL = Addr(IPv6Address("2001:db8:0:1::5"), 64, 0)
+ULA = Addr(IPv6Address("fd64:cafe::5"), 64, 0)
+
+
+def test_sysctls_secret_first_everything_before_up() -> None:
+    items = links.workload_sysctls("eth0", "::1", optimistic=True, retrans_time_ms=100)
+    keys = [k for k, _ in items]
+    assert keys[0] == "net.ipv6.conf.eth0.stable_secret"
+    assert keys.index("net.ipv6.conf.eth0.stable_secret") < keys.index(
+        "net.ipv6.conf.eth0.addr_gen_mode"
+    )
+    d = dict(items)
+    assert d["net.ipv6.conf.eth0.forwarding"] == "0"
+    assert d["net.ipv6.conf.eth0.accept_ra"] == "1"
+    assert d["net.ipv6.conf.eth0.optimistic_dad"] == "1"
+    assert d["net.ipv6.conf.eth0.use_optimistic"] == "1"
+    assert d["net.ipv6.conf.eth0.router_solicitation_delay"] == "0"
+    assert d["net.ipv6.neigh.eth0.retrans_time_ms"] == "100"
+    assert d["net.ipv6.conf.eth0.ndisc_notify"] == "1"
+    assert "accept_dad" not in d or d["net.ipv6.conf.eth0.accept_dad"] != "0"
+    plain = dict(links.workload_sysctls("eth0", "::1", optimistic=False, retrans_time_ms=250))
+    assert "net.ipv6.conf.eth0.optimistic_dad" not in plain
+    assert plain["net.ipv6.neigh.eth0.retrans_time_ms"] == "250"
+
+
+@pytest.mark.parametrize(
+    ("flags", "usable"),
+    [
+        (0, True),
+        (links.IFA_F_TENTATIVE, False),
+        (links.IFA_F_TENTATIVE | links.IFA_F_OPTIMISTIC, True),
+        (links.IFA_F_DEPRECATED, False),
+        (links.IFA_F_DADFAILED | links.IFA_F_TENTATIVE, False),
+    ],
+)
+def test_usable(flags: int, usable: bool) -> None:
+    assert Addr(IPv6Address("2001:db8::1"), 64, flags).usable() is usable
+
+
+def test_global_ula_split() -> None:
+    assert GLOBAL.is_global and not GLOBAL.is_ula
+    assert ULA.is_ula and not ULA.is_global
+    assert LL.is_link_local and not LL.is_global
+    st = LinkState("eth0", (LL, GLOBAL, ULA), True)
+    split = links.split_addresses(st.addrs)
+    assert split == {
+        "global": ["2001:db8:0:1::5/64"],
+        "ula": ["fd64:cafe::5/64"],
+        "link_local": ["fe80::1/64"],
+    }
+
+
+def test_ready() -> None:
+    assert links.ready(LinkState("eth0"), "none")
+    assert not links.ready(LinkState("eth0", (LL, GLOBAL)), "global")  # no default route
+    assert links.ready(LinkState("eth0", (LL, GLOBAL), True), "global")
+    assert not links.ready(LinkState("eth0", (LL, ULA), True), "global")
+    assert links.ready(LinkState("eth0", (LL, ULA)), "ula")
+
+
+@pytest.mark.parametrize(
+    ("state", "wait", "expected"),
+    [
+        (LinkState("eth0", (LL,), False, up=True), "global",
+         "no router advertisement received on eth0 within 10s: is radvd running in mux?"),
+        (LinkState("eth0", (LL, ULA), True, up=True), "global", "no global prefix on gw0"),
+        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, links.IFA_F_DADFAILED)), True, up=True),
+         "global", "DAD failed for 2001:db8:0:1::5/64 on eth0"),
+        (LinkState("eth0", (Addr(LL.address, 64, links.IFA_F_TENTATIVE),), up=True), "global",
+         "no usable link-local address"),
+        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, links.IFA_F_TENTATIVE)), True, up=True),
+         "global", "2001:db8:0:1::5/64 (tentative)"),
+        (LinkState("eth0", (LL, GLOBAL), False, up=True), "global", "no default route on eth0"),
+        (LinkState("eth0"), "global", "eth0 is not up"),
+    ],
+)  # fmt: skip
+def test_missing_says_what(state: LinkState, wait: str, expected: str) -> None:
+    msg = links.missing(state, wait, 10.0, "gw0")
+    assert expected in msg
+    assert "\n" not in msg

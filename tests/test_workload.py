@@ -1,0 +1,320 @@
+"""Workload lifecycle against a real mux + radvd: addresses, reachability, kills, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netmux import config, links, names, workload
+from tests import muxfix
+from tests.conftest import RUN, wait_for
+from tests.muxfix import MuxEnv
+
+pytestmark = pytest.mark.netns
+
+mux_radvd_module = muxfix.mux_radvd_module
+
+
+@pytest.fixture
+def env(mux_radvd_module: MuxEnv) -> MuxEnv:
+    return mux_radvd_module
+
+
+@pytest.fixture
+def wname(env: MuxEnv) -> Iterator[Callable[[], str]]:
+    """wname() -> a fresh workload name; every one is brought down after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        n = env.name("w")
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        workload.down(env.host, n)
+
+
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+
+
+def world(env: MuxEnv) -> tuple[frozenset[str], str, frozenset[str]]:
+    """What a workload can leave behind: namespaces, links in mux, state files."""
+    ns = frozenset(n for n in os.listdir("/run/netns") if n.startswith(RUN))
+    mux_links = _ip("-n", env.netns, "-o", "link")
+    mux_links = "\n".join(sorted(line.split(":")[1].strip() for line in mux_links.splitlines()))
+    state = env.host.paths.run_dir / "workloads"
+    files = frozenset(os.listdir(state)) if state.exists() else frozenset()
+    return ns, mux_links, files
+
+
+def assert_gone(env: MuxEnv, name: str) -> None:
+    assert not links.netns_exists(name), f"/run/netns/{name} still exists"
+    assert not workload.state_path(env.host, name).exists()
+    assert names.mux_link_name(name) not in _ip("-n", env.netns, "-o", "link")
+    assert workload.status(env.host, name)["state"] == "absent"
+
+
+def test_address_stable_across_down_up_and_changes_with_host_key(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    n = wname()
+    env.netmux("up", n)
+    first = env.global_address(n)
+    mac = workload.status(env.host, n)["mac"]
+    assert first.startswith("2001:db8:0:1:")
+    env.netmux("down", n)
+    assert_gone(env, n)
+    env.netmux("up", n)
+    assert env.global_address(n) == first
+    assert workload.status(env.host, n)["mac"] == mac
+    env.netmux("down", n)
+    key = env.host.paths.host_key
+    old_key = key.read_bytes()
+    key.unlink()
+    try:
+        env.netmux("up", n)
+        assert env.global_address(n) != first
+        assert workload.status(env.host, n)["mac"] != mac
+        env.netmux("down", n)
+    finally:
+        key.write_bytes(old_key)
+
+
+def test_two_workloads_reach_each_other_and_the_gateway(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    a, b = wname(), wname()
+    env.netmux("up", a)
+    env.netmux("up", b)
+    b_global = env.global_address(b)
+    a_ula = str(workload.status(env.host, a)["addresses"]["ula"][0]).split("/")[0]  # type: ignore[index]
+    for ns, dst in ((a, b_global), (b, a_ula), (a, "2001:db8:0:1::1")):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "ping", "-6", "-c", "1", "-W", "2", dst],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.returncode == 0, f"{ns} -> {dst}: {r.stdout}{r.stderr}"
+
+
+def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    r = env.netmux(
+        "run", n, "--", "sh", "-c", "ip -6 -o addr show dev eth0 scope global; exit 3", check=False
+    )
+    assert r.returncode == 3, r.stderr
+    assert "2001:db8:0:1:" in r.stdout and "fd64:cafe::" in r.stdout
+    assert_gone(env, n)
+
+    env.netmux("up", n)
+    r = env.netmux("exec", n, "--", "ip", "-6", "route", "show", "default")
+    assert "via fe80::" in r.stdout and "dev eth0" in r.stdout
+    rows = json.loads(env.netmux("ls", "--json").stdout)
+    (row,) = [x for x in rows if x["name"] == n]
+    assert row["state"] == "up" and row["ifname"] == "eth0" and row["netns"] == n
+    assert row["addresses"]["global"][0].startswith("2001:db8:0:1:")
+    assert row["addresses"]["ula"][0].startswith("fd64:cafe:")
+    st = json.loads(env.netmux("status", n, "--json").stdout)
+    assert st["mac"] == row["mac"] and f"{n}.internal" in st["dns"]
+    text = env.netmux("status", n).stdout
+    assert "global 2001:db8:0:1:" in text and "ula    fd64:cafe:" in text
+    env.netmux("down", n)
+    env.netmux("down", n)  # idempotent
+    r = env.netmux("status", n, check=False)
+    assert r.returncode == 3
+
+
+def test_up_execs_cmd_as_user_in_the_namespace(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    r = env.netmux(
+        "up", n, "--user", "nobody", "--",
+        "sh", "-c", 'id -u; echo "$USER $LOGNAME"; ip -6 -o addr show dev eth0 scope global',
+    )  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert lines[0] == "65534"
+    assert lines[1] == "nobody nobody"
+    assert "2001:db8:0:1:" in r.stdout
+    env.netmux("down", n)
+    assert_gone(env, n)
+
+
+def test_killed_cmd_leaves_nothing_after_down(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    p = subprocess.Popen(env.argv("up", n, "--", "sleep", "60"), env=env.env(),
+                         stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: workload.read_state(env.host, n), timeout=10)
+        # exec: the workload is the process netmux was (same PID), no Python stays
+        wait_for(lambda: Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep", timeout=5)
+        assert workload.read_state(env.host, n)["pid"] == p.pid  # type: ignore[index]
+        assert os.stat(f"/proc/{p.pid}/ns/net").st_ino == os.stat(f"/run/netns/{n}").st_ino
+    finally:
+        p.kill()
+        p.wait()
+    assert workload.status(env.host, n)["running"] is False
+    env.netmux("down", n)
+    assert_gone(env, n)
+
+
+def test_sigkilled_up_leaves_nothing_after_down(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    before = world(env)
+    for delay in (0.05, 0.12, 0.16, 0.2, 0.24, 0.28, 0.35, 0.5):
+        p = subprocess.Popen(env.argv("up", n, "--", "sleep", "60"), env=env.env(),
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        env.netmux("down", n)
+        assert_gone(env, n)
+    assert world(env) == before
+
+
+def test_200_cycles_with_random_kills_leak_nothing(env: MuxEnv, wname: Callable[[], str]) -> None:
+    """In-process `up` in a forked child (no interpreter start-up: fast), SIGKILLed at a
+    random moment half of the time; `down` after each cycle must leave nothing."""
+    n = wname()
+    wl = config.workload_from(n)
+    before = world(env)
+    rnd = random.Random(RUN)
+    addresses = set()
+    completed = killed = 0
+    for _ in range(200):
+        pid = os.fork()
+        if pid == 0:  # child: build the workload, never return into pytest
+            code = 1
+            try:
+                workload.up(env.host, wl, (), exec_cmd=False)
+                code = 0
+            finally:
+                os._exit(code)
+        if rnd.random() < 0.5:
+            time.sleep(rnd.uniform(0, 0.12))
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            completed += 1
+            addresses.add(json.dumps(workload.read_state(env.host, n)["addresses"]["global"]))  # type: ignore[index]
+        else:
+            killed += 1
+        workload.down(env.host, n)
+        assert not links.netns_exists(n)
+    assert world(env) == before
+    assert completed > 20 and killed > 20
+    assert len(addresses) == 1  # the same address every time it came up
+
+
+def test_bad_input_gives_one_line_and_changes_nothing(
+    env: MuxEnv, wname: Callable[[], str], tmp_path: Path
+) -> None:
+    n, held = wname(), wname()
+    env.netmux("up", held)
+    held_addr = env.global_address(held)
+    before = world(env)
+    cases: list[tuple[list[str], int, str]] = [
+        (["up", "Bad_Name"], 2, "is not allowed"),
+        (["up", "default"], 2, "is reserved"),
+        (["up", n, "--user", "nosuchuser"], 2, "unknown user 'nosuchuser'"),
+        (["up", n, "--", "/nonexistent/cmd"], 2, "not found or not executable"),
+        (["up", n, "--port", "tcp/99999"], 2, "tcp/99999"),
+        (["up", n, "--vm", "--", "true"], 2, "{tapfd}"),
+        (["up", held], 1, f"workload '{held}' is already up"),
+        (["up", env.netns], 1, "is the mux namespace's name"),
+        (["down", env.netns], 2, "is the mux namespace, not a workload"),
+        (["run", n], 2, "a command is needed"),
+        (["exec", n, "--", "true"], 1, "is not up"),
+        (["down", "Bad_Name"], 2, "is not allowed"),
+    ]
+    for argv, code, text in cases:
+        r = env.netmux(*argv, check=False)
+        assert r.returncode == code, (argv, r.stderr)
+        assert text in r.stderr, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
+        assert world(env) == before, argv
+    assert env.global_address(held) == held_addr
+    # a namespace netmux did not make is never removed by `down`
+    foreign = env.name("f")
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        subprocess.run(["ip", "-n", foreign, "link", "add", "v0", "type", "veth"], check=True)
+        r = env.netmux("down", foreign, check=False)
+        assert r.returncode == 1 and "is not a netmux workload" in r.stderr
+        assert links.netns_exists(foreign)
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], check=True)
+    # a host whose mux does not exist
+    nomux = muxfix.write_config(tmp_path, f"{RUN}nomux")
+    r = subprocess.run(
+        [*env.argv("up", n)[:3], "--config", str(nomux), "up", n],
+        env=env.env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 1 and f"mux namespace '{RUN}nomux' does not exist" in r.stderr
+    assert world(env) == before
+
+
+def test_vm_gets_a_macvtap_fd_and_mac(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    r = env.netmux(
+        "run", n, "--vm", "--",
+        "sh", "-c", "readlink /proc/self/fd/{tapfd}; echo mac={mac}; ip -d -o link show eth0",
+    )  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("/dev/tap") or "tap" in lines[0], r.stdout
+    mac = lines[1].removeprefix("mac=")
+    assert mac == names.stable_mac(names.load_host_key(env.host.paths.host_key), n)
+    assert "macvtap mode bridge" in lines[2] and mac in lines[2]
+    assert_gone(env, n)
+
+
+def test_notify_status_and_ready_under_systemd(
+    env: MuxEnv, wname: Callable[[], str], tmp_path: Path
+) -> None:
+    n = wname()
+    path = tmp_path / "notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(5)
+    try:
+        e = env.env()
+        e["NOTIFY_SOCKET"] = str(path)
+        r = subprocess.run(env.argv("up", n, "--", "true"), env=e, capture_output=True,
+                           text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        msg = s.recv(65536).decode()
+    finally:
+        s.close()
+    fields = dict(line.split("=", 1) for line in msg.splitlines())
+    assert fields["READY"] == "1"
+    assert "global 2001:db8:0:1:" in fields["STATUS"]
+    assert f"{n}.internal" in fields["STATUS"]
+    assert f"{n}.{env.host.public_zone}" in fields["STATUS"]
+    env.netmux("down", n)
+
+
+@pytest.mark.parametrize(
+    ("radvd", "static", "expected"),
+    [
+        (False, True, "no router advertisement received on eth0 within 0.6s: is radvd running"),
+        (True, False, "no global prefix on gw0"),
+    ],
+)
+def test_wait_timeout_names_what_is_missing(
+    tmp_path: Path, radvd: bool, static: bool, expected: str
+) -> None:
+    with muxfix.running_mux(tmp_path / "m", radvd=radvd, static=static) as env:
+        n = env.name("t")
+        r = env.netmux("up", n, "--timeout", "0.6", check=False)
+        assert r.returncode == 1
+        assert expected in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert_gone(env, n)
