@@ -23,7 +23,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
@@ -454,13 +454,3 @@ def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:
         out[key].append(str(a) + ("" if a.state() == "ok" else f" ({a.state()})"))
     return out
 
-
-@dataclass
-class Timer:
-    """Wall-clock marks for `--debug` and the bench: where did the time go."""
-
-    start: float = field(default_factory=time.monotonic)
-    marks: list[tuple[str, float]] = field(default_factory=list)
-
-    def mark(self, what: str) -> None:
-        self.marks.append((what, time.monotonic() - self.start))

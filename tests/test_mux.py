@@ -126,3 +126,41 @@ def test_watcher_adopts_hotplugged_nic_and_skips_vanished(mux_radvd: MuxEnv) -> 
 def test_mux_down_keeps_nothing_in_root(mux_radvd: MuxEnv) -> None:
     with links.iproute(mux_radvd.netns) as ipr:
         assert links.link_index(ipr, "gw0") is not None
+
+
+def test_mux_up_watch_notifies_ready_adopts_and_stops_on_sigterm(
+    tmp_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The netmux-mux.service path: `netmux mux up --watch` under Type=notify."""
+    import os
+    import signal
+    import socket
+    import sys
+
+    path = tmp_config()
+    host = config.load_host(path)
+    sock_path = tmp_path / "notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(sock_path))
+    s.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
+    u = f"{RUN}u{int(time.time() * 1000) % 0xFFF:x}w"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "netmux.cli", "--config", str(path), "mux", "up", "--watch"],
+        env=env, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        msg = s.recv(4096).decode()
+        assert "READY=1" in msg.splitlines()
+        assert links.netns_exists(host.mux.netns)
+        _veth(u)
+        wait_for(lambda: u in _ip("-n", host.mux.netns, "-br", "link"), timeout=5)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=5) == 0
+    finally:
+        s.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        _del(_peer(u))
+        mux.down(host)

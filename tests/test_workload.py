@@ -318,3 +318,21 @@ def test_wait_timeout_names_what_is_missing(
         assert expected in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert_gone(env, n)
+
+
+def test_run_forwards_sigterm_and_cleans_up(env: MuxEnv, wname: Callable[[], str]) -> None:
+    n = wname()
+    p = subprocess.Popen(
+        env.argv("run", n, "--", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.05; done"),
+        env=env.env(), stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: workload.read_state(env.host, n), timeout=10)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 42
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert_gone(env, n)
