@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "del", "list", "count", "log"])
     p.add_argument("prefix", nargs="?", help="e.g. 2001:db8:bad::/48")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="add: expire after")
+    p.add_argument("--watch", action="store_true", help="log: every deny.log_interval s")
     _json_flag(p)
 
     p = _add(sub, "stats", "per-workload traffic counters", "stats:cmd_stats")

@@ -4,7 +4,7 @@ The kernel holds the truth (the guard table's `@deny` and `@auto` sets, see fire
 manual entries are also kept in STATE_DIR/denylist.json so that `mux up` reloads them
 (with their remaining timeouts). `count` is manual + automatic entries: one number for a
 status bar. `log` writes that number to the journal (MESSAGE_ID=journal.DENYLIST_SIZE);
-a systemd timer runs it every deny.log_interval seconds.
+`log --watch` does so every deny.log_interval seconds (units/netmux-denylog.service).
 """
 
 from __future__ import annotations
@@ -217,8 +217,15 @@ def auto_denials(host: HostConfig) -> int:
 
 
 def log_size(host: HostConfig) -> int:
-    n = count(host)
-    journal.info(f"denylist size {n}", message_id=journal.DENYLIST_SIZE, denylist_size=n)
+    found = entries(host)
+    n = len(found)
+    auto = sum(1 for d in found if d.source == "auto")
+    journal.info(
+        f"denylist size {n} ({auto} automatic)",
+        message_id=journal.DENYLIST_SIZE,
+        netmux_denylist_size=n,
+        netmux_denylist_auto=auto,
+    )
     return n
 
 
@@ -237,6 +244,12 @@ def cmd_deny(args: argparse.Namespace, host: HostConfig) -> int:
         print(count(host))
     elif action == "log":
         log_size(host)
+        while getattr(args, "watch", False):
+            time.sleep(host.deny.log_interval)
+            try:
+                log_size(host)
+            except StateError as e:  # mux down for a while: say so, keep watching
+                journal.warning(f"denylist size unknown: {e}")
     elif action == "list":
         found = entries(host)
         if getattr(args, "json", False):

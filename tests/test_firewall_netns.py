@@ -113,6 +113,13 @@ def test_deny_count_is_exact_and_persists(topo: Callable[..., fwtopo.Topo], tmp_
         check=True,
     ).stdout
     assert out == f"{len(prefixes) - 1}\n"
+    log = subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "deny", "log"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    assert f"denylist size {len(prefixes) - 1} (0 automatic)" in log
 
 
 def test_deny_without_mux_is_a_clear_error(tmp_path: Path, uname: Callable[[str], str]) -> None:
