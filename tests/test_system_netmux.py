@@ -1,0 +1,232 @@
+"""netmux under a real systemd: the units, the journal, drop-ins and cleanup, end to end.
+
+One container per module: netmux-mux and netmux-radvd run in it with a static prefix on
+gw0 (2001:db8:0:1::/64), as a host with a routed prefix would; each test starts its own
+workload units. Names inside the container need no run prefix (its netns are private);
+the veth used for the hot-plug test lives on the host for a moment and carries it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from netmux import journal
+from tests import sysbox
+from tests.conftest import RUN
+
+pytestmark = pytest.mark.system
+
+PREFIX = "2001:db8:0:1:"
+CONFIG = '[mux]\nstatic_addresses = ["2001:db8:0:1::1/64"]\n'
+EXAMPLES = sysbox.UNITS_DIR / "examples"
+MUX_LINKS = {"lo", "host0", "host0p", "gw0", "eth7"}  # eth7: the hot-plug test's NIC
+
+box = sysbox.module_box(config=CONFIG, units=True)
+
+
+@pytest.fixture(scope="module")
+def mux(box: sysbox.SysBox) -> sysbox.SysBox:
+    box.systemctl("start", "netmux-mux.service", "netmux-radvd.service")
+    return box
+
+
+@pytest.fixture
+def unit(mux: sysbox.SysBox) -> Iterator[Callable[[str], str]]:
+    """unit("x") names a workload unit that is stopped and reset after the test."""
+    started: list[str] = []
+
+    def name(wl: str) -> str:
+        started.append(wl)
+        return f"netmux@{wl}.service"
+
+    yield name
+    for wl in started:
+        u = f"netmux@{wl}.service"
+        mux.systemctl("stop", u, check=False)
+        mux.systemctl("reset-failed", u, check=False)
+        d = mux.etc / "systemd" / "system" / f"{u}.d"
+        if d.exists():
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    mux.daemon_reload()
+
+
+def global_address(box: sysbox.SysBox, wl: str) -> str:
+    out = box.run("ip", "-n", wl, "-6", "-o", "addr", "show", "scope", "global").stdout
+    found = re.findall(r"inet6 (2001:db8:0:1:[0-9a-f:]+)/64", out)
+    assert found, out
+    return found[0]
+
+
+def leftovers(box: sysbox.SysBox, wl: str) -> list[str]:
+    """Anything of workload `wl` still on the (container's) system."""
+    left = []
+    if box.path(f"/run/netns/{wl}").exists():
+        left.append(f"netns {wl}")
+    if box.path(f"/run/netmux/workloads/{wl}.json").exists():
+        left.append(f"state {wl}")
+    extra = mux_links(box) - MUX_LINKS
+    if extra:
+        left.append(f"links in mux: {sorted(extra)}")
+    return left
+
+
+def mux_links(box: sysbox.SysBox) -> set[str]:
+    out = box.run("ip", "-n", "mux", "-o", "link").stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def test_start_status_and_reachable(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    u = unit("httpd")
+    box.systemctl("start", u)
+    props = box.show(u, "ActiveState", "StatusText")
+    assert props["ActiveState"] == "active"
+    addr = global_address(box, "httpd")
+    assert addr in props["StatusText"] and "httpd.internal" in props["StatusText"]
+    # Reachable from another namespace: a second workload.
+    box.systemctl("start", unit("client"))
+    box.run("ip", "netns", "exec", "client", "ping", "-6", "-c1", "-W5", addr)
+
+
+PENDING_PREFIX = pytest.mark.xfail(
+    reason="core: workload.py logs address= without its length, so no NETMUX_PREFIX yet "
+    "(journal.fields() derives it from 'addr/len')",
+    strict=False,
+)
+PENDING_USER = pytest.mark.xfail(
+    reason="core: `netmux up` under systemd (INVOCATION_ID set, ExecStart=!) should take "
+    "$USER from User= as the workload user when NETMUX_USER/--user are not given",
+    strict=False,
+)
+
+
+@PENDING_PREFIX
+def test_journal_fields(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    u = unit("jrnl")
+    box.systemctl("start", u)
+    recs = box.journal("-u", u)
+    ups = [r for r in recs if r.get("MESSAGE_ID") == journal.WORKLOAD_UP]
+    assert ups, recs
+    assert ups[-1]["NETMUX_WORKLOAD"] == "jrnl"
+    assert ups[-1]["NETMUX_NETNS"] == "jrnl"
+    assert ups[-1]["NETMUX_IFNAME"] == "eth0"
+    assert ups[-1]["NETMUX_ADDRESS"] == global_address(box, "jrnl")
+    assert ups[-1]["NETMUX_PREFIX"] == "2001:db8:0:1::/64"
+    by_field = box.journal("NETMUX_WORKLOAD=jrnl")
+    assert any(r.get("MESSAGE_ID") == journal.WORKLOAD_UP for r in by_field)
+    box.systemctl("stop", u)
+    downs = box.journal("NETMUX_WORKLOAD=jrnl", f"MESSAGE_ID={journal.WORKLOAD_DOWN}")
+    assert downs and downs[-1]["_SYSTEMD_UNIT"] == u
+
+
+def test_dropin_adds_command_and_port(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    u = unit("web")
+    box.systemctl("start", u)  # the namespace only: nothing listens yet
+    addr = global_address(box, "web")
+    box.write("/srv/web/index.html", "hello from web\n")
+    dropin = (EXAMPLES / "netmux@web.service.d" / "10-command.conf").read_text()
+    box.add_dropin(u, "10-command.conf", dropin)
+    box.systemctl("restart", u)
+    props = box.show(u, "ActiveState", "MainPID", "StatusText")
+    assert props["ActiveState"] == "active"
+    # After exec the workload itself is the unit's main process.
+    assert box.path(f"/proc/{props['MainPID']}/comm").read_text().strip() == "busybox"
+    assert global_address(box, "web") == addr  # stable across restarts
+    box.systemctl("start", unit("browser"))
+    page = box.run(
+        "ip", "netns", "exec", "browser", "curl", "-sS", "-g", "-m", "5",
+        f"http://[{addr}]/",
+    ).stdout  # fmt: skip
+    assert page == "hello from web\n"
+
+
+@PENDING_USER
+def test_user_is_honoured_for_the_workload(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    u = unit("asuser")
+    box.add_dropin(
+        u,
+        "10-command.conf",
+        "[Service]\nExecStart=\nExecStart=!@BINDIR@/netmux up %i -- /bin/sleep infinity\n"
+        "RemainAfterExit=no\nUser=nobody\n",
+    )
+    box.systemctl("start", u)
+    pid = box.show(u, "MainPID")["MainPID"]
+    status = box.path(f"/proc/{pid}/status").read_text()
+    uid = re.search(r"^Uid:\s+(\d+)", status, re.M)
+    assert uid and uid.group(1) == "65534", status
+    assert (
+        box.run("readlink", f"/proc/{pid}/ns/net").stdout
+        == box.run("ip", "netns", "exec", "asuser", "readlink", "/proc/self/ns/net").stdout
+    )
+
+
+@pytest.mark.parametrize("how", ["stop", "kill9", "failing"])
+def test_nothing_left_behind(box: sysbox.SysBox, unit: Callable[[str], str], how: str) -> None:
+    wl = f"gone{how[:4]}"
+    u = unit(wl)
+    cmd = "/bin/false" if how == "failing" else "/bin/sleep infinity"
+    box.add_dropin(
+        u,
+        "10-command.conf",
+        f"[Service]\nExecStart=\nExecStart=!@BINDIR@/netmux up %i -- {cmd}\nRemainAfterExit=no\n",
+    )
+    box.systemctl("start", u, check=how != "failing")
+    assert box.path(f"/run/netns/{wl}").exists() or how == "failing"
+    if how == "stop":
+        box.systemctl("stop", u)
+    elif how == "kill9":
+        pid = box.show(u, "MainPID")["MainPID"]
+        box.run("kill", "-9", pid)
+    box.wait_for(lambda: box.show(u, "ActiveState")["ActiveState"] in ("inactive", "failed"))
+    box.wait_for(lambda: not leftovers(box, wl), timeout=5)
+    if how != "stop":
+        assert box.show(u, "ActiveState")["ActiveState"] == "failed"
+
+
+def test_second_unit_joins_the_namespace(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    u = unit("shared")
+    box.install_units([EXAMPLES / "joined-httpd@.service"], reload=False)
+    box.add_dropin(u, "ports.conf", "[Service]\nEnvironment=NETMUX_PORTS=tcp/8080\n")
+    box.systemctl("start", u, "joined-httpd@shared.service")
+    addr = global_address(box, "shared")
+    seen = box.run(
+        "systemd-run", "--wait", "--pipe", "--quiet",
+        "-p", "NetworkNamespacePath=/run/netns/shared",
+        "ip", "-6", "-o", "addr", "show", "scope", "global",
+    ).stdout  # fmt: skip
+    assert addr in seen
+    box.systemctl("start", unit("peer"))
+    r = box.run(
+        "ip", "netns", "exec", "peer", "curl", "-sS", "-g", "-m", "5", "-o", "/dev/null",
+        f"http://[{addr}]:8080/", check=False,
+    )  # fmt: skip
+    # busybox httpd answers (404 for a directory without index.html is an answer too).
+    assert "Connection refused" not in r.stderr and "timed out" not in r.stderr, r.stderr
+    # BindsTo=: stopping the workload stops the joined service.
+    box.systemctl("stop", u)
+    assert box.show("joined-httpd@shared.service", "ActiveState")["ActiveState"] != "active"
+
+
+def test_mux_adopts_a_hotplugged_nic(mux: sysbox.SysBox) -> None:
+    """A veth whose container end appears (already named eth7) after netmux-mux started."""
+    host_if = f"{RUN}hp"
+    mux.host_links.append(host_if)
+    try:
+        subprocess.run(
+            ["ip", "link", "add", host_if, "type", "veth",
+             "peer", "name", "eth7", "netns", str(mux.leader)],
+            check=True,
+        )  # fmt: skip
+        mux.wait_for(
+            lambda: mux.run("ip", "-n", "mux", "link", "show", "eth7", check=False).returncode == 0,
+            timeout=10,
+        )
+        recs = mux.journal("-u", "netmux-mux.service", f"MESSAGE_ID={journal.NIC_ADOPTED}")
+        assert any(r.get("NETMUX_IFNAME") == "eth7" for r in recs), recs
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], check=False, stderr=subprocess.DEVNULL)
