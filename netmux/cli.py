@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(
         sub, "render", "print a daemon configuration rendered from the config", "render:cmd_render"
     )
-    p.add_argument("what", choices=["radvd", "dhcpcd", "tayga", "unbound", "nft"])
+    p.add_argument("what", choices=["radvd", "dhcpcd", "tayga", "unbound", "nft", "router-rules"])
     p.add_argument("--output", metavar="FILE", help="write FILE (atomically) instead of stdout")
     p.add_argument(
         "--uplink",
@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IFNAME",
         help="dhcpcd: an uplink name (default: links in mux matching mux.uplinks)",
     )
+    style = p.add_mutually_exclusive_group()  # router-rules (render/router_rules.py)
+    for s in ("nft", "ip6tables", "routeros"):
+        style.add_argument(f"--{s}", dest="router_style", action="store_const", const=s,
+                           help=f"router-rules: {s} syntax")  # fmt: skip
+    p.add_argument("--prefix", action="append", help="router-rules: a statically bound prefix")
+    p.add_argument("--match", metavar="VALUE/MASK", help="router-rules: 2000:0:0:1::/e000:0:0:ff::")
 
     p = _add(sub, "deny", "the source-prefix denylist in mux", "denylist:cmd_deny")
     p.add_argument("action", choices=["add", "del", "list", "count", "log"])

@@ -62,3 +62,22 @@ def test_nft_text_parses() -> None:
     if r.returncode and "unshare" in r.stderr:
         pytest.skip(f"no user namespace here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
+
+
+def test_text_from_args() -> None:
+    import argparse
+
+    from netmux import config
+
+    host = config.parse_host('[mux]\nstatic_addresses = ["2001:db8:0:7::1/64"]\n')
+    ns = argparse.Namespace(router_style="routeros", prefix=None, match=None)
+    assert "address=2001:db8:0:7::/64" in router_rules.text_from_args(ns, host)
+    ns = argparse.Namespace(router_style="routeros", prefix=["2001:db8:0:9::/64"], match=None)
+    assert "address=2001:db8:0:9::/64" in router_rules.text_from_args(ns, host)
+    ns = argparse.Namespace(router_style=None, prefix=None, match="2000:0:0:3::/e000:0:0:ff::")
+    assert "== 2000:0:0:3::" in router_rules.text_from_args(ns, host)
+    with pytest.raises(UsageError, match="--prefix"):
+        router_rules.text_from_args(
+            argparse.Namespace(router_style="routeros", prefix=["2001:db8::1/64"], match=None),
+            host,
+        )

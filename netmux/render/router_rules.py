@@ -10,10 +10,12 @@ of the statically bound prefixes (DHCPv6-PD static bindings per server IAID).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from ipaddress import IPv6Address, IPv6Network
 from typing import Literal
 
+from ..config import HostConfig
 from ..errors import UsageError
 
 Style = Literal["nft", "ip6tables", "routeros"]
@@ -96,3 +98,26 @@ def render(
         ]
         return "\n".join(lines) + "\n"
     raise UsageError(f"render router-rules: style {style!r} is not one of {', '.join(STYLES)}")
+
+
+def text_from_args(args: argparse.Namespace, cfg: HostConfig) -> str:
+    """`netmux render router-rules [--nft|--ip6tables|--routeros] [--prefix P] [--match V/M]`.
+
+    RouterOS prefixes default to the networks of mux.static_addresses.
+    """
+    style: Style = getattr(args, "router_style", None) or "nft"
+    value, mask = (
+        parse_match(args.match) if getattr(args, "match", None) else (SEED_VALUE, SEED_MASK)
+    )
+    prefixes: list[IPv6Network] = []
+    for p in getattr(args, "prefix", None) or []:
+        try:
+            prefixes.append(IPv6Network(p, strict=True))
+        except ValueError:
+            raise UsageError(
+                f"render router-rules: --prefix {p!r} is not allowed: an IPv6 prefix with "
+                "host bits clear, such as 2001:db8:0:1::/64"
+            ) from None
+    if not prefixes:
+        prefixes = [a.network for a in cfg.mux.static_addresses]
+    return render(style, value, mask, prefixes)
