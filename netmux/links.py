@@ -219,7 +219,15 @@ def workload_sysctls(
     return items
 
 
-def add_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Interface, ...], nodad: bool) -> None:
+def add_addresses(
+    ipr: Any,
+    ifname: str,
+    addrs: tuple[IPv6Interface, ...],
+    nodad: bool = False,
+    optimistic: bool = False,
+) -> None:
+    """Static addresses. `optimistic` (RFC 4429, like SLAAC ones with optimistic_dad) lets a
+    daemon bind them at once (e.g. a resolver on fd64:cafe::53) while DAD still runs."""
     idx = link_index(ipr, ifname)
     if idx is None:
         raise StateError(f"link {ifname} does not exist")
@@ -231,6 +239,8 @@ def add_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Interface, ...], nodad
         }
         if nodad:
             kw["flags"] = IFA_F_NODAD
+        elif optimistic:
+            kw["flags"] = IFA_F_OPTIMISTIC
         try:
             ipr.addr("add", **kw)
         except NetlinkError as e:
@@ -309,8 +319,16 @@ class LinkState:
         return tuple(a for a in self.addrs if a.is_link_local)
 
 
-def ready(state: LinkState, wait: str) -> bool:
-    """Has the link what `wait` ("global", "ula", "none") asks for? Pure."""
+def _required_ok(state: LinkState, required: tuple[IPv6Address, ...]) -> bool:
+    have = {a.address: a for a in state.addrs}
+    return all(r in have and have[r].usable() for r in required)
+
+
+def ready(state: LinkState, wait: str, required: tuple[IPv6Address, ...] = ()) -> bool:
+    """Has the link what `wait` ("global", "ula", "none") asks for, and are the `required`
+    (static) addresses usable? Pure."""
+    if not _required_ok(state, required):
+        return False
     if wait == "none":
         return True
     if wait == "ula":
@@ -318,7 +336,13 @@ def ready(state: LinkState, wait: str) -> bool:
     return state.default_route and any(a.usable() for a in state.global_addrs)
 
 
-def missing(state: LinkState, wait: str, timeout: float, mux_gateway: str) -> str:
+def missing(
+    state: LinkState,
+    wait: str,
+    timeout: float,
+    mux_gateway: str,
+    required: tuple[IPv6Address, ...] = (),
+) -> str:
     """One line saying what did not arrive: for the error when waiting times out. Pure."""
     ifn = state.ifname
     failed = [a for a in state.addrs if a.dadfailed]
@@ -327,6 +351,14 @@ def missing(state: LinkState, wait: str, timeout: float, mux_gateway: str) -> st
             f"DAD failed for {', '.join(str(a) for a in failed)} on {ifn}: another node "
             "uses this address (is an old instance of this workload still running?)"
         )
+    if not _required_ok(state, required):
+        have = {a.address: a for a in state.addrs}
+        bad = [
+            f"{r} ({have[r].state() if r in have else 'missing'})"
+            for r in required
+            if r not in have or not have[r].usable()
+        ]
+        return f"static address {', '.join(bad)} on {ifn} not usable within {timeout:g}s"
     if not state.up:
         return f"{ifn} is not up within {timeout:g}s"
     if not state.link_local or not any(a.usable() for a in state.link_local):
@@ -411,6 +443,7 @@ def wait_ready(
     wait: str,
     timeout: float,
     mux_gateway: str = "gw0",
+    required: tuple[IPv6Address, ...] = (),
 ) -> LinkState:
     """Wait until `ifname` is ready for `wait`; WaitError naming what is missing otherwise.
 
@@ -420,13 +453,13 @@ def wait_ready(
     while True:
         _drain(events)
         state = link_state(ipr, ifname)
-        if ready(state, wait):
+        if ready(state, wait, required):
             return state
         if any(a.dadfailed for a in state.addrs):
-            raise WaitError(missing(state, wait, timeout, mux_gateway))
+            raise WaitError(missing(state, wait, timeout, mux_gateway, required))
         left = deadline - time.monotonic()
         if left <= 0:
-            raise WaitError(missing(state, wait, timeout, mux_gateway))
+            raise WaitError(missing(state, wait, timeout, mux_gateway, required))
         select.select([events], [], [], min(left, 0.5))
 
 
@@ -453,4 +486,3 @@ def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:
         key = "ula" if a.is_ula else "link_local" if a.is_link_local else "global"
         out[key].append(str(a) + ("" if a.state() == "ok" else f" ({a.state()})"))
     return out
-

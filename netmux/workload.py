@@ -163,10 +163,21 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
         try:
             with links.iproute(name) as ipr:
                 links.set_up(ipr, "lo")
-                if wl.addresses and p.kind == "macvlan":
-                    links.add_addresses(ipr, p.ifname, wl.addresses, nodad=False)
+                statics = wl.addresses if p.kind == "macvlan" else ()
+                if statics:
+                    links.add_addresses(
+                        ipr, p.ifname, statics, optimistic=host.workload.optimistic_dad
+                    )
                 links.set_up(ipr, p.ifname)
-                state = links.wait_ready(ipr, events, p.ifname, p.wait, p.timeout, host.mux.gateway)
+                state = links.wait_ready(
+                    ipr,
+                    events,
+                    p.ifname,
+                    p.wait,
+                    p.timeout,
+                    host.mux.gateway,
+                    required=tuple(a.ip for a in statics),
+                )
         finally:
             events.close()
         # phonebook: published here by the phonebook slice (issue 5).

@@ -92,3 +92,16 @@ def test_missing_says_what(state: LinkState, wait: str, expected: str) -> None:
     msg = links.missing(state, wait, 10.0, "gw0")
     assert expected in msg
     assert "\n" not in msg
+
+
+def test_required_static_addresses() -> None:
+    static = IPv6Address("fd64:cafe::53")
+    tentative = Addr(static, 64, links.IFA_F_TENTATIVE)
+    optimistic = Addr(static, 64, links.IFA_F_TENTATIVE | links.IFA_F_OPTIMISTIC)
+    st = LinkState("eth0", (LL, GLOBAL, tentative), True, up=True)
+    assert not links.ready(st, "global", (static,))
+    assert "static address fd64:cafe::53 (tentative) on eth0" in links.missing(
+        st, "global", 10, "gw0", (static,)
+    )
+    assert links.ready(LinkState("eth0", (LL, GLOBAL, optimistic), True), "global", (static,))
+    assert not links.ready(LinkState("eth0", (LL,)), "none", (static,))

@@ -8,6 +8,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -336,3 +337,36 @@ def test_run_forwards_sigterm_and_cleans_up(env: MuxEnv, wname: Callable[[], str
             p.kill()
             p.wait()
     assert_gone(env, n)
+
+
+def test_workload_file_static_address_is_bindable_at_ready(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    """A resolver-style workload: a static ULA from its file, its command from the file
+    too; the command can bind the static address the moment it starts."""
+    n = wname()
+    d = env.host.paths.workloads_dir
+    d.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        "s.bind(('fd64:cafe::5353', 5353)); print('bound', s.getsockname()[0])"
+    )
+    (d / f"{n}.toml").write_text(
+        f'addresses = ["fd64:cafe::5353/64"]\ncommand = ["{sys.executable}", "-c", "{script}"]\n'
+    )
+    try:
+        r = env.netmux("up", n)
+        assert "bound fd64:cafe::5353" in r.stdout
+        st = workload.status(env.host, n)
+        assert any(a.startswith("fd64:cafe::5353/64") for a in st["addresses"]["ula"])  # type: ignore[index]
+        env.netmux("down", n)
+        # the environment (systemd drop-ins) overrides the file
+        e = env.env()
+        e["NETMUX_COMMAND"] = "true"
+        e["NETMUX_ADDRESSES"] = "fd64:cafe::5454/64"
+        r = subprocess.run(env.argv("up", n), env=e, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        st = workload.status(env.host, n)
+        assert any(a.startswith("fd64:cafe::5454/64") for a in st["addresses"]["ula"])  # type: ignore[index]
+    finally:
+        (d / f"{n}.toml").unlink()
