@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
 
-    p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", 8)
+    p = _add(
+        sub, "doctor", "check the host and say what is wrong and how to fix it", "doctor:cmd_doctor"
+    )
     _json_flag(p)
 
     p = _add(
