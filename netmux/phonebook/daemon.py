@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import journal, names
+from .. import journal, names, nsutil
 from ..config import IFNAME_RE, HostConfig, load_host
 from ..errors import NetmuxError, StateError, UsageError
 from . import fdstore
@@ -73,12 +73,16 @@ def check_lifeline(fd: int) -> None:
     raise UsageError("lifeline must be a socket or the read end of a pipe")
 
 
+NS_GET_NSTYPE = 0xB703  # <linux/nsfs.h>: _IO(0xb7, 0x3)
+
+
 def check_netns_fd(fd: int) -> None:
+    """`fd` must be a network namespace (nsfs), whatever path it was opened by."""
     try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
-        target = ""
-    if not target.startswith("net:["):
+        kind = 0
+    if kind != nsutil.CLONE_NEWNET:
         raise UsageError("not a network namespace")
 
 

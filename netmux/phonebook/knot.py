@@ -61,6 +61,8 @@ log:
 
 database:
     storage: "{directory}/db"
+    # DNS data here is rebuilt by phonebookd anyway: do not wait for fsync per update.
+    journal-db-mode: asynchronous
 
 include: "{key_file}"
 

@@ -308,7 +308,11 @@ class Rfc2136Sink(_Coalescer):
                     upd.replace(owner + ".", self.zones.ttl, rtype, *value)
                 else:
                     upd.delete(owner + ".", rtype)
+            t0 = time.monotonic()
             resp = await dns.asyncquery.tcp(upd, self.server, timeout=self.timeout, port=self.port)
+            took = time.monotonic() - t0
+            if took > 0.25:
+                journal.warning(f"update of {zone} took {took:.3f}s at {self.server}")
             if resp.rcode() != dns.rcode.NOERROR:
                 raise RuntimeError(
                     f"update of {zone} refused by {self.server}: {dns.rcode.to_text(resp.rcode())}"
