@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def up(
         _teardown(host, p.name, p.ifname)
         raise
     best = state.global_addrs or state.ula_addrs
-    main_addr = str(best[0].address) if best else None
+    main_addr = str(best[0]) if best else None  # "addr/len": the journal adds NETMUX_PREFIX
     journal.info(
         f"workload {p.name} up in {elapsed:.3f}s: {p.ifname} {p.mac} "
         + " ".join(addrs["global"] + addrs["ula"]),
@@ -576,7 +577,22 @@ def _workload_from_args(args: argparse.Namespace, host: HostConfig) -> WorkloadC
     }
     if getattr(args, "vm", False):
         overrides["kind"] = "vm"
-    return config.load_workload(host, args.name, env=os.environ, overrides=overrides)
+    wl = config.load_workload(host, args.name, env=os.environ, overrides=overrides)
+    unit_user = systemd_user()
+    if not wl.user and unit_user:
+        overrides["user"] = unit_user
+        wl = config.load_workload(host, args.name, env=os.environ, overrides=overrides)
+    return wl
+
+
+def systemd_user(env: Mapping[str, str] = os.environ) -> str | None:
+    """The unit's User= when `netmux up` runs as root under systemd (ExecStart=!...): systemd
+    still passes $USER, and the workload should run as that user. Lowest precedence: the
+    workload file, NETMUX_USER and --user win. Outside systemd $USER is ignored."""
+    user = env.get("USER")
+    if not env.get("INVOCATION_ID") or not user or user == "root" or os.geteuid() != 0:
+        return None
+    return user
 
 
 def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:

@@ -381,3 +381,18 @@ def test_workload_file_static_address_is_bindable_at_ready(
         assert any(a.startswith("fd64:cafe::5454/64") for a in st["addresses"]["ula"])  # type: ignore[index]
     finally:
         (d / f"{n}.toml").unlink()
+
+
+def test_unit_user_from_systemd_environment(env: MuxEnv, wname: Callable[[], str]) -> None:
+    """ExecStart=!netmux up NAME with User=nobody: systemd passes USER=nobody (and
+    INVOCATION_ID); the workload runs as nobody. Outside systemd $USER is ignored."""
+    n = wname()
+    e = env.env()
+    e.update(USER="nobody", INVOCATION_ID="0123456789abcdef0123456789abcdef")
+    r = subprocess.run(env.argv("up", n, "--", "id", "-u"), env=e, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "65534", r.stderr
+    env.netmux("down", n)
+    e.pop("INVOCATION_ID")
+    r = subprocess.run(env.argv("up", n, "--", "id", "-u"), env=e, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+    env.netmux("down", n)
