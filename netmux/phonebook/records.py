@@ -118,12 +118,14 @@ class Record:
 
     def __post_init__(self) -> None:
         check_fqdn(self.name)
-        if self.rtype == "A":
-            if str(IPv4Address(self.value)) != self.value:
-                raise UsageError(f"bad A value {self.value!r}")
-        elif self.rtype == "AAAA":
-            if str(IPv6Address(self.value)) != self.value:
-                raise UsageError(f"bad AAAA value {self.value!r}")
+        if self.rtype in ("A", "AAAA"):
+            ctor = IPv4Address if self.rtype == "A" else IPv6Address
+            try:
+                ok = str(ctor(self.value)) == self.value
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UsageError(f"bad {self.rtype} value {self.value!r}")
         elif self.rtype in ("NS", "PTR"):
             check_fqdn(self.value)
         elif self.rtype == "SOA":
