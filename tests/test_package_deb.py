@@ -264,3 +264,52 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     removed = sorted(p for p in set(before) - set(after) if not p.startswith(VOLATILE))
     assert not added, f"left behind after purge: {added[:20]}"
     assert not removed, f"removed by install + purge: {removed[:20]}"
+
+
+# --- Debian 13 ---------------------------------------------------------------------------
+
+BUILD_PACKAGES = (
+    "build-essential,debhelper,dh-python,pybuild-plugin-pyproject,python3-all,"
+    "python3-setuptools,dpkg-dev,lintian,pkg-config,systemd-dev"
+)
+TREE_EXCLUDES = (".git", ".venv", "dist", "build", ".pytest_cache", ".mypy_cache",
+                 ".ruff_cache", ".hypothesis")  # fmt: skip
+
+
+def test_builds_and_is_lintian_clean_on_debian_13(deb: Path, workdir: Path) -> None:
+    """debian/make-package inside a Debian 13 root: dpkg-buildpackage -b, then trixie's
+    lintian (errors and warnings fail); units land in /usr/lib/systemd/system there."""
+    _need("mmdebstrap")
+    wheel = REPO / "debian" / "vendor" / "pyroute2-0.9.7-py3-none-any.whl"
+    assert wheel.exists(), "the bookworm build (fixture deb) downloads the pinned wheel"
+    root = workdir / "trixie"
+    try:
+        r = subprocess.run(
+            ["mmdebstrap", "--quiet", "--variant=apt", "--mode=root",
+             f"--include={BUILD_PACKAGES}", "trixie", str(root)],
+            capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert r.returncode == 0, f"mmdebstrap trixie failed:\n{r.stderr[-4000:]}"
+        src = root / "src"
+        shutil.copytree(
+            REPO,
+            src,
+            symlinks=True,
+            ignore=lambda d, names: [
+                n
+                for n in names
+                if n in TREE_EXCLUDES or n.endswith(".egg-info") or n == "__pycache__"
+            ],
+        )
+        r = subprocess.run(
+            ["chroot", str(root), "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+             "HOME=/root", "LANG=C.UTF-8", "bash", "/src/debian/make-package", "/out"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 0, f"Debian 13 build:\n{r.stdout[-4000:]}\n{r.stderr[-3000:]}"
+        (built,) = (root / "out").glob("netmux_*_all.deb")
+        listing = subprocess.run(["dpkg-deb", "-c", str(built)], capture_output=True,
+                                 text=True, check=True).stdout  # fmt: skip
+        assert "./usr/lib/systemd/system/netmux@.service" in listing
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
