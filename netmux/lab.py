@@ -139,7 +139,8 @@ def cable_up(host: HostConfig) -> None:
     if in_root:
         if not _ours(in_root):
             raise StateError(f"lab: {lab.uplink} in the root namespace is not the lab's veth")
-        if not mux.adopt(host, lab.uplink):
+        # a NIC watcher (netmux-mux.service) may have adopted it already: fine too
+        if not mux.adopt(host, lab.uplink) and lab.uplink not in links_in(host.mux.netns):
             raise StateError(f"lab: {lab.uplink} could not be adopted into {host.mux.netns}")
     ip("link", "set", lab.uplink, "up", netns=host.mux.netns)
     ip("link", "set", lab.router_link, "up", netns=ns)
