@@ -119,6 +119,9 @@ def start(
         raise UsageError(f"daemon {name}: empty command")
     if forks and pidfile is None:
         raise UsageError(f"daemon {name}: a forking daemon needs the pidfile it writes")
+    for proc in list(_children.values()):  # reap daemons of ours that died meanwhile
+        if proc.poll() is not None:
+            _children.pop(proc.pid, None)
     running = status(name, run_dir)
     if running:
         return running
