@@ -39,6 +39,7 @@ from typing import Any
 from . import config, firewall, journal, links, mux, names, nsutil
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
+from .phonebook import client as phonebook
 
 TAPFD = "{tapfd}"
 MAC = "{mac}"
@@ -161,6 +162,9 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
         firewall.apply_workload(host, wl, name)
         groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
         events = nsutil.run_in_netns(name, lambda: links.event_socket(groups))
+        early_rs = None
+        if p.kind == "macvlan" and host.workload.optimistic_dad and p.wait != "none":
+            early_rs = nsutil.run_in_netns(name, lambda: links.rs_socket(p.ifname))
         try:
             with links.iproute(name) as ipr:
                 links.set_up(ipr, "lo")
@@ -178,10 +182,13 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
                     p.timeout,
                     host.mux.gateway,
                     required=tuple(a.ip for a in statics),
+                    solicit=early_rs,
                 )
         finally:
             events.close()
-        # phonebook: published here by the phonebook slice (issue 5).
+            if early_rs is not None:
+                early_rs.close()
+        # phonebook: published by up() once the state is written (phonebook.client).
         return state
     except BaseException:
         _teardown(host, name, p.ifname)
@@ -216,6 +223,11 @@ def up(
             "dns": dns_names(host, wl),
         }
         _write_state(host, p.name, record)
+        # phonebook: DNS records while the lifeline lives (CMD inherits it; see client.py).
+        pub = None
+        if wl.publish:
+            hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
+            pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
     except BaseException:
         _teardown(host, p.name, p.ifname)
         raise
@@ -236,7 +248,8 @@ def up(
     if not exec_cmd:
         return 0
     argv = _substitute(p.cmd, tap_fd, p.mac)
-    exec_in(p.name, argv, p.user, p.gid, pass_fds=(tap_fd,) if tap_fd is not None else ())
+    fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
+    exec_in(p.name, argv, p.user, p.gid, pass_fds=fds)
     return 127  # not reached
 
 

@@ -314,3 +314,69 @@ def test_restart_keeps_every_record(stack: Stack, wl: str) -> None:
     client.close(a)
     stack.wait_dig(f"keep.{PUBLIC}", empty)
     assert not [n for n in stack.systemd.names() if n.startswith(("l.", "s.", "n."))]
+
+
+def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: str) -> None:
+    """Arbitrary names, aliases, interfaces and namespaces over D-Bus, arbitrary bytes on the
+    seed socket: whatever is accepted is a valid name; the data file stays strictly shaped."""
+    import socket
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from netmux import names
+    from tests.test_phonebook_records import SAFE_LINE
+
+    addr(wl, "add", f"{ULA}/64", "nodad")
+    # D-Bus strings cannot hold NUL (the bus drops such a caller), so fuzz without it.
+    text = st.one_of(
+        st.text(st.characters(blacklist_characters="\x00"), max_size=40),
+        st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True),
+    )
+    allowed: set[str] = set()
+    held: list[int] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        name=text,
+        alias=text,
+        ifname=st.sampled_from(["eth0", "eth0\n", "e:0", ""]),
+        raw=st.binary(max_size=80),
+    )
+    def fuzz(name: str, alias: str, ifname: str, raw: bytes) -> None:
+        try:
+            pub = client.publish(name, ifname, wl, (alias,) if alias else (), address=stack.bus)
+        except Exception as e:
+            assert "not allowed" in str(e) or "reserved" in str(e) or "already" in str(e), e
+        else:
+            assert pub is not None and names.is_valid_name(name)
+            allowed.update([name, alias] if alias else [name])
+            held.append(pub.lifeline)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(stack.seed_sock))
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        ans = s.recv(300)
+        s.close()
+        assert ans.startswith((b"ok ", b"error ")), ans
+
+    try:
+        fuzz()
+        if stack.want_tinydns:
+            time.sleep(1.2)
+            for line in (stack.tinydns_dir / "data").read_text().splitlines():
+                assert SAFE_LINE.fullmatch(line), line
+        zones = (PUBLIC, "internal")
+        for fqdn, rtype, _, _ in client.records(stack.bus):
+            if rtype in ("SOA", "NS", "PTR"):
+                continue
+            label, _, zone = fqdn.rstrip(".").partition(".")
+            assert zone in zones and label in allowed, fqdn
+        assert allowed, "some valid names were generated and accepted"
+    finally:
+        for fd in held:
+            os.close(fd)

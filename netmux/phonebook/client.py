@@ -42,9 +42,19 @@ class Unavailable(Exception):
     """phonebookd (or the bus) is not there."""
 
 
+def _system_bus_exists() -> bool:
+    """Cheap check before importing dbus-next: a host without a system bus pays nothing."""
+    env = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "")
+    if env:
+        return True
+    return os.path.exists("/run/dbus/system_bus_socket")
+
+
 async def _call(
     member: str, signature: str, body: list[object], fds: Sequence[int], address: str | None
 ) -> list[object]:
+    if not address and not _system_bus_exists():
+        raise Unavailable("no system bus")
     from dbus_next.aio.message_bus import MessageBus
     from dbus_next.constants import BusType, MessageType
     from dbus_next.message import Message
@@ -171,6 +181,43 @@ def hand_to_unit(pub: Published) -> bool:
     finally:
         n.close()
     return True
+
+
+# --- netmux up ---------------------------------------------------------------------------
+
+_held: list[int] = []  # lifelines this process holds itself (`netmux run`)
+
+
+def publish_workload(name: str, ifname: str, aliases: Sequence[str], hold: str) -> Published | None:
+    """The phonebook step of `netmux up`, once the address is usable.
+
+    hold: "exec" — the caller passes `lifeline` to the command it execs (inheritable);
+    "self" — this process keeps it (`netmux run` stays until CMD exits);
+    "unit" — no command: the lifeline goes to our unit's fd store (needs
+    FileDescriptorStoreMax= on netmux@.service), or, outside systemd, nothing would hold it,
+    so nothing is published. Never raises for an absent phonebookd; a refusal (name taken)
+    is a StateError/UsageError.
+    """
+    from .fdstore import Notifier
+
+    if hold == "unit" and not Notifier().enabled:
+        journal.info(
+            f"{name}: not published in DNS: no command and no unit would hold the record",
+            workload=name,
+        )
+        return None
+    pub = publish(name, ifname, name, aliases)
+    if pub is None:
+        return None
+    if hold == "exec":
+        os.set_inheritable(pub.lifeline, True)
+    elif hold == "self":
+        _held.append(pub.lifeline)
+    elif not hand_to_unit(pub):
+        journal.warning(f"{name}: the unit did not take the DNS lifeline", workload=name)
+    if hold == "unit":
+        close(pub)  # systemd holds the copy now
+    return pub
 
 
 # --- seed protocol -----------------------------------------------------------------------

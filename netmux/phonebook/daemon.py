@@ -332,6 +332,9 @@ class Phonebook:
             out += publication_records(pub.name, pub.aliases, pub.addresses, self.zones)
         return out
 
+    def refresh(self) -> None:
+        self._changed()
+
     def _changed(self) -> None:
         recs = self.records()
         for sink in self.sinks:
@@ -433,6 +436,7 @@ async def serve(args: argparse.Namespace) -> int:
     n = book.restore(rest)
     if n:
         journal.info(f"restored {n} publication(s) from the fd store")
+    book.refresh()  # the sinks get the zones (and lose records left by an earlier run) now
     from . import seed
 
     seed_server = await seed.start(book, cfg.phonebook.socket, listen_sock)

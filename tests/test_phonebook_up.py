@@ -1,0 +1,136 @@
+"""`netmux up NAME -- CMD` publishes through phonebookd: the real CLI, a real mux + radvd,
+knotd and tinydns answering `dig`; kill -9 of the workload removes the records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from netmux import workload
+from tests import muxfix
+from tests.muxfix import MuxEnv
+from tests.phonebookfix import PUBLIC, Stack, nsrun
+
+pytestmark = pytest.mark.netns
+
+mux_radvd = muxfix.mux_radvd
+
+
+@pytest.fixture
+def stack(netns: Callable[[str], str]) -> Iterator[Stack]:
+    s = Stack(netns("dns"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _addresses(env: MuxEnv, name: str) -> dict[str, list[str]]:
+    out = nsrun(name, ["ip", "-j", "-6", "addr", "show", "scope", "global"]).stdout
+    got: dict[str, list[str]] = {"global": [], "ula": []}
+    for link in json.loads(out or "[]"):
+        for a in link.get("addr_info", []):
+            if "local" not in a:
+                continue
+            kind = "ula" if a["local"].startswith("fd") else "global"
+            if "tentative" not in a and "deprecated" not in a:
+                got[kind].append(a["local"])
+    return got
+
+
+def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None:
+    env = mux_radvd
+    name = env.name("h")
+    penv = env.env()
+    penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        env.argv("up", name, "--", "sleep", "120"),
+        env=penv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # `up` returns control to CMD (same PID) once the address is usable and published.
+        deadline = time.monotonic() + 20
+        while _comm(p.pid) != "sleep":
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "netmux up did not finish"
+            time.sleep(0.005)
+        t_ready = time.monotonic()
+        st = workload.read_state(env.host, name)
+        assert st is not None
+        # With optimistic DAD `up` is ready while DAD still runs; phonebookd publishes an
+        # address only once DAD has completed (an optimistic one may yet be a duplicate).
+        while not all((addrs := _addresses(env, name)).values()):
+            assert time.monotonic() < deadline, nsrun(name, ["ip", "-6", "addr"]).stdout
+            time.sleep(0.005)
+        t_dad = time.monotonic()
+        g, u = addrs["global"][0], addrs["ula"][0]
+        stack.wait_dig(f"{name}.{PUBLIC}", lambda a: g in a.split(), timeout=5)
+        t_dns = time.monotonic()
+        print(
+            f"\nnetmux up ready {t_ready - t0:.3f}s (up_seconds {st['up_seconds']}), "
+            f"DAD done +{t_dad - t_ready:.3f}s, knot answers +{t_dns - t_dad:.3f}s "
+            f"({t_dns - t_ready:.3f}s after ready)"
+        )
+        assert t_dns - t_ready < 1.2 * 2.5
+        assert stack.dig(f"{name}.internal") == u
+        if stack.want_tinydns:
+            stack.wait_dig(f"{name}.{PUBLIC}", lambda a: g in a.split(), server="127.0.0.1")
+        # The exec'ed CMD holds the lifeline: netmux up is gone, the record stays.
+        fds = os.listdir(f"/proc/{p.pid}/fd")
+        assert any("pipe:" in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
+        # Renumbering: a new prefix on gw0 (radvd re-reads it on SIGHUP), the old one
+        # deprecated as an RA with preferred lifetime 0 would do.
+        subprocess.run(["ip", "-n", env.netns, "addr", "add", "2001:db8:0:2::1/64", "dev",
+                        env.host.mux.gateway], check=True)  # fmt: skip
+        assert env.radvd is not None
+        env.radvd.send_signal(signal.SIGHUP)
+        new = stack.wait_dig(f"{name}.{PUBLIC}", lambda a: "2001:db8:0:2:" in a, timeout=10)
+        print(f"renumbered prefix published {new:.3f}s after radvd's reload")
+        subprocess.run(["ip", "-n", name, "addr", "change", f"{g}/64", "dev", "eth0",
+                        "preferred_lft", "0", "valid_lft", "600"], check=True)  # fmt: skip
+        stack.wait_dig(f"{name}.{PUBLIC}", lambda a: g not in a.split() and a != "")
+        # kill -9 of the workload: the lifeline's last holder is gone.
+        t1 = time.monotonic()
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        stack.wait_dig(f"{name}.{PUBLIC}", lambda a: a == "", timeout=5)
+        stack.wait_dig(f"{name}.internal", lambda a: a == "", timeout=5)
+        print(f"kill -9 -> records gone in {time.monotonic() - t1:.3f}s")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        env.netmux("down", name, check=False)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def test_up_without_phonebookd_still_works(mux_radvd: MuxEnv, tmp_path: object) -> None:
+    env = mux_radvd
+    name = env.name("n")
+    penv = env.env()
+    penv["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={tmp_path}/nobus"
+    r = subprocess.run(
+        env.argv("up", name, "--", "true"), env=penv, capture_output=True, text=True, timeout=30
+    )
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "not published in DNS" in r.stderr
+    finally:
+        env.netmux("down", name, check=False)
