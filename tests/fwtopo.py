@@ -63,6 +63,11 @@ def host_config(mux: str, state_dir: Path, extra: str = "") -> config.HostConfig
 
 def build(up: str, mux: str, wl: str, host: config.HostConfig, ports: list[str]) -> Topo:
     """Wire the three (already created) namespaces; the workload's firewall goes on first."""
+    for ns in (up, mux, wl):  # no DAD anywhere: link-locals usable at once (test-only nets)
+        nsutil.write_sysctls(
+            ns,
+            [("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")],
+        )
     ip("-n", mux, "link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", up)
     ip("-n", mux, "link", "add", "host0", "type", "veth", "peer", "name", "host0p")
     ip("-n", mux, "link", "add", "gw0", "link", "host0", "type", "macvlan", "mode", "bridge")
