@@ -206,7 +206,7 @@ class Adapter:
         )
         if reply is None or reply.message_type == MessageType.ERROR:
             raise StateError(f"D-Bus {member} failed")
-        return reply.body[0]
+        return reply.body[0] if reply.body else None
 
     async def _caller_pid(self, sender: str | None) -> int:
         return int(await self._bus_call("GetConnectionUnixProcessID", "s", [sender]))
@@ -314,4 +314,6 @@ async def start(book: Phonebook, address: str | None = None) -> MessageBus:
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         raise StateError(f"cannot own {BUS_NAME} on the bus ({reply})")
+    for unit in sorted({p.unit for p in book.pubs.values() if p.unit}):
+        await adapter._watch_unit(unit)  # publications restored from the fd store
     return bus

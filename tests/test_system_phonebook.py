@@ -1,0 +1,106 @@
+"""phonebookd under a real systemd (tests/sysbox.py): Type=dbus start with the real policy,
+`systemctl restart phonebookd` keeps every record (fd store), a stopped publishing unit
+loses its records even when a leaked process still holds the lifeline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests import sysbox
+from tests.sysbox import SysBox
+
+pytestmark = pytest.mark.system
+
+CONFIG = """
+[dns]
+hostname = "box"
+domain = "example.org"
+[phonebook]
+sinks = ["tinydns"]
+"""
+PY = str(sysbox.VENV_BIN / "python")
+DATA = "/var/lib/netmux/tinydns/data"
+# Publishes over D-Bus, then becomes `sleep` holding the lifeline (as `netmux up` does).
+HOLDER = (
+    "import os,sys\n"
+    "from netmux.phonebook import client\n"
+    "pub = client.publish(sys.argv[1], 'eth0', 'w')\n"
+    "assert pub is not None\n"
+    "os.set_inheritable(pub.lifeline, True)\n"
+    "os.execvp('sleep', ['sleep', '600'])\n"
+)
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[SysBox]:
+    with sysbox.boot(CONFIG) as b:
+        b.install_units([sysbox.UNITS_DIR / "phonebookd.service"])
+        policy = b.etc / "dbus-1" / "system.d"
+        policy.mkdir(parents=True, exist_ok=True)
+        src = sysbox.REPO / "dbus" / "org.netmux.Phonebook1.conf"
+        (policy / src.name).write_text(src.read_text())
+        b.systemctl("reload", "dbus.service")
+        b.sh(
+            "ip netns add w && ip -n w link set lo up && "
+            "ip -n w link add eth0 type veth peer name eth1 && "
+            "ip -n w link set eth1 up && ip -n w link set eth0 up && "
+            "ip -n w addr add fd64:cafe::7/64 dev eth0 nodad"
+        )
+        b.systemctl("start", "phonebookd.service")
+        yield b
+
+
+def _data(box: SysBox) -> str:
+    try:
+        return box.path(DATA).read_text()
+    except OSError:
+        return ""
+
+
+def _hold(box: SysBox, unit: str, name: str, *props: str) -> None:
+    args = [f"--property={p}" for p in props]
+    box.run("systemd-run", f"--unit={unit}", *args, f"--working-directory={sysbox.REPO}",
+            PY, "-c", HOLDER, name)  # fmt: skip
+
+
+def test_type_dbus_unit_owns_the_name(box: SysBox) -> None:
+    show = box.show("phonebookd.service", "ActiveState", "Type", "BusName")
+    assert show == {"ActiveState": "active", "Type": "dbus", "BusName": "org.netmux.Phonebook1"}
+    out = box.run("busctl", "introspect", "org.netmux.Phonebook1", "/org/netmux/Phonebook1")
+    assert "RecordsChanged" in out.stdout
+
+
+def test_restart_keeps_every_record(box: SysBox) -> None:
+    _hold(box, "holder-a", "alpha")
+    _hold(box, "holder-b", "beta")
+    box.wait_for(lambda: ":alpha.internal:28:" in _data(box) and ":beta.internal:" in _data(box))
+    box.systemctl("restart", "phonebookd.service")
+    box.wait_for(lambda: box.show("phonebookd.service", "ActiveState")["ActiveState"] == "active")
+    n = box.show("phonebookd.service", "NFileDescriptorStore")
+    assert int(n.get("NFileDescriptorStore", "0")) >= 6, n
+    logs = [str(e.get("MESSAGE")) for e in box.journal("-u", "phonebookd.service")]
+    assert any("restored 2 publication" in m for m in logs), logs[-10:]
+    listed = box.run("busctl", "call", "org.netmux.Phonebook1", "/org/netmux/Phonebook1",
+                     "org.netmux.Phonebook1", "List").stdout  # fmt: skip
+    assert "alpha.internal." in listed and "beta.internal." in listed
+    # The restored lifelines still work: stopping a holder removes its record.
+    box.systemctl("stop", "holder-b.service")
+    box.wait_for(lambda: ":beta.internal:" not in _data(box), timeout=5)
+    assert ":alpha.internal:" in _data(box)
+    box.systemctl("stop", "holder-a.service")
+    box.wait_for(lambda: ":alpha.internal:" not in _data(box), timeout=5)
+
+
+def test_stopped_unit_drops_records_even_if_a_process_leaks(box: SysBox) -> None:
+    # KillMode=none: systemd stops the unit but leaves its process (and the lifeline) alive.
+    _hold(box, "leaky", "leaky", "KillMode=none")
+    box.wait_for(lambda: ":leaky.internal:" in _data(box))
+    pid = box.show("leaky.service", "MainPID")["MainPID"]
+    t0 = time.monotonic()
+    box.systemctl("stop", "leaky.service")
+    box.wait_for(lambda: ":leaky.internal:" not in _data(box), timeout=5)
+    print(f"\nunit stopped -> record gone in {time.monotonic() - t0:.3f}s")
+    box.run("kill", "-9", pid, check=False)
