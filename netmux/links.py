@@ -21,6 +21,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -430,10 +431,63 @@ def event_socket(groups: int) -> socket.socket:
     return s
 
 
-def _drain(s: socket.socket) -> None:
+RTM_NEWADDR = 20
+RT_SCOPE_LINK = 253
+_NLMSG = struct.Struct("=IHHII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+
+
+def _drain(s: socket.socket) -> set[int]:
+    """Empty the event socket; return the ifindexes that got a new link-local address."""
+    new_ll: set[int] = set()
     with contextlib.suppress(BlockingIOError):
         while True:
-            s.recv(65536)
+            data = s.recv(65536)
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype = _NLMSG.unpack_from(data, off)[:2]
+                if length < _NLMSG.size:
+                    break
+                if mtype == RTM_NEWADDR and off + _NLMSG.size + _IFADDRMSG.size <= len(data):
+                    family, _, _, scope, index = _IFADDRMSG.unpack_from(data, off + _NLMSG.size)
+                    if family == socket.AF_INET6 and scope == RT_SCOPE_LINK:
+                        new_ll.add(index)
+                off += (length + 3) & ~3
+    return new_ll
+
+
+ALL_ROUTERS = "ff02::2"
+ND_ROUTER_SOLICIT = 133
+
+
+def rs_socket(ifname: str) -> socket.socket:
+    """A raw ICMPv6 socket on `ifname` for one early router solicitation (see send_rs).
+
+    Open it in the interface's namespace (a thread that entered it)."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861 4.1
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+    s.setblocking(False)
+    return s
+
+
+def send_rs(sock: socket.socket, ifindex: int) -> bool:
+    """Send a Router Solicitation now, from the (optimistic) link-local address.
+
+    Linux sends its own RS only once link-local DAD has finished (one RetransTimer,
+    ~0.1 s here). RFC 4429 (3.2, modifying RFC 4861 6.3.7) lets an optimistic node send
+    an RS from its optimistic address as long as it carries no source link-layer address
+    option; this one carries no option at all, so radvd answers by unicast at once (it
+    resolves our address by NS, which an optimistic address answers). The kernel's own RS
+    still follows, so nothing is lost if this one is. Returns False if it could not go.
+    """
+    icmp = bytes([ND_ROUTER_SOLICIT, 0, 0, 0, 0, 0, 0, 0])  # checksum: the kernel's job
+    try:
+        sock.sendto(icmp, (ALL_ROUTERS, 0, 0, ifindex))
+    except OSError:
+        return False  # no usable source address yet: the kernel's RS will do
+    return True
 
 
 def wait_ready(
@@ -444,17 +498,27 @@ def wait_ready(
     timeout: float,
     mux_gateway: str = "gw0",
     required: tuple[IPv6Address, ...] = (),
+    solicit: socket.socket | None = None,
 ) -> LinkState:
     """Wait until `ifname` is ready for `wait`; WaitError naming what is missing otherwise.
 
-    `events` must have been bound (event_socket) before the link went up.
+    `events` must have been bound (event_socket) before the link went up. With `solicit`
+    (rs_socket), one early RS goes out as soon as the link-local address is usable
+    (optimistic) *and* announced by RTM_NEWADDR: the kernel announces an optimistic
+    address only after joining its solicited-node group, so the router's NS for it is
+    not lost to the macvlan multicast filter (a dump lists the address earlier).
     """
     deadline = time.monotonic() + timeout
+    solicited = solicit is None or wait == "none"
+    idx = link_index(ipr, ifname) if not solicited else None
+    announced = False
     while True:
-        _drain(events)
+        announced |= idx in _drain(events)
         state = link_state(ipr, ifname)
         if ready(state, wait, required):
             return state
+        if not solicited and announced and any(a.usable() for a in state.link_local):
+            solicited = send_rs(solicit, idx)  # type: ignore[arg-type]
         if any(a.dadfailed for a in state.addrs):
             raise WaitError(missing(state, wait, timeout, mux_gateway, required))
         left = deadline - time.monotonic()

@@ -393,6 +393,10 @@ def _teardown(host: HostConfig, name: str, ifname: str) -> bool:
         did = True
     except FileNotFoundError:
         pass
+    with contextlib.suppress(OSError):
+        for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
+            if tmp.name[len(name) + 2 : -4].isdigit():
+                tmp.unlink(missing_ok=True)
     tapdir = host.paths.run_dir / "tap" / name
     if tapdir.exists():
         shutil.rmtree(tapdir, ignore_errors=True)

@@ -105,3 +105,22 @@ def test_required_static_addresses() -> None:
     )
     assert links.ready(LinkState("eth0", (LL, GLOBAL, optimistic), True), "global", (static,))
     assert not links.ready(LinkState("eth0", (LL,)), "none", (static,))
+
+
+def test_drain_reports_new_link_local_addresses() -> None:
+    import socket
+    import struct
+
+    def msg(mtype: int, family: int, scope: int, index: int) -> bytes:
+        body = struct.pack("=BBBBI", family, 64, 0, scope, index) + b"\0" * 4
+        return struct.pack("=IHHII", 16 + len(body), mtype, 0, 0, 0) + body
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        b.setblocking(False)
+        a.send(msg(links.RTM_NEWADDR, socket.AF_INET6, links.RT_SCOPE_LINK, 7)
+               + msg(links.RTM_NEWADDR, socket.AF_INET6, 0, 8)
+               + msg(21, socket.AF_INET6, links.RT_SCOPE_LINK, 9))  # fmt: skip
+        a.send(msg(links.RTM_NEWADDR, socket.AF_INET, links.RT_SCOPE_LINK, 10))
+        assert links._drain(b) == {7}
+        assert links._drain(b) == set()

@@ -201,7 +201,7 @@ def test_200_cycles_with_random_kills_leak_nothing(env: MuxEnv, wname: Callable[
             finally:
                 os._exit(code)
         if rnd.random() < 0.5:
-            time.sleep(rnd.uniform(0, 0.12))
+            time.sleep(rnd.uniform(0, 0.06))
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
@@ -222,7 +222,7 @@ def test_200_cycles_with_random_kills_leak_nothing(env: MuxEnv, wname: Callable[
         workload.down(env.host, n)
         assert not links.netns_exists(n)
     assert world(env) == before
-    assert completed > 20 and killed > 20
+    assert completed > 20 and killed > 15
     assert len(addresses) == 1  # the same address every time it came up
 
 
