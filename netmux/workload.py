@@ -473,8 +473,10 @@ def run(
             pending.append(signum)
 
     old = {s: signal.signal(s, forward) for s in forwarded}
+    created = False  # only what this run built is removed (never a concurrent owner's)
     try:
         up(host, wl, (), exec_cmd=False)
+        created = True
         tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
         if pending:
             return 128 + pending[0]
@@ -508,7 +510,8 @@ def run(
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
-        down(host, p.name)
+        if created:
+            down(host, p.name)
         for s, h in old.items():
             signal.signal(s, h)
 
