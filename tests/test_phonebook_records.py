@@ -289,3 +289,21 @@ def test_listen_fds_parsing() -> None:
         os.close(w1)
     with pytest.raises(ValueError):
         fdstore.Notifier({}).store("bad:name", 0)
+
+
+def test_dns_recipe_files_parse() -> None:
+    import tomllib
+
+    from netmux.config import workload_from
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "dns"
+    wl = workload_from("dns", tomllib.loads((recipe / "dns.toml").read_text()))
+    assert wl.command[0] == "/usr/sbin/knotd" and str(wl.addresses[0]) == "fd64:cafe::d/64"
+    host = parse_host((recipe / "netmux.toml.example").read_text())
+    assert host.phonebook.sinks == ("rfc2136",)
+    assert host.phonebook.server == str(wl.addresses[0].ip)
+    dropin = (recipe / "netmux@dns.service.d" / "knot.conf").read_text()
+    assert "-m netmux.phonebook.knot /var/lib/netmux/knot" in dropin
+    assert "/var/lib/netmux/knot/knot.conf" in wl.command
+    with pytest.raises(UsageError):
+        knot.render_knot_conf(Z, Path("/x"), ["::"], 53, user="knot; evil")
