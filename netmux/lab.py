@@ -244,8 +244,13 @@ def up(host: HostConfig) -> None:
     router_up(host)
     cable_up(host)
     router_routes(host)
-    assign_prefix(host)
     radvd_up(host)
+    from . import upstream
+
+    if upstream.available():  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
+        upstream.lab_up(host, daemon_dir(host))
+    else:
+        assign_prefix(host)
     journal.info(
         f"lab is up in {time.monotonic() - t0:.2f}s: router {host.lab.router_netns} "
         f"({host.lab.router_address.ip}), prefix {host.lab.prefix} on "
@@ -274,8 +279,9 @@ def router_down(host: HostConfig) -> None:
 
 def down(host: HostConfig) -> None:
     """Remove everything `up` made: daemons, cable, mux, router. Idempotent."""
-    from . import mux
+    from . import mux, upstream
 
+    upstream.lab_down(host, daemon_dir(host))
     stop_daemons(host)
     cable_down(host)
     mux.down(host)

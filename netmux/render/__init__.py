@@ -21,6 +21,10 @@ from ..config import HostConfig
 from ..errors import UsageError
 
 KINDS = ("radvd", "dhcpcd", "tayga", "unbound", "nft")
+# Where netmux-radvd.service keeps radvd's config and pidfile: the dhcpcd hook re-renders
+# and SIGHUPs it when the delegated prefix changes (renumber.py).
+RADVD_CONF = Path("/run/netmux-radvd/radvd.conf")
+RADVD_PID = Path("/run/netmux-radvd/radvd.pid")
 
 
 def uplinks_in_mux(cfg: HostConfig) -> list[str]:
@@ -48,11 +52,12 @@ def render_text(
     cfg: HostConfig, what: str, uplinks: list[str] | None = None, output: Path | None = None
 ) -> str:
     """The text of one daemon's config (probing the installed daemon's features)."""
-    from .. import daemons
+    from .. import daemons, renumber
     from . import dhcpcd, nat, radvd, tayga, unbound
 
     if what == "radvd":
-        return radvd.render(cfg, daemons.radvd())
+        deprecated = renumber.deprecated_prefixes(cfg.paths.run_dir)
+        return radvd.render(cfg, daemons.radvd(), deprecated)
     if what == "dhcpcd":
         hook = cfg.uplink.hook or str(hook_path(cfg, output))
         return dhcpcd.render(cfg, uplinks if uplinks else uplinks_in_mux(cfg), hook)
@@ -96,6 +101,8 @@ def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
     write_atomic(output, text)
     if args.what == "dhcpcd" and not cfg.uplink.hook:
         cfg_path = cfg.source if Path(cfg.source).is_file() else None
-        hook = dhcpcd.render_hook(sys.executable, cfg_path, str(cfg.paths.run_dir))
+        hook = dhcpcd.render_hook(
+            sys.executable, cfg_path, str(cfg.paths.run_dir), str(RADVD_CONF), str(RADVD_PID)
+        )
         write_atomic(hook_path(cfg, output), hook, 0o755)
     return 0

@@ -1,0 +1,153 @@
+"""The uplink side of mux when systemd is not in charge (the lab, tests, benches).
+
+Under systemd, netmux-dhcpcd.service and netmux-tayga.service do this (units/); here the
+same rendered configs run as supervised daemons (netmux.supervise) in a run directory:
+
+- dhcpcd in mux with private /run/dhcpcd and /var/lib/dhcpcd: its paths are compiled in,
+  so it runs in a private mount namespace with per-instance directories bound over them
+  (the host's dhcpcd, if any, never meets this one). Its hook is netmux.renumber.
+- NAT64: tayga's TUN made with `tayga --mktun`, up, routes for the pool and the prefix;
+  IPv4 forwarding on; the NAT ruleset (render/nat.py) loaded with nft.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from . import daemons, nsutil, supervise
+from .config import HostConfig
+from .errors import StateError
+from .render import dhcpcd as dhcpcd_render
+from .render import nat as nat_render
+from .render import tayga as tayga_render
+
+DHCPCD_RUN = Path("/run/dhcpcd")
+DHCPCD_STATE = Path("/var/lib/dhcpcd")
+
+
+def _sh(*argv: str, netns: str | None = None) -> str:
+    full = ["nsenter", f"--net={nsutil.netns_path(netns)}", *argv] if netns else list(argv)
+    r = subprocess.run(full, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise StateError(f"uplink: `{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
+    return r.stdout
+
+
+def start_dhcpcd(
+    host: HostConfig,
+    run: Path,
+    uplinks: list[str],
+    radvd_conf: Path | None = None,
+    radvd_pid: Path | None = None,
+    config_path: Path | None = None,
+) -> supervise.Daemon:
+    """dhcpcd in mux requesting PD onto the gateway; the hook re-renders/HUPs radvd."""
+    run.mkdir(parents=True, exist_ok=True)
+    hook = run / dhcpcd_render.HOOK_NAME
+    hook_text = dhcpcd_render.render_hook(
+        sys.executable,
+        str(config_path) if config_path else None,
+        str(run),
+        str(radvd_conf) if radvd_conf else None,
+        str(radvd_pid) if radvd_pid else None,
+    )
+    hook.write_text(hook_text)
+    hook.chmod(0o755)
+    conf = run / "dhcpcd.conf"
+    conf.write_text(dhcpcd_render.render(host, uplinks, host.uplink.hook or str(hook)))
+    priv_run, priv_state = run / "dhcpcd-run", run / "dhcpcd-state"
+    priv_run.mkdir(exist_ok=True)
+    priv_state.mkdir(exist_ok=True)
+    DHCPCD_RUN.mkdir(exist_ok=True)  # an empty mount point; the instance binds over it
+    DHCPCD_STATE.mkdir(parents=True, exist_ok=True)
+    script = (
+        f"mount --bind {priv_run} {DHCPCD_RUN} && mount --bind {priv_state} {DHCPCD_STATE} "
+        f"&& exec dhcpcd --nobackground --config {conf}"
+    )
+    argv = [
+        "nsenter", f"--net={nsutil.netns_path(host.mux.netns)}", "--",
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return supervise.start("dhcpcd", argv, None, run, env=env)
+
+
+def _session_members(sid: int) -> list[int]:
+    """PIDs whose session is `sid` (dhcpcd's privsep helpers share its session)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+def stop_dhcpcd(run: Path) -> None:
+    """Stop dhcpcd and any privsep helper it left behind (found by session id, which is
+    the PID we started: supervise starts daemons in a new session)."""
+    import time
+
+    d = supervise.status("dhcpcd", run)
+    supervise.stop("dhcpcd", run)
+    if d is None:
+        return
+    deadline = time.monotonic() + 2.0
+    while _session_members(d.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in _session_members(d.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
+    """tayga's TUN, routes and NAT in mux, then tayga itself (idempotent)."""
+    ns = host.mux.netns
+    feats = daemons.tayga()
+    p = tayga_render.plan(host, feats)
+    data = run / "tayga-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = run / "tayga.conf"
+    conf.write_text(tayga_render.render(host, feats, data))
+    existing = subprocess.run(
+        ["ip", "-n", ns, "link", "show", p.tun], capture_output=True, check=False
+    )
+    if existing.returncode != 0:
+        _sh("tayga", "--mktun", "-c", str(conf), netns=ns)
+    _sh("ip", "link", "set", p.tun, "up", netns=ns)
+    _sh("ip", "-4", "route", "replace", str(p.pool), "dev", p.tun, netns=ns)
+    _sh("ip", "-6", "route", "replace", str(host.nat64.prefix), "dev", p.tun, netns=ns)
+    _sh("ip", "-6", "route", "replace", f"{p.ipv6_addr}/128", "dev", p.tun, netns=ns)
+    nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
+    rules = run / "nat64.nft"
+    rules.write_text(nat_render.render(host, feats))
+    _sh("nft", "-f", str(rules), netns=ns)
+    return supervise.start("tayga", ["tayga", "--nodetach", "-c", str(conf)], ns, run)
+
+
+def nat64_down(host: HostConfig, run: Path) -> None:
+    supervise.stop("tayga", run)
+    ns = host.mux.netns
+    if not nsutil.netns_path(ns).exists():
+        return
+    p = tayga_render.plan(host, daemons.tayga())
+    subprocess.run(["ip", "-n", ns, "link", "del", p.tun], capture_output=True, check=False)
+    subprocess.run(
+        ["nsenter", f"--net={nsutil.netns_path(ns)}", "nft", "delete", "table", "ip",
+         nat_render.TABLE],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
