@@ -18,7 +18,7 @@ APT_OPTIONAL := tayga tinydns
 APT_PACKAGING := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	dpkg-dev lintian mmdebstrap
 
-.PHONY: help deps venv test test-unit lint demo bench clean install package
+.PHONY: help deps venv test test-unit lint demo bench clean install uninstall package
 
 help:
 	@sed -n '1,4p' Makefile
@@ -79,6 +79,25 @@ bench: deps
 package:
 	@test "$$(id -u)" = 0 || { echo "make package: run as root (it installs build dependencies)"; exit 1; }
 	APT_PACKAGING="$(APT_PACKAGING)" bash debian/make-package $(CURDIR)/dist
+
+# netmux from this checkout onto a real host without a .deb (docs/systemd.md): the package in
+# a private venv under LIBDIR, console scripts in BINDIR, units, udev rules, D-Bus policy,
+# docs and examples; @BINDIR@ in units and rules is filled in. PREFIX/DESTDIR aware; nothing
+# is enabled or started. `make uninstall` removes what install recorded.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib/netmux
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+UDEVRULESDIR ?= $(PREFIX)/lib/udev/rules.d
+SYSCONFDIR ?= /etc
+INSTALL_ENV = PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" BINDIR="$(BINDIR)" LIBDIR="$(LIBDIR)" \
+	UNITDIR="$(UNITDIR)" UDEVRULESDIR="$(UDEVRULESDIR)" SYSCONFDIR="$(SYSCONFDIR)"
+
+install:
+	$(INSTALL_ENV) units/install.sh install
+
+uninstall:
+	$(INSTALL_ENV) units/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -81,7 +81,13 @@ def unit_files(units_dir: Path = UNITS_DIR) -> list[Path]:
 class SysBox:
     """One booted container. `run` executes a command inside it (as root, clean env)."""
 
-    def __init__(self, name: str, workdir: Path, config: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        config: str | None = None,
+        binds: Sequence[tuple[Path | str, str]] = (),
+    ) -> None:
         self.name = name  # host-side: machine name and cgroup, carries the run prefix
         self.workdir = workdir
         self.etc = workdir / "etc"
@@ -90,6 +96,7 @@ class SysBox:
         self.proc: subprocess.Popen[bytes] | None = None
         self.console = workdir / "console.log"
         self.host_links: list[str] = []
+        self.binds = list(binds)  # extra (host path, container path), read-only
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -133,6 +140,7 @@ class SysBox:
             "--link-journal=no", "--private-network", "-D", "/", "--volatile=yes",
             f"--bind={self.etc}:/etc", f"--bind={REPO}:{REPO}",
         ]  # fmt: skip
+        argv += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
         for host_if, ct_if in veth_extra:
             argv.append(f"--network-veth-extra={host_if}:{ct_if}")
             self.host_links.append(host_if)
@@ -273,12 +281,27 @@ class SysBox:
         self.systemctl("daemon-reload")
 
     def install_units(self, units: Sequence[Path] | None = None, reload: bool = True) -> None:
-        """Copy the project's units into /etc/systemd/system, @BINDIR@ -> the venv."""
+        """Copy the project's units into /etc/systemd/system, @BINDIR@ -> the venv.
+
+        Installing all of them (units=None) also installs the D-Bus policy (dbus/*.conf),
+        as `make install` does, and has dbus-daemon reload it.
+        """
         system = self.etc / "systemd" / "system"
         for unit in units if units is not None else unit_files():
             (system / unit.name).write_text(substitute(unit.read_text(), VENV_BIN))
+        if units is None:
+            self.install_dbus_policy(sorted((REPO / "dbus").glob("*.conf")))
         if reload:
             self.daemon_reload()
+
+    def install_dbus_policy(self, files: Sequence[Path]) -> None:
+        if not files:
+            return
+        policy = self.etc / "dbus-1" / "system.d"
+        policy.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (policy / f.name).write_text(substitute(f.read_text(), VENV_BIN))
+        self.systemctl("reload", "dbus.service")
 
     def add_dropin(self, unit: str, name: str, text: str, reload: bool = True) -> None:
         d = self.etc / "systemd" / "system" / f"{unit}.d"
@@ -314,11 +337,12 @@ def boot(
     config: str | None = None,
     veth_extra: Sequence[tuple[str, str]] = (),
     units: bool = False,
+    binds: Sequence[tuple[Path | str, str]] = (),
 ) -> Iterator[SysBox]:
     """Boot a container; yields a SysBox; powers it off and cleans up even on failure."""
     name = f"{RUN}sbx{next(_boots)}"
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
-        box = SysBox(name, Path(tmp), config)
+        box = SysBox(name, Path(tmp), config, binds)
         box.start(veth_extra)
         try:
             if units:
