@@ -380,3 +380,48 @@ def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: s
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_records_changed_signal(stack: Stack, wl: str) -> None:
+    """A D-Bus client sees RecordsChanged (with the record count) after a change."""
+    import asyncio
+
+    from dbus_next.aio.message_bus import MessageBus
+    from dbus_next.constants import MessageType
+    from dbus_next.message import Message
+
+    addr(wl, "add", f"{ULA}/64", "nodad")
+
+    async def go() -> list[int]:
+        bus = MessageBus(bus_address=stack.bus)
+        await bus.connect()
+        got: list[int] = []
+        seen = asyncio.Event()
+
+        def handler(msg: Message) -> None:
+            if msg.message_type == MessageType.SIGNAL and msg.member == "RecordsChanged":
+                got.append(msg.body[0])
+                seen.set()
+
+        bus.add_message_handler(handler)
+        rule = "type='signal',interface='org.netmux.Phonebook1',member='RecordsChanged'"
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[rule],
+            )
+        )
+        pub = await asyncio.to_thread(publish, stack, "sig", wl)
+        await asyncio.wait_for(seen.wait(), 5)
+        seen.clear()
+        client.close(pub)
+        await asyncio.wait_for(seen.wait(), 5)
+        bus.disconnect()
+        return got
+
+    counts = asyncio.run(go())
+    assert len(counts) >= 2 and counts[0] > counts[-1], counts
