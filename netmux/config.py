@@ -64,6 +64,11 @@ def _label(v: str) -> str | None:
     return None if LABEL_RE.fullmatch(v) else "one DNS label: 1-63 characters of a-z, 0-9, '-'"
 
 
+def _label_or_empty(v: str) -> str | None:
+    """A label, or "" for "derive it" (the default must be writable in the file too)."""
+    return None if v == "" else _label(v)
+
+
 def _ula64(v: IPv6Interface) -> str | None:
     if v.network.prefixlen == 64 and v.ip in IPv6Network("fc00::/7"):
         return None
@@ -133,7 +138,7 @@ class WorkloadDefaults:
 class DnsConfig:
     """Names: NAME.internal. for ULA addresses, NAME.HOSTNAME.DOMAIN. for global ones."""
 
-    hostname: str = check(_label, "")  # "" = this host's short name, lower-cased
+    hostname: str = check(_label_or_empty, "")  # "" = this host's short name, lower-cased
     domain: str = check(_domain, "home.arpa")
     internal_zone: str = check(_domain, "internal")
     ttl: int = check(_positive, 60)
