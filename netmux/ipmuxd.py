@@ -19,6 +19,7 @@ the namespace cannot vanish under it.
 Protocol (SOCK_SEQPACKET, one JSON object per message):
   request  {"name": "web", "kind": "macvlan", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
   reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "macvlan"}
+           (+ SCM_RIGHTS [tap fd] for a macvtap: the caller could not mknod it)
            {"ok": false, "error": "one line saying what is wrong"}
 Malformed requests get an error reply; the daemon keeps serving everyone else.
 
@@ -41,7 +42,10 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,7 @@ KINDS = ("macvlan", "macvtap", "ipvlan")
 MAX_MSG = 4096
 SD_LISTEN_FDS_START = 3
 ENV_FD = "NETMUX_IPMUX_FD"
+ENV_TAP_FD = "NETMUX_TAP_FD"  # macvtap: the tap fd for QEMU (-netdev tap,fd=$NETMUX_TAP_FD)
 
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
@@ -212,12 +217,21 @@ class Daemon:
         except NetmuxError as e:
             reply = {"ok": False, "error": str(e)}
             journal.error(f"ipmuxd: failed for uid {c.uid} pid {c.pid}: {e}")
+        except Exception as e:  # a bug or a kernel surprise: one caller fails, not the daemon
+            reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+            journal.error(f"ipmuxd: internal error for uid {c.uid} pid {c.pid}: {e!r}")
         finally:
             for extra in fds:
                 if extra != c.netns_fd:
                     os.close(extra)
-        with contextlib.suppress(OSError):
-            c.sock.send(json.dumps(reply).encode())
+        tap = reply.pop("_tap_fd", None)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [tap]))] if tap else []
+        try:
+            with contextlib.suppress(OSError):
+                c.sock.sendmsg([json.dumps(reply).encode()], anc)
+        finally:
+            if tap is not None:
+                os.close(tap)
 
     def handle(self, c: Conn, data: bytes, fds: list[int]) -> dict[str, Any]:
         if c.device:
@@ -253,7 +267,10 @@ class Daemon:
             workload=req.name,
             ifname=req.ifname,
         )
-        return {"ok": True, **c.device}
+        out: dict[str, Any] = {"ok": True, **c.device}
+        if req.kind == "macvtap":
+            out["_tap_fd"] = open_tap(fds[0], req.ifname, c.device["ifindex"])
+        return out
 
     def close(self, fd: int) -> None:
         c = self.conns.pop(fd)
@@ -354,6 +371,39 @@ def create_device(host: HostConfig, key: bytes, req: Request, netns_fd: int) -> 
     finally:
         tipr.close()
     return {"name": req.name, "kind": req.kind, "ifname": req.ifname, "ifindex": idx, "mac": mac}
+
+
+def open_tap(netns_fd: int, ifname: str, ifindex: int) -> int:
+    """Open a macvtap's character device, for a caller that cannot mknod (QEMU's fd=).
+
+    Its major:minor is in the sysfs of the device's namespace, which needs a sysfs mounted
+    from inside that namespace: a short child (nsenter + a private mount namespace) reads
+    it. devtmpfs names the node /dev/tapIFINDEX (used when its numbers match); otherwise a
+    node is made in a private directory under /dev and removed once open.
+    """
+    script = f"mount -t sysfs sysfs /sys && cat /sys/class/net/{ifname}/macvtap/*/dev"
+    r = subprocess.run(
+        ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "unshare", "--mount",
+         "--propagation", "private", "sh", "-c", script],
+        pass_fds=[netns_fd], capture_output=True, text=True, check=False, timeout=10,
+    )  # fmt: skip
+    try:
+        major, minor = (int(x) for x in r.stdout.strip().split(":"))
+    except ValueError:
+        raise StateError(f"cannot find the tap device of {ifname}: {r.stderr.strip()}") from None
+    dev = os.makedev(major, minor)
+    node = Path(f"/dev/tap{ifindex}")
+    for _ in range(50):  # devtmpfs creates it asynchronously
+        with contextlib.suppress(OSError):
+            st = node.stat()
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == dev:
+                return os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        time.sleep(0.01)
+    # /dev: /run and /tmp are usually mounted nodev (a node there cannot be opened).
+    with tempfile.TemporaryDirectory(prefix=".ipmuxd-tap.", dir="/dev") as d:
+        own = Path(d) / "tap"
+        os.mknod(own, 0o600 | stat.S_IFCHR, dev)
+        return os.open(own, os.O_RDWR | os.O_CLOEXEC)
 
 
 def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
@@ -476,8 +526,11 @@ def request(
     finally:
         os.close(nsfd)
     s.settimeout(30)
-    reply = json.loads(s.recv(MAX_MSG).decode() or "{}")
+    data, fds = recv_fds(s)
+    reply = json.loads(data.decode() or "{}")
     s.settimeout(None)
+    if fds:
+        reply["tap_fd"] = fds[0]  # a macvtap's character device, for QEMU's fd=
     if not reply.get("ok"):
         s.close()
         raise StateError(f"ipmuxd refused: {reply.get('error', 'no reply')}")
@@ -514,6 +567,10 @@ def cmd_ipmux(args: argparse.Namespace, host: HostConfig) -> int:
     os.set_inheritable(fd, True)
     os.environ[ENV_FD] = str(fd)
     os.environ["NETMUX_IFNAME"] = ifname
+    os.environ["NETMUX_MAC"] = str(reply.get("mac", ""))
+    if "tap_fd" in reply:
+        os.set_inheritable(reply["tap_fd"], True)
+        os.environ[ENV_TAP_FD] = str(reply["tap_fd"])
     journal.debug(f"ipmux: {reply}")
     try:
         os.execvp(cmd[0], cmd)

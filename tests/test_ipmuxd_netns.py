@@ -44,13 +44,13 @@ class Env:
         return self.host.ipmux.socket
 
     def client(
-        self, name: str, cmd: list[str], groups: bool = True, **kw: object
+        self, name: str, cmd: list[str], groups: bool = True, kind: str = "macvlan", **kw: object
     ) -> subprocess.Popen[str]:
         """`netmux ipmux NAME -- CMD` as nobody (with or without the socket's group)."""
         priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}"]
         priv += [f"--groups={TEST_GID}"] if groups else ["--clear-groups"]
         argv = [*priv, sys.executable, "-m", "netmux.cli", "--config", str(self.cfg),
-                "ipmux", name, "--", *cmd]  # fmt: skip
+                "ipmux", "--kind", kind, name, "--", *cmd]  # fmt: skip
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
         return subprocess.Popen(
             argv, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
@@ -152,6 +152,22 @@ def test_group_member_gets_a_device_removed_when_it_goes(daemon: Env, how: str) 
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_macvtap_comes_with_its_tap_fd(daemon: Env) -> None:
+    """An unprivileged caller cannot mknod the tap device: ipmuxd passes it an open fd."""
+    check = (
+        "import os, stat; fd = int(os.environ['NETMUX_TAP_FD']); "
+        "print('tap', stat.S_ISCHR(os.fstat(fd).st_mode), os.environ['NETMUX_MAC'])"
+    )
+    cmd = [sys.executable, "-c", check]
+    p = daemon.client(f"{RUN}vm", ["sh", "-c", 'ip -d link show eth0; exec "$@"', "-", *cmd],
+                      kind="macvtap")  # fmt: skip
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    key = names.load_host_key(daemon.host.paths.host_key, create=False)
+    assert f"tap True {names.stable_mac(key, f'{RUN}vm')}" in out
+    assert "macvtap" in out
 
 
 def test_outsider_is_refused_by_socket_permissions(daemon: Env) -> None:

@@ -43,6 +43,15 @@ def test_socket_activated_device_for_group_member(ipmux: sysbox.SysBox) -> None:
     ipmux.wait_for(removed, timeout=10)
 
 
+def test_macvtap_tap_fd_under_the_units_sandbox(ipmux: sysbox.SysBox) -> None:
+    check = (
+        "import os, stat; print(stat.S_ISCHR(os.fstat(int(os.environ['NETMUX_TAP_FD'])).st_mode))"
+    )
+    r = ipmux.run(*NOBODY_IN_GROUP, NETMUX, "ipmux", "--kind", "macvtap", "vm", "--",
+                  "/usr/bin/python3", "-c", check, check=False)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
 def test_outsider_refused(ipmux: sysbox.SysBox) -> None:
     r = ipmux.run(*NOBODY_OUTSIDE, NETMUX, "ipmux", "web2", "--", "true", check=False)
     assert r.returncode == 1 and "permission denied" in r.stderr
