@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -120,6 +121,15 @@ def test_deny_count_is_exact_and_persists(topo: Callable[..., fwtopo.Topo], tmp_
         check=True,
     ).stderr
     assert f"denylist size {len(prefixes) - 1} (0 automatic)" in log
+    listed_cli = subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "deny", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = json.loads(listed_cli)
+    assert len(rows) == len(prefixes) - 1
+    assert {"prefix": "2001:db8:ffff:1::7/128", "source": "manual", "expires": None} in rows
 
 
 def test_deny_without_mux_is_a_clear_error(tmp_path: Path, uname: Callable[[str], str]) -> None:
