@@ -133,12 +133,25 @@ def up(host: HostConfig, link_local_timeout: float = 3.0) -> None:
     """Create or complete mux (idempotent). Returns when gw0 can send router adverts."""
     cfg = host.mux
     ns = cfg.netns
+    created = False
     if not links.netns_exists(ns):
         try:
             links.create_netns(ns)
+            created = True
             journal.info(f"mux: created network namespace {ns}", netns=ns)
         except StateError:
             pass  # a concurrent `mux up` won
+    try:
+        _build(host, link_local_timeout)
+    except BaseException:
+        if created:  # nothing half-built: a mux this call started is removed again
+            down(host)
+        raise
+
+
+def _build(host: HostConfig, link_local_timeout: float) -> None:
+    cfg = host.mux
+    ns = cfg.netns
     # Forwarding first: before any uplink can arrive (PLATFORM.md, "Router advertisements").
     links.sysctl_write(
         ns,

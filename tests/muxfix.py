@@ -102,15 +102,19 @@ class MuxEnv:
             workload.down(self.host, name)
 
 
-def write_config(tmp: Path, mux_name: str, extra: str = "", static: bool = True) -> Path:
+def write_config(
+    tmp: Path, mux_name: str, extra: str = "", static: bool = True, mux_extra: str = ""
+) -> Path:
     """netmux.toml for this run: own mux name, uplink pattern RUN + "u*", tmp paths.
 
-    `extra` is appended (further sections); `static=False` leaves gw0 with the ULA only.
+    `extra` is appended (further sections); `mux_extra` goes into [mux] (e.g.
+    'parent_kind = "bridge"'); `static=False` leaves gw0 with the ULA only.
     """
     p = tmp / "netmux.toml"
     p.write_text(
         f'[mux]\nnetns = "{mux_name}"\nuplinks = ["{RUN}u*"]\n'
         + (f'static_addresses = ["{STATIC_GW}"]\n' if static else "")
+        + (mux_extra.rstrip("\n") + "\n" if mux_extra else "")
         + f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n'
         f'workloads_dir = "{tmp}/workloads"\n' + extra
     )
@@ -150,12 +154,12 @@ def stop(p: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_mux(
-    tmp: Path, extra: str = "", radvd: bool = True, static: bool = True
+    tmp: Path, extra: str = "", radvd: bool = True, static: bool = True, mux_extra: str = ""
 ) -> Iterator[MuxEnv]:
     """Bring up this run's own mux (+ radvd); always tear everything down afterwards."""
     tmp.mkdir(parents=True, exist_ok=True)
     name = f"{RUN}m{secrets.token_hex(2)}"
-    path = write_config(tmp, name, extra, static)
+    path = write_config(tmp, name, extra, static, mux_extra)
     host = config.load_host(path)
     env = MuxEnv(host, path, tmp, None)
     try:

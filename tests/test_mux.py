@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from netmux import config, links, mux
+from netmux.errors import StateError
 from tests import muxfix
 from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
@@ -163,4 +164,35 @@ def test_mux_up_watch_notifies_ready_adopts_and_stops_on_sigterm(
             p.kill()
             p.wait()
         _del(_peer(u))
+        mux.down(host)
+
+
+@pytest.mark.parametrize("kind", ["veth", "bridge"])
+def test_parent_kinds_carry_workloads(tmp_path: Path, kind: str) -> None:
+    """No dummy here: both fallbacks must give macvlans carrier, RAs and SLAAC."""
+    with muxfix.running_mux(tmp_path / kind, mux_extra=f'parent_kind = "{kind}"') as env:
+        assert f"{kind}" in _ip("-n", env.netns, "-d", "link", "show", "host0")
+        n = env.name("k")
+        env.netmux("up", n)
+        assert env.global_address(n).startswith("2001:db8:0:1:")
+        env.netmux("down", n)
+
+
+def test_dummy_parent_fails_clearly_where_the_kernel_lacks_it(
+    tmp_config: Callable[..., Path],
+) -> None:
+    path = tmp_config()
+    path.write_text(path.read_text().replace("[mux]\n", '[mux]\nparent_kind = "dummy"\n'))
+    host = config.load_host(path)
+    probe = subprocess.run(
+        ["ip", "link", "add", f"{RUN}dprobe", "type", "dummy"], capture_output=True, text=True
+    )
+    if probe.returncode == 0:
+        _del(f"{RUN}dprobe")
+        pytest.skip("this kernel has dummy: nothing to fail")
+    try:
+        with pytest.raises(StateError, match="none of dummy is available"):
+            mux.up(host)
+        assert not links.netns_exists(host.mux.netns)  # rolled back
+    finally:
         mux.down(host)
