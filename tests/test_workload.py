@@ -396,3 +396,36 @@ def test_unit_user_from_systemd_environment(env: MuxEnv, wname: Callable[[], str
     r = subprocess.run(env.argv("up", n, "--", "id", "-u"), env=e, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
     env.netmux("down", n)
+
+
+def test_duplicate_addresses(tmp_path: Path) -> None:
+    """Without optimistic DAD `up` waits for DAD. A node already using the workload's SLAAC
+    address: the kernel moves on to the next stable-privacy address (RFC 7217 DAD
+    counter) and `up` succeeds with it. A node using its *static* address: `up` fails with
+    one line naming the address, and leaves nothing."""
+    with muxfix.running_mux(tmp_path / "m", extra="[workload]\noptimistic_dad = false\n") as env:
+        n = env.name("d")
+        env.netmux("up", n)
+        addr = env.global_address(n)
+        env.netmux("down", n)
+        squatter = env.name("s")
+        subprocess.run(["ip", "netns", "add", squatter], check=True)
+        try:
+            subprocess.run(
+                ["ip", "-n", env.netns, "link", "add", "link", "host0", "name", "sq0",
+                 "netns", squatter, "type", "macvlan", "mode", "bridge"], check=True,
+            )  # fmt: skip
+            for a in (f"{addr}/64", "fd64:cafe::77/64"):
+                subprocess.run(["ip", "-n", squatter, "addr", "add", a, "dev", "sq0", "nodad"],
+                               check=True)  # fmt: skip
+            subprocess.run(["ip", "-n", squatter, "link", "set", "sq0", "up"], check=True)
+            env.netmux("up", n)
+            assert env.global_address(n) != addr
+            env.netmux("down", n)
+            r = env.netmux("up", n, "--address", "fd64:cafe::77/64", check=False)
+            assert r.returncode == 1
+            assert "DAD failed for fd64:cafe::77/64 on eth0" in r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert_gone(env, n)
+        finally:
+            subprocess.run(["ip", "netns", "del", squatter], check=True)
