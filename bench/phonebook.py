@@ -101,6 +101,8 @@ def latency(stack: Any, runs: int) -> dict[str, Any]:
             addr(WL_NS, "del", f"{a}/64")
             knot.wait(name, lambda s, a=a: a not in s)  # type: ignore[misc]
             del_k.append(now() - t0)
+            if tiny:
+                tiny.wait(name, lambda s, a=a: a not in s)  # type: ignore[misc]
             # tinydns rebuilds at most once a second: space the runs so that each add
             # is measured from an idle sink (the worst case is that second plus a build).
             time.sleep(1.05)

@@ -86,6 +86,7 @@ class Adapter:
         self.iface = Phonebook1(book)
         self.units: dict[str, str] = {}  # unit -> object path being watched
         self.systemd = True
+        self.subscribed = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- dispatch ---------------------------------------------------------------------
@@ -228,7 +229,8 @@ class Adapter:
             )
         )
         if reply is None or reply.message_type == MessageType.ERROR:
-            raise StateError(f"systemd {member}: {reply.body if reply else 'no reply'}")
+            err = f"{reply.error_name} {reply.body}" if reply else "no reply"
+            raise StateError(f"systemd {member}: {err}")
         return reply.body
 
     async def _watch_unit(self, unit: str) -> None:
@@ -236,9 +238,17 @@ class Adapter:
         if not self.systemd or unit in self.units:
             return
         mgr = "/org/freedesktop/systemd1"
-        try:
-            if not self.units:
+        if not self.subscribed:
+            try:
                 await self._systemd(mgr, f"{SYSTEMD}.Manager", "Subscribe", "", [])
+            except StateError as e:
+                if "ServiceUnknown" in str(e) or "NameHasNoOwner" in str(e):
+                    journal.debug(f"not watching units (no systemd on this bus): {e}")
+                    self.systemd = False
+                    return
+                # e.g. already subscribed: signals flow either way
+            self.subscribed = True
+        try:
             (path,) = await self._systemd(mgr, f"{SYSTEMD}.Manager", "GetUnit", "s", [unit])
             rule = (
                 f"type='signal',sender='{SYSTEMD}',interface='org.freedesktop.DBus.Properties',"
@@ -256,9 +266,7 @@ class Adapter:
             if state.value in ("inactive", "failed"):
                 self.book.drop_unit(unit)
         except StateError as e:
-            journal.debug(f"not watching unit {unit}: {e}")
-            if not self.units:
-                self.systemd = False
+            journal.warning(f"not watching unit {unit}: {e}")
 
     def _unit_changed(self, msg: Message) -> None:
         if msg.path is None or not msg.body:

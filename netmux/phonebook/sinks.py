@@ -283,10 +283,6 @@ class Rfc2136Sink(_Coalescer):
         return {k: frozenset(v) for k, v in out.items()}
 
     async def work(self) -> None:
-        import dns.asyncquery
-        import dns.rcode
-        import dns.update
-
         if self.sent is None:
             self.sent = await self._server_state()
         desired = self.desired
@@ -297,32 +293,49 @@ class Rfc2136Sink(_Coalescer):
                 zone = self.zones.zone_of(key[0])
                 if zone is not None:
                     changes.setdefault(zone, []).append((key, want))
-        keyring, keyname = self._keyring()
-        for zone, items in sorted(changes.items()):
-            upd = dns.update.UpdateMessage(
-                zone + ".", keyring=keyring, keyname=keyname, keyalgorithm=self.key.algorithm
-            )
-            for (owner, rtype), want in items:
-                if want:
-                    value = [v + "." if rtype == "PTR" else v for v in sorted(want)]
-                    upd.replace(owner + ".", self.zones.ttl, rtype, *value)
-                else:
-                    upd.delete(owner + ".", rtype)
-            t0 = time.monotonic()
-            resp = await dns.asyncquery.tcp(upd, self.server, timeout=self.timeout, port=self.port)
-            took = time.monotonic() - t0
-            if took > 0.25:
-                journal.warning(f"update of {zone} took {took:.3f}s at {self.server}")
-            if resp.rcode() != dns.rcode.NOERROR:
-                raise RuntimeError(
-                    f"update of {zone} refused by {self.server}: {dns.rcode.to_text(resp.rcode())}"
-                )
+        # One message per zone, all in flight at once: Knot now and then holds an update
+        # for up to a second, and zones must not wait behind each other for that.
+        results = await asyncio.gather(
+            *(self._send(zone, items) for zone, items in sorted(changes.items())),
+            return_exceptions=True,
+        )
+        for (_, items), res in zip(sorted(changes.items()), results, strict=True):
+            if isinstance(res, BaseException):
+                continue
             for key, want in items:
                 if want:
                     self.sent[key] = want
                 else:
                     self.sent.pop(key, None)
             self.updates += 1
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise RuntimeError(str(failed[0]))
+
+    async def _send(self, zone: str, items: list[tuple[RRKey, frozenset[str]]]) -> None:
+        import dns.asyncquery
+        import dns.rcode
+        import dns.update
+
+        keyring, keyname = self._keyring()
+        upd = dns.update.UpdateMessage(
+            zone + ".", keyring=keyring, keyname=keyname, keyalgorithm=self.key.algorithm
+        )
+        for (owner, rtype), want in items:
+            if want:
+                value = [v + "." if rtype == "PTR" else v for v in sorted(want)]
+                upd.replace(owner + ".", self.zones.ttl, rtype, *value)
+            else:
+                upd.delete(owner + ".", rtype)
+        t0 = time.monotonic()
+        resp = await dns.asyncquery.tcp(upd, self.server, timeout=self.timeout, port=self.port)
+        took = time.monotonic() - t0
+        if took > 0.25:
+            journal.debug(f"update of {zone} took {took:.3f}s at {self.server}")
+        if resp.rcode() != dns.rcode.NOERROR:
+            raise RuntimeError(
+                f"update of {zone} refused by {self.server}: {dns.rcode.to_text(resp.rcode())}"
+            )
 
 
 def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
