@@ -174,6 +174,18 @@ def test_nothing_left_behind(box: sysbox.SysBox, unit: Callable[[str], str], how
         assert box.show(u, "ActiveState")["ActiveState"] == "failed"
 
 
+def test_bad_setting_fails_with_one_line(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    """`netmux up` refusing a setting: the unit fails, one clear line, nothing built."""
+    u = unit("badport")
+    box.add_dropin(u, "env.conf", "[Service]\nEnvironment=NETMUX_PORTS=tcp/99999\n")
+    assert box.systemctl("start", u, check=False).returncode != 0
+    msgs = [str(r.get("MESSAGE")) for r in box.journal("-u", u) if r.get("_COMM") != "systemd"]
+    errors = [m for m in msgs if m.startswith("netmux up:")]
+    assert len(errors) == 1 and "NETMUX_PORTS" in errors[0], msgs
+    assert not [m for m in msgs if "Traceback" in m], msgs
+    assert not leftovers(box, "badport")
+
+
 def test_second_unit_joins_the_namespace(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
     u = unit("shared")
     box.install_units([EXAMPLES / "joined-httpd@.service"], reload=False)
