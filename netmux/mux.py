@@ -293,7 +293,12 @@ def adopt(host: HostConfig, ifname: str) -> bool:
     with links.iproute(None) as root:
         info = links.link_info(root, ifname)
         if info is None:
-            journal.warning(f"NIC {ifname} vanished before adoption: skipped", ifname=ifname)
+            with links.iproute(cfg.netns) as ipr:
+                there = links.link_index(ipr, ifname) is not None
+            if there:  # the udev rule and the watcher both saw it: one of them was first
+                journal.info(f"NIC {ifname} is already in mux {cfg.netns}", ifname=ifname)
+            else:
+                journal.warning(f"NIC {ifname} vanished before adoption: skipped", ifname=ifname)
             return False
         if info["kind"] in ("macvlan", "macvtap"):
             journal.info(f"NIC {ifname} is a {info['kind']}, not an uplink: skipped")

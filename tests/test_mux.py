@@ -85,6 +85,8 @@ def test_nic_adopt_cli_skips_non_matching_and_missing(mux_radvd: MuxEnv) -> None
         r = mux_radvd.netmux("nic", "adopt", u)
         assert "adopted" in r.stderr
         assert u in _ip("-n", mux_radvd.netns, "-br", "link")
+        r = mux_radvd.netmux("nic", "adopt", u)  # again (udev rule + watcher): harmless
+        assert r.returncode == 0 and "already in mux" in r.stderr
         # missing NIC, NIC that matches no pattern: logged, exit 0, nothing changes
         r = mux_radvd.netmux("nic", "adopt", f"{RUN}ugone")
         assert r.returncode == 0 and "vanished" in r.stderr
