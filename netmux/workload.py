@@ -433,6 +433,7 @@ def down(host: HostConfig, name: str) -> bool:
             f"{_state_dir(host)} and it holds other links): not touching it"
         )
     did = _teardown(host, name, ifname)
+    phonebook.unpublish(name)  # phonebook: records go now, whoever still holds a lifeline
     if did:
         journal.info(
             f"workload {name} down",

@@ -149,8 +149,17 @@ def test_name_taken_and_bad_arguments(stack: Stack, wl: str, netns: Callable[[st
     with pytest.raises(Exception, match="netns"):
         client.publish("good", "eth0", "nosuchns", address=stack.bus)
     assert [r for r in client.records(stack.bus) if "good" in r[0] or "thief" in r[0]] == []
-    client.close(pub)
-    client.close(again)
+    # The namespace is re-created under the same name (a new instance of the workload)
+    # while the old lifelines are still held: the new instance gets the name.
+    subprocess.run(["ip", "netns", "del", wl], check=True)
+    subprocess.run(["ip", "netns", "add", wl], check=True)
+    add_workload_link(wl)
+    addr(wl, "add", f"{G2}/64", "nodad")
+    renewed = publish(stack, "owned", wl)
+    stack.wait_dig(f"owned.{PUBLIC}", lambda a: a == G2)
+    assert "re-created" in stack.log()
+    for p in (pub, again, renewed):
+        client.close(p)
 
 
 def test_busctl_introspect_call_and_policy(stack: Stack, wl: str) -> None:

@@ -134,3 +134,22 @@ def test_up_without_phonebookd_still_works(mux_radvd: MuxEnv, tmp_path: object) 
         assert "not published in DNS" in r.stderr
     finally:
         env.netmux("down", name, check=False)
+
+
+def test_down_unpublishes_even_while_the_lifeline_is_held(mux_radvd: MuxEnv, stack: Stack) -> None:
+    env = mux_radvd
+    name = env.name("d")
+    penv = env.env()
+    penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
+    p = subprocess.Popen(env.argv("up", name, "--", "sleep", "120"), env=penv)
+    try:
+        stack.wait_dig(f"{name}.internal", lambda a: a.startswith("fd64:cafe:"), timeout=20)
+        r = subprocess.run(env.argv("down", name), env=penv, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert p.poll() is None, "the workload still runs (and holds the lifeline)"
+        stack.wait_dig(f"{name}.internal", lambda a: a == "", timeout=3)
+        assert f"removed {name}: unpublished" in stack.log()
+    finally:
+        p.kill()
+        p.wait()
+        env.netmux("down", name, check=False)

@@ -157,6 +157,9 @@ def unpublish(name: str, address: str | None = None, timeout: float = 2.0) -> bo
         out = _run("Unpublish", "s", [name], (), address, timeout)
     except Unavailable:
         return False
+    except Exception as e:  # best effort: `netmux down` must finish whatever DNS does
+        journal.warning(f"{name}: could not unpublish: {e}", workload=name)
+        return False
     return bool(out and out[0])
 
 

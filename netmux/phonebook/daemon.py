@@ -185,9 +185,14 @@ class Phonebook:
             check_lifeline(lifeline)
             key = ns_key(nsfd)
             labels = {name, *aliases}
-            for other in self.pubs.values():
+            for other in list(self.pubs.values()):
                 clash = labels & other.labels
                 if not clash:
+                    continue
+                if other.netns == netns and other.nskey != key and not netns.startswith("pid:"):
+                    # /run/netns/NAME was re-created: the old workload of that name is gone
+                    # (or was taken down while something still held its lifeline).
+                    self.drop(other, f"netns {netns} was re-created")
                     continue
                 if (
                     other.name == name
