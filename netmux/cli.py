@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="run CMD as this user")
     p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
     p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
+    p.add_argument(
+        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
+    )
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
     p = _add(sub, "down", "remove workload NAME (idempotent)", "workload:cmd_down")
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
     p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
     p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
+    p.add_argument(
+        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
+    )
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
     p = _add(sub, "ls", "list workloads", "workload:cmd_ls")

@@ -595,6 +595,7 @@ def _workload_from_args(args: argparse.Namespace, host: HostConfig) -> WorkloadC
         "user": getattr(args, "user", None),
         "addresses": getattr(args, "address", None),
         "timeout": getattr(args, "timeout", None),
+        "wait": getattr(args, "wait", None),
     }
     if getattr(args, "vm", False):
         overrides["kind"] = "vm"

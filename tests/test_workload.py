@@ -330,6 +330,9 @@ def test_wait_timeout_names_what_is_missing(
         assert expected in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert_gone(env, n)
+        env.netmux("up", n, "--wait", "none")  # nothing to wait for: up at once
+        assert workload.status(env.host, n)["state"] in ("up", "degraded")
+        env.netmux("down", n)
 
 
 def test_run_forwards_sigterm_and_cleans_up(env: MuxEnv, wname: Callable[[], str]) -> None:

@@ -54,6 +54,12 @@ def test_cmd_after_dashdash(
     assert args.name == name and args.user == user and args.cmd == cmd
 
 
+def test_wait_option(captured: tuple[list[argparse.Namespace], Path]) -> None:
+    seen, cfg = captured
+    assert cli.main(["--config", str(cfg), "up", "web", "--wait", "none"]) == 0
+    assert seen[0].wait == "none"
+
+
 def test_handlers_are_wired() -> None:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
