@@ -164,7 +164,10 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
         events = nsutil.run_in_netns(name, lambda: links.event_socket(groups))
         early_rs = None
         if p.kind == "macvlan" and host.workload.optimistic_dad and p.wait != "none":
-            early_rs = nsutil.run_in_netns(name, lambda: links.rs_socket(p.ifname))
+            try:
+                early_rs = nsutil.run_in_netns(name, lambda: links.rs_socket(p.ifname))
+            except OSError as e:  # e.g. no CAP_NET_RAW: the kernel's own RS still comes
+                journal.debug(f"workload {name}: no early router solicitation: {e}")
         try:
             with links.iproute(name) as ipr:
                 links.set_up(ipr, "lo")
