@@ -111,6 +111,28 @@ def test_journal_fields(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
     assert downs and downs[-1]["_SYSTEMD_UNIT"] == u
 
 
+def test_published_while_the_unit_runs(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
+    """phonebookd (pulled in by netmux@) has the record before READY=1, follows address
+    changes (ADDRESS_CHANGED), and keeps the record of a command-less workload in the
+    unit's fd store until the unit stops."""
+    u = unit("renum")
+    box.systemctl("start", u)
+    assert box.show("phonebookd.service", "ActiveState")["ActiveState"] == "active"
+    mid = "MESSAGE_ID="
+    assert box.journal("NETMUX_WORKLOAD=renum", mid + journal.RECORD_PUBLISHED)
+    assert not box.journal("NETMUX_WORKLOAD=renum", mid + journal.RECORD_REMOVED)
+    assert box.show(u, "NFileDescriptorStore")["NFileDescriptorStore"] == "1"
+    box.run("ip", "-n", "renum", "addr", "add", "2001:db8:0:1::99/64", "dev", "eth0", "nodad")
+
+    def changed() -> bool:
+        recs = box.journal("NETMUX_WORKLOAD=renum", f"MESSAGE_ID={journal.ADDRESS_CHANGED}")
+        return any("2001:db8:0:1::99" in str(r.get("MESSAGE")) for r in recs)
+
+    box.wait_for(changed)
+    box.systemctl("stop", u)
+    box.wait_for(lambda: box.journal("NETMUX_WORKLOAD=renum", mid + journal.RECORD_REMOVED))
+
+
 def test_dropin_adds_command_and_port(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
     u = unit("web")
     box.systemctl("start", u)  # the namespace only: nothing listens yet
