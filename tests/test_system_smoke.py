@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests import sysbox
+from tests.conftest import RUN
 
 pytestmark = pytest.mark.system
 
@@ -69,3 +71,11 @@ def test_boot_is_fast_and_clean() -> None:
         assert b.leader > 1
     # Not a timed assertion of speed (bench/ measures that): a generous functional bound.
     assert booted < 10
+
+
+def test_veth_extra_reaches_inside_and_goes_away() -> None:
+    host_if = f"{RUN}vx"
+    with sysbox.boot(veth_extra=[(host_if, "eth9")]) as b:
+        assert Path(f"/sys/class/net/{host_if}").exists()
+        assert b.run("ip", "link", "show", "eth9").returncode == 0
+    assert not Path(f"/sys/class/net/{host_if}").exists()
