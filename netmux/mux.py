@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -149,9 +150,17 @@ def up(host: HostConfig, link_local_timeout: float = 3.0) -> None:
         raise
 
 
+def _stopping_marker(host: HostConfig) -> Path:
+    """Present while `mux down` runs: adoption stands still, so the NICs `down` hands back
+    to the root namespace are not taken straight back by a watcher still running (systemd
+    runs ExecStop= before it signals the main process)."""
+    return host.paths.run_dir / "mux-stopping"
+
+
 def _build(host: HostConfig, link_local_timeout: float) -> None:
     cfg = host.mux
     ns = cfg.netns
+    _stopping_marker(host).unlink(missing_ok=True)
     # Forwarding first: before any uplink can arrive (PLATFORM.md, "Router advertisements").
     links.sysctl_write(
         ns,
@@ -241,6 +250,9 @@ def down(host: HostConfig) -> bool:
                 did |= links.delete_link(root, cfg.root_link)
     if not links.netns_exists(cfg.netns):
         return did
+    marker = _stopping_marker(host)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     with links.iproute(cfg.netns) as ipr:
         for msg in ipr.get_links():
             ifname = msg.get_attr("IFLA_IFNAME")
@@ -250,6 +262,7 @@ def down(host: HostConfig) -> bool:
         links.delete_link(ipr, cfg.parent)
         links.delete_link(ipr, peer_name(cfg.parent))
     links.remove_netns(cfg.netns)
+    marker.unlink(missing_ok=True)  # no mux now: adoption skips for that reason instead
     journal.info(f"mux {cfg.netns} removed", netns=cfg.netns)
     return True
 
@@ -289,6 +302,9 @@ def adopt(host: HostConfig, ifname: str) -> bool:
         return False
     if not links.netns_exists(cfg.netns):
         journal.warning(f"NIC {ifname}: mux {cfg.netns} does not exist: skipped", ifname=ifname)
+        return False
+    if _stopping_marker(host).exists():
+        journal.info(f"NIC {ifname}: mux {cfg.netns} is being removed: skipped", ifname=ifname)
         return False
     with links.iproute(None) as root:
         info = links.link_info(root, ifname)

@@ -198,3 +198,28 @@ def test_dummy_parent_fails_clearly_where_the_kernel_lacks_it(
         assert not links.netns_exists(host.mux.netns)  # rolled back
     finally:
         mux.down(host)
+
+
+def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> None:
+    """systemd runs ExecStop=`netmux mux down` while `mux up --watch` still runs: the
+    uplinks handed back to the root namespace must stay there."""
+    host = mux_radvd.host
+    u = f"{RUN}u{int(time.time() * 1000) % 0xFFF:x}d"
+    _veth(u)
+    stop = threading.Event()
+    ready = threading.Event()
+    t = threading.Thread(target=lambda: mux.watch_nics(host, stop, ready.set, poll=0.02))
+    t.start()
+    try:
+        assert ready.wait(10)
+        assert u in _ip("-n", host.mux.netns, "-br", "link")
+        if mux_radvd.radvd is not None:  # stop radvd first, as the units do
+            muxfix.stop(mux_radvd.radvd)
+            mux_radvd.radvd = None
+        mux.down(host)
+        time.sleep(0.3)  # give the watcher every chance to (wrongly) take it back
+        assert u in _ip("-br", "link")
+    finally:
+        stop.set()
+        t.join(5)
+        _del(_peer(u))
