@@ -361,7 +361,8 @@ def watch_nics(
         on_ready()
     while not stop.is_set():
         dev = mon.poll(timeout=poll)
-        if dev is None or dev.subsystem != "net" or dev.action != "add":
+        # "move": a rename (udev naming the NIC after the kernel did) can bring a match
+        if dev is None or dev.subsystem != "net" or dev.action not in ("add", "move"):
             continue
         if config.uplink_matches(host.mux, dev.sys_name):
             adopted += adopt(host, dev.sys_name)
