@@ -117,13 +117,19 @@ def test_watcher_adopts_hotplugged_nic_and_skips_vanished(mux_radvd: MuxEnv) -> 
         _del(gone)
         _veth(late)
         wait_for(lambda: late in _ip("-n", host.mux.netns, "-br", "link"), timeout=5)
+        # a NIC that only matches once renamed (udev naming it after the kernel did)
+        renamed, tmpname = base + "r", f"{RUN}t{base[-3:]}"
+        subprocess.run(["ip", "link", "add", tmpname, "type", "veth", "peer", "name",
+                        _peer(renamed)], check=True)  # fmt: skip
+        subprocess.run(["ip", "link", "set", tmpname, "name", renamed], check=True)
+        wait_for(lambda: renamed in _ip("-n", host.mux.netns, "-br", "link"), timeout=5)
     finally:
         stop.set()
         t.join(5)
-        for n in (early, gone, late):
+        for n in (early, gone, late, base + "r"):
             _del(_peer(n))
     assert not t.is_alive()
-    assert result and result[0] >= 2
+    assert result and result[0] >= 3
 
 
 def test_mux_down_keeps_nothing_in_root(mux_radvd: MuxEnv) -> None:
