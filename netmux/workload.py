@@ -207,7 +207,8 @@ def up(
     state = build(host, wl, p)
     elapsed = time.monotonic() - t0
     try:
-        tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
+        vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
+        tap_fd = _open_tap(host, p) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
         record = {
             "name": p.name,

@@ -286,6 +286,12 @@ def test_vm_gets_a_macvtap_fd_and_mac(env: MuxEnv, wname: Callable[[], str]) -> 
     assert mac == names.stable_mac(names.load_host_key(env.host.paths.host_key), n)
     assert "macvtap mode bridge" in lines[2] and mac in lines[2]
     assert_gone(env, n)
+    # the exec path (netmux@ units): QEMU becomes the process and inherits the tap fd
+    r = env.netmux("up", n, "--vm", "--", "sh", "-c", "readlink /proc/self/fd/{tapfd}")
+    assert r.stdout.startswith("/dev/tap"), r.stdout
+    assert workload.status(env.host, n)["kind"] == "vm"
+    env.netmux("down", n)
+    assert_gone(env, n)
 
 
 def test_notify_status_and_ready_under_systemd(
