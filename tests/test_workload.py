@@ -341,15 +341,16 @@ def test_wait_timeout_names_what_is_missing(
         env.netmux("down", n)
 
 
-def test_run_forwards_sigterm_and_cleans_up(env: MuxEnv, wname: Callable[[], str]) -> None:
+def test_run_forwards_sigterm_and_cleans_up(
+    env: MuxEnv, wname: Callable[[], str], tmp_path: Path
+) -> None:
     n = wname()
-    p = subprocess.Popen(
-        env.argv("run", n, "--", "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.05; done"),
-        env=env.env(), stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    mark = tmp_path / "trapped"
+    script = f"trap 'exit 42' TERM; touch {mark}; while :; do sleep 0.05; done"
+    p = subprocess.Popen(env.argv("run", n, "--", "sh", "-c", script), env=env.env(),
+                         stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_for(lambda: workload.read_state(env.host, n), timeout=10)
-        time.sleep(0.2)
+        wait_for(mark.exists, timeout=15)
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=10) == 42
     finally:
