@@ -19,6 +19,9 @@ is removed, so the leak check sees nothing.
 
 Addresses: gw0 has fd64:cafe::1/64 (ULA) and 2001:db8:0:1::1/64 (static "global" prefix,
 documentation range); radvd advertises both (`prefix ::/64`).
+
+For a variant, use the context manager directly: `running_mux(tmp, extra="[workload]\n...",
+radvd=False, static=False, mux_extra='parent_kind = "bridge"')`.
 """
 
 from __future__ import annotations
