@@ -70,7 +70,7 @@ def leftovers(box: sysbox.SysBox, wl: str) -> list[str]:
         left.append(f"netns {wl}")
     if box.path(f"/run/netmux/workloads/{wl}.json").exists():
         left.append(f"state {wl}")
-    extra = mux_links(box) - MUX_LINKS
+    extra = mux_links(box) - MUX_LINKS if box.path("/run/netns/mux").exists() else set()
     if extra:
         left.append(f"links in mux: {sorted(extra)}")
     return left
@@ -280,3 +280,19 @@ def test_daemons_run_clean_in_their_sandboxes(mux: sysbox.SysBox) -> None:
         mux.systemctl("stop", "netmux-dhcpcd.service")
     finally:
         subprocess.run(["ip", "link", "del", host_if], check=False, stderr=subprocess.DEVNULL)
+
+
+def test_stopping_mux_stops_workloads_and_removes_mux(
+    mux: sysbox.SysBox, unit: Callable[[str], str]
+) -> None:
+    """ExecStop=netmux mux down; Requires= takes the workloads (and BindsTo= the daemons)."""
+    u = unit("last")
+    mux.systemctl("start", u)
+    mux.systemctl("stop", "netmux-mux.service")
+    try:
+        for v in (u, "netmux-radvd.service"):
+            assert mux.show(v, "ActiveState")["ActiveState"] in ("inactive", "failed")
+        assert not leftovers(mux, "last")
+        assert not mux.path("/run/netns/mux").exists()
+    finally:
+        mux.systemctl("start", "netmux-mux.service", "netmux-radvd.service")
