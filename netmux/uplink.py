@@ -79,7 +79,9 @@ def start_dhcpcd(
 
 
 def _session_members(sid: int) -> list[int]:
-    """PIDs whose session is `sid` (dhcpcd's privsep helpers share its session)."""
+    """Live PIDs whose session is `sid` (dhcpcd's privsep helpers share its session)."""
+    if sid <= 1:
+        return []
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -89,28 +91,32 @@ def _session_members(sid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             out.append(int(d))
     return out
 
 
-def stop_dhcpcd(run: Path) -> None:
-    """Stop dhcpcd and any privsep helper it left behind (found by session id, which is
-    the PID we started: supervise starts daemons in a new session)."""
+def stop_dhcpcd(run: Path, grace: float = 1.0) -> None:
+    """Stop dhcpcd and its privsep helpers. supervise starts it in a session of its own;
+    SIGTERM the manager, and whatever of that session still lives after `grace` seconds
+    gets SIGKILL (a helper caught mid-DHCPv4 exchange otherwise holds the manager ~5 s)."""
     import time
 
     d = supervise.status("dhcpcd", run)
-    supervise.stop("dhcpcd", run)
-    if d is None:
-        return
-    deadline = time.monotonic() + 2.0
-    while _session_members(d.pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for pid in _session_members(d.pid):
+    if d is not None:
+        sid = d.pid
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{d.pid}/stat").read_text()
+            sid = int(stat[stat.rfind(")") + 2 :].split()[3])
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+            os.kill(d.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in _session_members(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    supervise.stop("dhcpcd", run)
 
 
 def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:

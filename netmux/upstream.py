@@ -376,7 +376,25 @@ def lab_up(host: HostConfig, run: Path) -> dict[str, float]:
         uplink.nat64_up(host, run)
     wait_prefix(host, p.delegated)
     t["pd"] = time.monotonic() - t1
+    # The DHCPv4 lease (for NAT64) follows ~2 s after dhcpcd starts (dhcpcd delays its
+    # first DISCOVER); not waited for here so that `lab up` stays fast: wait_ipv4().
     return t
+
+
+def wait_ipv4(host: HostConfig, timeout: float = 10.0) -> float:
+    """Seconds until mux has an IPv4 default route (the DHCPv4 lease NAT64 needs)."""
+    import time
+
+    t0 = time.monotonic()
+    argv = ["ip", "-n", host.mux.netns, "-4", "route", "show", "default"]
+    while not subprocess.run(argv, capture_output=True, text=True).stdout.strip():
+        if time.monotonic() - t0 > timeout:
+            raise StateError(
+                f"upstream: no IPv4 lease in {host.mux.netns} after {timeout:g}s; "
+                "see the dhcpcd and udhcpd logs"
+            )
+        time.sleep(0.02)
+    return time.monotonic() - t0
 
 
 def resolver_up(host: HostConfig, run: Path) -> str:

@@ -105,8 +105,11 @@ def test_pd_reaches_gateway_and_a_workload_gets_an_address_from_it(labhost: Host
         )
         assert ping.returncode == 0, ping.stdout + ping.stderr
         # the hook recorded the prefix (renumber state) and mux got IPv4 by DHCP
-        state = json.loads((run / "prefixes.json").read_text())
-        assert state["current"] == [str(host.lab.prefix)]
+        state_file = run / "prefixes.json"  # written by the hook, just after the address
+        deadline = time.monotonic() + 5
+        while not state_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert json.loads(state_file.read_text())["current"] == [str(host.lab.prefix)]
         argv = ["ip", "-n", host.mux.netns, "-4", "-j", "addr", "show", "dev", host.lab.uplink]
         deadline = time.monotonic() + 10
         v4 = subprocess.run(argv, capture_output=True, text=True).stdout
@@ -130,6 +133,7 @@ def _dig(netns: str, qname: str, qtype: str) -> list[str]:
 def test_dns64_and_nat64_reach_an_ipv4_only_web_server(labhost: HostConfig) -> None:
     host = labhost
     run = lab.daemon_dir(host)
+    upstream.wait_ipv4(host)  # NAT64 masquerades behind the uplink's DHCPv4 address
     w = name("c")
     workload.up(host, config.workload_from(w), exec_cmd=False)
     try:
