@@ -35,7 +35,7 @@ from ..errors import NetmuxError, StateError, UsageError
 from . import fdstore
 from .follow import Follower, NsKey, ns_key
 from .records import Address, Record, Zones, check_alias, publication_records, zone_records
-from .sinks import Sink, make_sinks
+from .sinks import Sink, _Coalescer, make_sinks
 
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
@@ -344,7 +344,7 @@ class Phonebook:
         recs = self.records()
         for sink in self.sinks:
             sink.update(recs)
-        if not self._emit_pending and self.listeners:
+        if not self._emit_pending:
             self._emit_pending = True
             asyncio.get_running_loop().call_soon(self._emit)
 
@@ -352,6 +352,7 @@ class Phonebook:
         self._emit_pending = False
         for cb in self.listeners:
             cb()
+        self.notifier.notify(f"STATUS=serving {len(self.pubs)} publication(s)")
 
     # -- restart ----------------------------------------------------------------------
 
@@ -458,7 +459,9 @@ async def serve(args: argparse.Namespace) -> int:
     journal.info(f"ready ({', '.join(s.name for s in book.sinks) or 'no sinks'})")
     await stop.wait()
     notifier.notify("STOPPING=1")
-    for sink in book.sinks:  # records that changed last must still reach the sinks
+    for sink in book.sinks:  # records that changed last must still reach the sinks, now
+        if isinstance(sink, _Coalescer):
+            sink.hurry()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sink.flush(), 3)
     seed_server.close()

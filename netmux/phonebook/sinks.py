@@ -48,6 +48,12 @@ class _Coalescer:
         self.task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        self.hurried = asyncio.Event()
+
+    def hurry(self) -> None:
+        """No more waiting between runs (shutdown: the last state goes out now)."""
+        self.interval = 0.0
+        self.hurried.set()
 
     def kick(self) -> None:
         self.dirty = True
@@ -60,7 +66,8 @@ class _Coalescer:
             while self.dirty:
                 wait = self.last + self.interval - time.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.hurried.wait(), wait)
                 self.dirty = False
                 self.last = time.monotonic()
                 try:
