@@ -149,8 +149,10 @@ def apply(
         tmp.write_text(text)
         tmp.replace(radvd_conf)
     if radvd_pid:
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(radvd_pid.read_text().split()[0]), signal.SIGHUP)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(radvd_pid.read_text().split()[0])
+            if pid > 1:  # never 0 or -1: that would signal a whole process group
+                os.kill(pid, signal.SIGHUP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

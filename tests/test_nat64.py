@@ -1,0 +1,93 @@
+"""NAT64 pieces accepted by the real kernel and daemons, in namespaces of their own:
+the rendered nft ruleset checks and loads (the seed's `type filter` chain does not),
+and tayga runs with the rendered config (the probed pool: class E or the fallback)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from netmux import daemons, supervise
+from netmux.config import parse_host
+from netmux.render import nat, tayga
+
+pytestmark = pytest.mark.netns
+
+SEED_RULESET = """table inet nat64 {
+  chain postrouting {
+    type filter hook postrouting priority srcnat
+    ip saddr 240.0.0.0/4 masquerade
+  }
+}
+"""
+
+
+def nft(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, "nft", *args],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
+def test_nat_ruleset_checks_loads_and_reloads(netns: Callable[[str], str], tmp_path: Path) -> None:
+    ns = netns("nat")
+    rules = tmp_path / "nat.nft"
+    rules.write_text(nat.render(parse_host(""), daemons.tayga()))
+    r = nft(ns, "-c", "-f", str(rules))
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):  # a reload replaces the table (its first lines empty it)
+        r = nft(ns, "-f", str(rules))
+        assert r.returncode == 0, r.stderr
+    listing = nft(ns, "list", "table", "ip", nat.TABLE).stdout
+    assert "type nat hook postrouting priority srcnat" in listing
+    assert listing.count("masquerade") == 1
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
+def test_the_seeds_filter_chain_masquerade_is_rejected_by_the_kernel(
+    netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Why render/nat.py uses a nat chain: the original ruleset fails to load."""
+    ns = netns("seed")
+    rules = tmp_path / "seed.nft"
+    rules.write_text(SEED_RULESET)
+    assert nft(ns, "-f", str(rules)).returncode != 0
+
+
+@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_path: Path) -> None:
+    ns = netns("t64")
+    host = parse_host('[nat64]\nprefix = "2001:db8:64::/96"\n')
+    feats = daemons.tayga()
+    plan = tayga.plan(host, feats)
+    assert plan.fallback == (not feats.class_e_pool)
+    conf = tmp_path / "tayga.conf"
+    conf.write_text(tayga.render(host, feats, tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    r = subprocess.run(["ip", "netns", "exec", ns, "tayga", "--mktun", "-c", str(conf)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = supervise.start("tayga", ["tayga", "--nodetach", "-c", str(conf)], ns, tmp_path)
+    try:
+        time.sleep(0.2)
+        assert d.alive, Path(d.log).read_text()
+        link = subprocess.run(["ip", "-n", ns, "link", "show", plan.tun],
+                              capture_output=True, text=True)  # fmt: skip
+        assert link.returncode == 0, link.stderr
+    finally:
+        supervise.stop("tayga", tmp_path)
+
+
+@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+def test_tayga_probe_matches_what_tayga_accepts(tmp_path: Path) -> None:
+    """The probe's answer is what tayga itself says about the seed's class E pool."""
+    conf = tmp_path / "t.conf"
+    feats = daemons.TaygaFeatures(class_e_pool=True)
+    conf.write_text(tayga.render(parse_host(""), feats, tmp_path))
+    r = subprocess.run(["unshare", "--net", "tayga", "--mktun", "-c", str(conf)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert (r.returncode == 0) == daemons.tayga().class_e_pool, r.stdout + r.stderr
