@@ -185,6 +185,9 @@ def test_busctl_introspect_call_and_policy(stack: Stack, wl: str) -> None:
     # ... and a member of the group is let in (the test policy names group 'daemon').
     allowed = stack.busctl(*call, "List", user="nobody", groups="daemon")
     assert allowed.returncode == 0, allowed.stderr
+    # ... but may not remove what another uid published.
+    other = stack.busctl(*call, "Unpublish", "s", "bus", user="nobody", groups="daemon")
+    assert other.returncode != 0 and "published by uid 0" in other.stderr, other
     assert stack.busctl(*call, "Unpublish", "s", "bus").stdout.strip() == "b true"
     stack.wait_dig("bus.internal", empty)
     client.close(pub)

@@ -34,7 +34,12 @@ IFACE = "org.netmux.Phonebook1"
 ERR_TAKEN = "org.netmux.Phonebook1.Error.NameTaken"
 ERR_INVALID = "org.netmux.Phonebook1.Error.InvalidArgument"
 ERR_FAILED = "org.netmux.Phonebook1.Error.Failed"
+ERR_DENIED = "org.netmux.Phonebook1.Error.AccessDenied"
 SYSTEMD = "org.freedesktop.systemd1"
+
+
+class Denied(NetmuxError):
+    """The caller may call, but not do this (another uid's publication)."""
 
 
 class Phonebook1(ServiceInterface):
@@ -130,6 +135,8 @@ class Adapter:
                 "Publications": "a(ssssasas)",
             }[msg.member]
             self.bus.send(Message.new_method_return(msg, sig, [body]))
+        except Denied as e:
+            self.bus.send(Message.new_error(msg, ERR_DENIED, str(e)))
         except StateError as e:
             self.bus.send(Message.new_error(msg, ERR_TAKEN, str(e)))
         except UsageError as e:
@@ -162,6 +169,11 @@ class Adapter:
             ]
         if m == "Unpublish":
             _expect(msg, "s")
+            pub = self.book.pubs.get(b[0]) if isinstance(b[0], str) else None
+            if pub is not None:
+                uid = await self._caller_uid(msg.sender)
+                if uid not in (0, pub.uid):
+                    raise Denied(f"{b[0]!r} was published by uid {pub.uid}; only it or root may")
             return self.book.unpublish(b[0])
         if m == "Publish":
             _expect(msg, "sssh")
