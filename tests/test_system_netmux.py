@@ -23,7 +23,7 @@ pytestmark = pytest.mark.system
 PREFIX = "2001:db8:0:1:"
 CONFIG = '[mux]\nstatic_addresses = ["2001:db8:0:1::1/64"]\n'
 EXAMPLES = sysbox.UNITS_DIR / "examples"
-MUX_LINKS = {"lo", "host0", "host0p", "gw0", "eth7", "eth8"}  # NICs of the hot-plug tests
+MUX_LINKS = {"lo", "host0", "host0p", "gw0", "eth6", "eth7", "eth8"}  # NICs of the hot-plug tests
 
 box = sysbox.module_box(config=CONFIG, units=True)
 
@@ -248,6 +248,25 @@ def test_mux_adopts_a_hotplugged_nic(mux: sysbox.SysBox) -> None:
         )
         recs = mux.journal("-u", "netmux-mux.service", f"MESSAGE_ID={journal.NIC_ADOPTED}")
         assert any(r.get("NETMUX_IFNAME") == "eth7" for r in recs), recs
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], check=False, stderr=subprocess.DEVNULL)
+
+
+def test_mux_adopts_a_nic_renamed_after_it_appeared(mux: sysbox.SysBox) -> None:
+    """As on a real host, where udev renames the kernel's name: adoption on 'move'."""
+    host_if = f"{RUN}rn"
+    mux.host_links.append(host_if)
+    try:
+        subprocess.run(
+            ["ip", "link", "add", host_if, "type", "veth",
+             "peer", "name", "kern0", "netns", str(mux.leader)],
+            check=True,
+        )  # fmt: skip
+        mux.run("ip", "link", "set", "kern0", "name", "eth6")
+        mux.wait_for(
+            lambda: mux.run("ip", "-n", "mux", "link", "show", "eth6", check=False).returncode == 0,
+            timeout=10,
+        )
     finally:
         subprocess.run(["ip", "link", "del", host_if], check=False, stderr=subprocess.DEVNULL)
 
