@@ -674,7 +674,7 @@ def _addresses(ipr: Any, ifname: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def probe_ra(cfg: HostConfig, timeout: float = 2.0) -> RaFact:
+def probe_ra(cfg: HostConfig, timeout: float = 3.0) -> RaFact:
     """Send a router solicitation from a throwaway namespace with a macvlan on mux's
     parent (like a workload's) and return the advertisement that answers it."""
     from . import links
@@ -809,7 +809,7 @@ def probe_leases(cfg: HostConfig, now: float | None = None) -> tuple[LeaseFact, 
     return tuple(out)
 
 
-def gather(cfg: HostConfig, ra_timeout: float = 2.0) -> Facts:
+def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     """Run every probe. Nothing here changes the host beyond throwaway namespaces."""
     from . import config as cfgmod
     from . import links

@@ -251,6 +251,13 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     out = box.run("ip", "netns", "exec", "mux", "python3", "-c", fetch, timeout=30).stdout
     assert out.strip() == "200"
 
+    # The installed doctor sees the same: mux, static prefix, radvd answering, phonebookd.
+    r = box.run("netmux", "doctor", "--json", check=False, timeout=60)
+    checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
+    for cid in ("kernel.macvlan", "mux.links", "mux.forwarding", "mux.prefix", "ra",
+                "daemons.radvd", "daemons.phonebookd"):  # fmt: skip
+        assert checks[cid]["status"] == "ok", checks[cid]
+
     # Purge: units stopped, namespaces gone, files, group and state removed.
     box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
     box.run("dpkg", "--purge", "netmux", timeout=120)
