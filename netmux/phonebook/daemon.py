@@ -118,6 +118,7 @@ class Publication:
     token: int = 0
     state_fd: int = -1
     next_lifeline: int = 0
+    records: list[Record] | None = None  # computed from addresses when first needed
 
     @property
     def labels(self) -> set[str]:
@@ -319,6 +320,7 @@ class Phonebook:
     def _addresses(self, pub: Publication, addrs: tuple[Address, ...]) -> None:
         old = {a.ip for a in pub.addresses if a.usable}
         pub.addresses = addrs
+        pub.records = None
         new = {a.ip for a in addrs if a.usable}
         if old != new:
             journal.info(
@@ -334,22 +336,26 @@ class Phonebook:
     def records(self) -> list[Record]:
         out = list(self.fixed)
         for pub in self.pubs.values():
-            out += publication_records(pub.name, pub.aliases, pub.addresses, self.zones)
+            if pub.records is None:
+                pub.records = publication_records(pub.name, pub.aliases, pub.addresses, self.zones)
+            out += pub.records
         return out
 
     def refresh(self) -> None:
         self._changed()
 
     def _changed(self) -> None:
-        recs = self.records()
-        for sink in self.sinks:
-            sink.update(recs)
+        """Something changed: the sinks hear of it once per turn of the loop, however many
+        publications changed in it (one address event can concern hundreds)."""
         if not self._emit_pending:
             self._emit_pending = True
             asyncio.get_running_loop().call_soon(self._emit)
 
     def _emit(self) -> None:
         self._emit_pending = False
+        recs = self.records()
+        for sink in self.sinks:
+            sink.update(recs)
         for cb in self.listeners:
             cb()
         self.notifier.notify(f"STATUS=serving {len(self.pubs)} publication(s)")
