@@ -30,9 +30,9 @@ DHCPCD_RUN = Path("/run/dhcpcd")
 DHCPCD_STATE = Path("/var/lib/dhcpcd")
 
 
-def _sh(*argv: str, netns: str | None = None) -> str:
+def _sh(*argv: str, netns: str | None = None, stdin: str | None = None) -> str:
     full = ["nsenter", f"--net={nsutil.netns_path(netns)}", *argv] if netns else list(argv)
-    r = subprocess.run(full, capture_output=True, text=True)
+    r = subprocess.run(full, capture_output=True, text=True, input=stdin)
     if r.returncode != 0:
         raise StateError(f"uplink: `{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
     return r.stdout
@@ -119,15 +119,14 @@ def stop_dhcpcd(run: Path, grace: float = 1.0) -> None:
     supervise.stop("dhcpcd", run)
 
 
-def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
-    """tayga's TUN, routes and NAT in mux, then tayga itself (idempotent)."""
+def nat64_setup(host: HostConfig, conf: Path) -> None:
+    """What tayga needs around it in mux (idempotent): its TUN (`tayga --mktun` with the
+    rendered config), link up, routes for the pool, the prefix and tayga's own IPv6
+    address, IPv4 forwarding, and the NAT ruleset. netmux-tayga.service runs this as
+    `python -m netmux.uplink nat64-setup CONF` in ExecStartPre."""
     ns = host.mux.netns
     feats = daemons.tayga()
     p = tayga_render.plan(host, feats)
-    data = run / "tayga-data"
-    data.mkdir(parents=True, exist_ok=True)
-    conf = run / "tayga.conf"
-    conf.write_text(tayga_render.render(host, feats, data))
     existing = subprocess.run(
         ["ip", "-n", ns, "link", "show", p.tun], capture_output=True, check=False
     )
@@ -138,10 +137,18 @@ def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
     _sh("ip", "-6", "route", "replace", str(host.nat64.prefix), "dev", p.tun, netns=ns)
     _sh("ip", "-6", "route", "replace", f"{p.ipv6_addr}/128", "dev", p.tun, netns=ns)
     nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
-    rules = run / "nat64.nft"
-    rules.write_text(nat_render.render(host, feats))
-    _sh("nft", "-f", str(rules), netns=ns)
-    return supervise.start("tayga", ["tayga", "--nodetach", "-c", str(conf)], ns, run)
+    _sh("nft", "-f", "-", netns=ns, stdin=nat_render.render(host, feats))
+
+
+def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
+    """tayga's TUN, routes and NAT in mux, then tayga itself (idempotent)."""
+    data = run / "tayga-data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = run / "tayga.conf"
+    conf.write_text(tayga_render.render(host, daemons.tayga(), data))
+    nat64_setup(host, conf)
+    argv = ["tayga", "--nodetach", "-c", str(conf)]
+    return supervise.start("tayga", argv, host.mux.netns, run)
 
 
 def nat64_down(host: HostConfig, run: Path) -> None:
@@ -157,3 +164,33 @@ def nat64_down(host: HostConfig, run: Path) -> None:
         capture_output=True,
         check=False,
     )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m netmux.uplink nat64-setup|nat64-teardown [TAYGA_CONF]` for units."""
+    import argparse
+
+    from . import config
+    from .errors import NetmuxError
+
+    ap = argparse.ArgumentParser(prog="python -m netmux.uplink")
+    ap.add_argument("action", choices=["nat64-setup", "nat64-teardown"])
+    ap.add_argument("conf", nargs="?", help="the rendered tayga.conf (nat64-setup)")
+    ap.add_argument("--config", help="netmux.toml")
+    args = ap.parse_args(argv)
+    try:
+        host = config.load_host(Path(args.config) if args.config else None)
+        if args.action == "nat64-setup":
+            if not args.conf:
+                ap.error("nat64-setup needs the rendered tayga.conf")
+            nat64_setup(host, Path(args.conf))
+        else:
+            nat64_down(host, host.paths.run_dir)
+    except NetmuxError as e:
+        print(f"netmux.uplink: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

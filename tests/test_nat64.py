@@ -91,3 +91,38 @@ def test_tayga_probe_matches_what_tayga_accepts(tmp_path: Path) -> None:
     r = subprocess.run(["unshare", "--net", "tayga", "--mktun", "-c", str(conf)],
                        capture_output=True, text=True)  # fmt: skip
     assert (r.returncode == 0) == daemons.tayga().class_e_pool, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+def test_unit_entry_points_set_up_and_tear_down_nat64(
+    netns: Callable[[str], str], tmp_path: Path
+) -> None:
+    """What netmux-tayga.service runs: `netmux render tayga --output F`, then
+    `python -m netmux.uplink nat64-setup F`; nat64-teardown undoes it."""
+    import sys
+
+    ns = netns("mx")
+    cfg = tmp_path / "netmux.toml"
+    cfg.write_text(
+        f'[mux]\nnetns = "{ns}"\n[nat64]\nprefix = "2001:db8:64::/96"\n'
+        f'[paths]\nstate_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\n'
+    )
+    conf = tmp_path / "run" / "tayga.conf"
+    py = [sys.executable, "-m"]
+    r = subprocess.run([*py, "netmux.cli", "--config", str(cfg), "render", "tayga", "--output",
+                        str(conf)], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "tun-device nat64" in conf.read_text(), r.stderr
+    for _ in range(2):  # idempotent
+        r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-setup",
+                            str(conf)], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", "nat64"],
+                            capture_output=True, text=True).stdout  # fmt: skip
+    assert tayga.plan(parse_host(""), daemons.tayga()).pool.with_prefixlen.split("/")[0] in routes
+    assert nat.TABLE in nft(ns, "list", "tables").stdout
+    r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-teardown"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert nat.TABLE not in nft(ns, "list", "tables").stdout
+    gone = subprocess.run(["ip", "-n", ns, "link", "show", "nat64"], capture_output=True)
+    assert gone.returncode != 0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from netmux.config import parse_host
@@ -51,3 +56,28 @@ def test_hook_execs_renumber_with_quoted_paths() -> None:
     assert hook.startswith("#!/bin/sh\n")
     assert "exec /usr/bin/python3 -m netmux.renumber --state /run/netmux" in hook
     assert "--config '/etc/net mux/netmux.toml'" in hook
+
+
+def test_cli_writes_config_and_executable_hook(tmp_path: Path) -> None:
+    """`netmux render dhcpcd --output F` (netmux-dhcpcd.service's ExecStartPre)."""
+    cfg = tmp_path / "netmux.toml"
+    cfg.write_text(f'[mux]\nnetns = "nonexistent-ns"\n[paths]\nrun_dir = "{tmp_path}/run"\n')
+    out = tmp_path / "unit" / "dhcpcd.conf"
+    r = subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "render", "dhcpcd",
+         "--uplink", "enp9s0", "--output", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    hook = out.parent / dhcpcd.HOOK_NAME
+    assert f"script {hook}\n" in out.read_text() and "interface enp9s0\n" in out.read_text()
+    assert os.access(hook, os.X_OK)
+    assert f"--config {cfg}" in hook.read_text()
+    r = subprocess.run(["sh", "-n", str(hook)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # no uplink in mux and only patterns: a one-line error naming the way out
+    r = subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "render", "dhcpcd"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "--uplink" in r.stderr and len(r.stderr.splitlines()) == 1
