@@ -104,3 +104,33 @@ def test_stopped_unit_drops_records_even_if_a_process_leaks(box: SysBox) -> None
     box.wait_for(lambda: ":leaky.internal:" not in _data(box), timeout=5)
     print(f"\nunit stopped -> record gone in {time.monotonic() - t0:.3f}s")
     box.run("kill", "-9", pid, check=False)
+
+
+UNIT_HOLDER = (
+    "import sys\n"
+    "from netmux.phonebook import client, fdstore\n"
+    "pub = client.publish_workload(sys.argv[1], 'eth0', [], hold='unit')\n"
+    "assert pub is not None\n"
+    "fdstore.Notifier().notify('READY=1')\n"
+)
+
+
+def test_without_a_command_the_unit_holds_the_record(box: SysBox) -> None:
+    """`netmux up NAME` without CMD: the lifeline goes to the unit's fd store and the
+    record lives exactly as long as the (RemainAfterExit) unit."""
+    box.sh(
+        "ip netns add nocmd && ip -n nocmd link add eth0 type veth peer name eth1 && "
+        "ip -n nocmd link set eth1 up && ip -n nocmd link set eth0 up && "
+        "ip -n nocmd addr add fd64:cafe::8/64 dev eth0 nodad"
+    )
+    box.run("systemd-run", "--unit=nocmd", "--property=Type=notify",
+            "--property=NotifyAccess=main", "--property=RemainAfterExit=yes",
+            "--property=FileDescriptorStoreMax=4", f"--working-directory={sysbox.REPO}",
+            PY, "-c", UNIT_HOLDER, "nocmd")  # fmt: skip
+    box.wait_for(lambda: ":nocmd.internal:28:" in _data(box))
+    show = box.show("nocmd.service", "ActiveState", "SubState", "NFileDescriptorStore")
+    assert show["ActiveState"] == "active" and show["NFileDescriptorStore"] == "1", show
+    time.sleep(1.5)  # the process is long gone; the record stays
+    assert ":nocmd.internal:28:" in _data(box)
+    box.systemctl("stop", "nocmd.service")
+    box.wait_for(lambda: ":nocmd.internal:" not in _data(box), timeout=5)
