@@ -7,13 +7,14 @@ an fd (SCM_RIGHTS). ipmuxd checks
 
 - the peer (SO_PEERCRED) and that the namespace belongs to the peer: the user namespace
   owning it must be owned by the peer's uid (root may use any namespace);
-- the name (names.check_name; not a running workload's, not in use) and the kind;
+- the name (names.check_name; not in use by the same user) and the kind;
 - the per-user quota (devices held at once);
 
 then creates the device on mux's parent (host0) directly in the caller's namespace, with
-the MAC and stable secret derived from the name, so the caller gets the same addresses
-every time. The device lives as long as the connection: when it closes (exit, crash,
-SIGKILL of every holder) ipmuxd deletes it. ipmuxd keeps the namespace fd until then, so
+the MAC and stable secret derived from the uid and the name (`identity`), so the caller
+gets the same addresses every time and no one else can get them. The device lives as
+long as the connection: when it closes (exit, crash, SIGKILL of every holder) ipmuxd
+deletes it. ipmuxd keeps the namespace fd until then, so
 the namespace cannot vanish under it.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message):
@@ -35,6 +36,9 @@ import contextlib
 import errno
 import fcntl
 import grp
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import selectors
@@ -166,8 +170,8 @@ class Daemon:
                 out[c.uid] = out.get(c.uid, 0) + 1
         return out
 
-    def names_in_use(self) -> set[str]:
-        return {c.device["name"] for c in self.conns.values() if c.device}
+    def names_in_use(self, uid: int) -> set[str]:
+        return {c.device["name"] for c in self.conns.values() if c.device and c.uid == uid}
 
     def key(self) -> bytes:
         if self._key is None:
@@ -247,8 +251,8 @@ class Daemon:
             raise RequestError(
                 f"that network namespace belongs to uid {owner}, not to you (uid {c.uid})"
             )
-        if req.name in self.names_in_use() or nsutil.netns_path(req.name).exists():
-            raise RequestError(f"name {req.name!r} is in use")
+        if req.name in self.names_in_use(c.uid):
+            raise RequestError(f"name {req.name!r} is in use (by you)")
         if req.name == self.host.mux.netns:
             raise RequestError(f"name {req.name!r} is the mux namespace's name")
         if not quota_ok(self.held(), c.uid, self.host.ipmux.quota):
@@ -258,7 +262,7 @@ class Daemon:
             )
         c.netns_fd = fds[0]
         try:
-            c.device = create_device(self.host, self.key(), req, fds[0])
+            c.device = create_device(self.host, self.key(), c.uid, req, fds[0])
         except BaseException:
             c.netns_fd = None
             raise
@@ -317,11 +321,27 @@ def _ipr_in(netns: str | int) -> Any:
     return IPRoute(fileno=nsutil.run_in_netns(netns, make))
 
 
-def create_device(host: HostConfig, key: bytes, req: Request, netns_fd: int) -> dict[str, Any]:
+def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
+    """(MAC, stable secret) of user `uid`'s device `name`. Pure.
+
+    Derived from the host key, the uid and the name: stable across requests, but never
+    the same as a workload's (names.stable_*) or another user's with the same name, so
+    nobody can take over someone else's addresses by asking for their name.
+    """
+    names.check_name(name, "device name")
+    d = hmac.new(key, f"netmux/ipmux\0{uid}\0{name}".encode(), hashlib.sha256).digest()
+    raw = bytearray(d[16:22])
+    raw[0] = (raw[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in raw), str(ipaddress.IPv6Address(d[:16]).exploded)
+
+
+def create_device(
+    host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
+) -> dict[str, Any]:
     """Create the device on mux's parent, registered directly in the caller's namespace."""
     from pyroute2.netlink.exceptions import NetlinkError
 
-    mac = names.stable_mac(key, req.name)
+    mac, secret = identity(key, uid, req.name)
     kw: dict[str, Any] = {"ifname": req.ifname, "kind": req.kind, "net_ns_fd": netns_fd}
     if req.kind == "ipvlan":
         kw["ipvlan_mode"] = 0  # L2: neighbour discovery and SLAAC work as on a macvlan
@@ -349,7 +369,6 @@ def create_device(host: HostConfig, key: bytes, req: Request, netns_fd: int) -> 
         idx = tipr.link_lookup(ifname=req.ifname)[0]
         mac = tipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
         if req.kind != "macvtap":
-            secret = names.stable_secret(key, req.name)
             conf = f"net.ipv6.conf.{req.ifname}"
             nsutil.write_sysctls(
                 netns_fd,

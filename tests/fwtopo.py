@@ -120,9 +120,23 @@ def listen_tcp(netns: str, ports: Iterable[int]) -> list[socket.socket]:
 
 
 def scan_tcp(
-    netns: str, src: str | None, dst: str, ports: Iterable[int], timeout: float = 1.0
+    netns: str, src: str | None, dst: str, ports: Iterable[int], timeout: float = 1.5
 ) -> dict[int, str]:
-    """Non-blocking connects to every port at once: {port: 'open'|'closed'|'filtered'}."""
+    """Non-blocking connects: {port: 'open'|'closed'|'filtered'}.
+
+    In batches of 512 (a burst of SYNs beyond the kernel's backlog queues is dropped), each
+    waiting `timeout`: over a second, so a dropped SYN's retransmission still counts.
+    """
+    ports = list(ports)
+    result: dict[int, str] = {}
+    for i in range(0, len(ports), 512):
+        result.update(_scan_batch(netns, src, dst, ports[i : i + 512], timeout))
+    return result
+
+
+def _scan_batch(
+    netns: str, src: str | None, dst: str, ports: list[int], timeout: float
+) -> dict[int, str]:
 
     def make(port: int) -> socket.socket:
         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -134,7 +148,6 @@ def scan_tcp(
             raise OSError(err, f"connect to port {port}")
         return s
 
-    ports = list(ports)
     socks = nsutil.run_in_netns(netns, lambda: {p: make(p) for p in ports})
     result = dict.fromkeys(ports, "filtered")
     pending = {s.fileno(): p for p, s in socks.items()}

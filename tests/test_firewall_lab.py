@@ -44,7 +44,7 @@ def test_lab_scan_and_denylist(lab_host: HostConfig, uname: Callable[[str], str]
     fwtopo.warm_up(router, addr)
     socks = fwtopo.listen_tcp(name, [22, 80, 8080])
     try:
-        result = fwtopo.scan_tcp(router, ROUTER, addr, range(1, 1025), timeout=1.0)
+        result = fwtopo.scan_tcp(router, ROUTER, addr, range(1, 1025))
         result.update(fwtopo.scan_tcp(router, ROUTER, addr, [8080, 8443], timeout=2.0))
         assert sorted(p for p, v in result.items() if v == "open") == [80]
         assert result[8443] == "closed" and result[22] == result[8080] == "filtered"

@@ -38,7 +38,7 @@ def test_scan_finds_only_declared_ports(topo: Callable[..., fwtopo.Topo]) -> Non
     socks = fwtopo.listen_tcp(t.wl, listening)
     try:
         ports = sorted(set(range(1, 1025)) | set(listening) | {8002})
-        result = fwtopo.scan_tcp(t.up, None, fwtopo.WL_ADDR, ports, timeout=1.0)
+        result = fwtopo.scan_tcp(t.up, None, fwtopo.WL_ADDR, ports)
     finally:
         for s in socks:
             s.close()

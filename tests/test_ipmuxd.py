@@ -42,3 +42,15 @@ def test_quota() -> None:
     assert not ipmuxd.quota_ok({1000: 1}, 1000, 1)
     assert ipmuxd.quota_ok({1000: 1}, 1001, 1)
     assert ipmuxd.quota_ok({0: 99}, 0, 1)  # root is not limited
+
+
+def test_identity_is_per_user_and_never_a_workloads() -> None:
+    from netmux import names
+
+    key = bytes(range(32))
+    mac, secret = ipmuxd.identity(key, 1000, "web")
+    assert (mac, secret) == ipmuxd.identity(key, 1000, "web")  # stable
+    assert mac != ipmuxd.identity(key, 1001, "web")[0]  # another user's "web"
+    assert secret != ipmuxd.identity(key, 1001, "web")[1]
+    assert mac != names.stable_mac(key, "web") and secret != names.stable_secret(key, "web")
+    assert int(mac[:2], 16) & 0x03 == 0x02  # locally administered unicast

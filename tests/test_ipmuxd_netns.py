@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, names, nsutil
+from netmux import config, ipmuxd, names, nsutil
 from tests.conftest import RUN, wait_for
 
 pytestmark = pytest.mark.netns
@@ -137,9 +137,9 @@ def test_group_member_gets_a_device_removed_when_it_goes(daemon: Env, how: str) 
         raise
     try:
         key = names.load_host_key(daemon.host.paths.host_key, create=False)
-        assert links_in(fd).get("eth0") == names.stable_mac(key, name)
-        secret = nsutil.read_sysctl(fd, "net.ipv6.conf.eth0.stable_secret")
-        assert secret == names.stable_secret(key, name)
+        mac, secret = ipmuxd.identity(key, NOBODY, name)
+        assert links_in(fd).get("eth0") == mac
+        assert nsutil.read_sysctl(fd, "net.ipv6.conf.eth0.stable_secret") == secret
         if how == "sigkill":
             p.kill()
         else:
@@ -166,7 +166,7 @@ def test_macvtap_comes_with_its_tap_fd(daemon: Env) -> None:
     out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     key = names.load_host_key(daemon.host.paths.host_key, create=False)
-    assert f"tap True {names.stable_mac(key, f'{RUN}vm')}" in out
+    assert f"tap True {ipmuxd.identity(key, NOBODY, f'{RUN}vm')[0]}" in out
     assert "macvtap" in out
 
 
