@@ -28,7 +28,9 @@ def dhcpv4_enabled(cfg: HostConfig) -> bool:
 
 
 def render(cfg: HostConfig, uplinks: Sequence[str], hook: str) -> str:
-    """`uplinks`: the uplink interface names (ia_pd must sit in a per-interface block)."""
+    """`uplinks`: the uplink interface names. ia_pd must sit in a per-interface block and
+    dhcpcd 9.4.1 matches `interface NAME` literally (no globbing, unlike allowinterfaces:
+    measured), so mux.uplinks patterns are resolved to names by the caller."""
     if not uplinks:
         raise UsageError(
             "dhcpcd.conf needs at least one uplink name; none in mux matches mux.uplinks "
