@@ -5,9 +5,13 @@ and keeps the connection open: it is the lifeline (the seed's reference count â€
 fd to children and the record lives until the last copy is closed). The namespace is the
 client's own, taken from SO_PEERCRED's PID at connect time. The daemon answers
 `ok FQDN ...\\n` or `error MESSAGE\\n` (then closes). Callers must be root or in the
-configured group (the socket is also mode 0660, group netmux).
+configured group (the socket is also mode 0660, group netmux). From a start script, for
+instance (the daemon exec'ed at the end inherits the connection):
 
-    exec 3<>/dev/null; socat - UNIX-CONNECT:/run/phonebook/publish <<< "httpd eth0" ...
+    python3 -c 'import os, socket, sys
+    s = socket.socket(socket.AF_UNIX); s.connect("/run/phonebook/publish")
+    s.sendall(b"httpd eth0\\n"); print(s.recv(512).decode().strip(), file=sys.stderr)
+    os.set_inheritable(s.fileno(), True); os.execvp(sys.argv[1], sys.argv[1:])' httpd -f
 """
 
 from __future__ import annotations
