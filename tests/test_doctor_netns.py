@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from netmux import doctor, nsutil
+from netmux import config, doctor, lab, nsutil, upstream
 from tests import muxfix
+from tests.conftest import RUN
 from tests.muxfix import MuxEnv
 
 pytestmark = pytest.mark.netns
@@ -82,3 +85,26 @@ def test_forwarding_off_and_radvd_gone_are_found(mux_radvd_module: MuxEnv) -> No
     assert checks["daemons.radvd"].status == "fail"
     assert "netmux-radvd" in checks["ra"].fix
     assert os.path.exists(f"/run/netns/{env.netns}")  # the probes changed nothing
+
+
+def test_pd_lease_from_a_real_dhcpcd_in_the_lab(
+    tmp_config: Callable[..., Path], uname: Callable[[str], str]
+) -> None:
+    """`netmux lab up` (kea delegates a prefix to dhcpcd in mux): doctor reads dhcpcd's
+    real lease file and reports the delegated prefix and its age."""
+    if not upstream.available():
+        pytest.skip("the lab's upstream needs kea-dhcp6, dhcpcd, radvd, unbound and busybox")
+    path = tmp_config(f'[lab]\nrouter_netns = "{uname("rt")}"\nuplink = "{RUN}udoc"\n')
+    host = config.load_host(path)
+    try:
+        lab.up(host)
+        leases = doctor.probe_leases(host)
+        assert leases, "no dhcpcd lease file found"
+        (lease,) = leases
+        assert lease.prefixes and 0 <= lease.age < 60 and 0 < lease.t1 <= lease.t2
+        checks = by_id(doctor.evaluate(doctor.gather(host), host))
+    finally:
+        lab.down(host)
+    assert checks["pd"].status == "ok", checks["pd"]
+    assert lease.prefixes[0][0] in checks["pd"].detail
+    assert checks["daemons.dhcpcd"].status == "ok" and checks["mux.prefix"].status == "ok"
