@@ -207,6 +207,18 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
                 "run `sudo netmux doctor`",
             )
         )
+        add(Check("kernel.links", "skip", "link kinds not probed: needs root"))
+        state: Status = "ok" if f.mux_exists else "fail"
+        add(
+            Check(
+                "mux.namespace",
+                state,
+                f"/run/netns/{mx.netns} " + ("exists" if f.mux_exists else "does not exist"),
+                "" if f.mux_exists else unit_hint,
+            )
+        )
+        add(Check("daemons", "skip", "cannot see other namespaces' processes without root"))
+        return out
 
     # kernel
     if f.kinds is None:
@@ -423,8 +435,6 @@ def _ra_check(f: Facts, cfg: HostConfig) -> list[Check]:
 
 
 def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
-    if not f.root:
-        return [Check("daemons", "skip", "cannot see other namespaces' processes without root")]
     out = []
     mx = cfg.mux.netns
     want = {
@@ -818,9 +828,7 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     from . import links
 
     if os.geteuid() != 0:
-        return Facts(
-            root=False, kinds=None, kinds_error="needs root", dig=bool(shutil.which("dig"))
-        )
+        return Facts(root=False, mux_exists=links.netns_exists(cfg.mux.netns))
     facts: dict[str, Any] = {"dig": bool(shutil.which("dig"))}
     try:
         facts["kinds"] = probe_kinds()
