@@ -15,7 +15,9 @@ mux (`inet netmux_guard`): traffic arriving on an uplink is checked against the 
 denylist (`@deny`: an interval set, elements may carry timeouts) and the automatic one
 (`@auto`: a dynamic set of source prefixes that exceeded the configured rate, each expiring
 after the configured timeout). The rate is measured per source prefix in a dynamic set
-with a `limit` per element (`@rate`), all in the kernel: no packet touches Python. The
+with a `limit` per element (`@rate`), all in the kernel: no packet touches Python. Only
+packets outside established connections count, so a legitimate client's fast transfer
+is never mistaken for a flood. The
 forward chain lets the uplink reach the service network behind the gateway, keeps the ULA
 host-internal and drops other uplink-initiated forwarding.
 
@@ -177,7 +179,10 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
     if deny.auto:
         # Neighbour discovery from the upstream router is never rate-denied.
         body.append(f"\t\ticmpv6 type {{ {', '.join(ICMPV6_ND)} }} return")
-        new = "ct state new " if deny.count == "connections" else ""
+        # "packets" counts every packet that is not part of an established connection
+        # (new flows, unanswered UDP, invalid): a fast download's ACKs from a legitimate
+        # client never count, a flood does. "connections" counts new connections only.
+        new = "ct state new " if deny.count == "connections" else "ct state != established "
         body.append(
             f"\t\t{new}update @rate {{ ip6 saddr & {mask} "
             f"limit rate over {deny.rate}/second burst {deny.burst} packets }} "

@@ -18,6 +18,7 @@ import errno
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -193,3 +194,28 @@ def auto_denied(host: config.HostConfig) -> list[str]:
     from netmux import denylist
 
     return [str(d.prefix) for d in denylist.entries(host) if d.source == "auto"]
+
+
+def tcp_upload(netns: str, src: str, dst: str, server: socket.socket, size: int) -> int:
+    """Send `size` bytes over one TCP connection to `server` (a listening socket in the
+    destination namespace, drained by a thread here); returns the bytes received."""
+    got: list[int] = []
+
+    def drain() -> None:
+        conn, _ = server.accept()
+        n = 0
+        with conn:
+            while chunk := conn.recv(1 << 16):
+                n += len(chunk)
+        got.append(n)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def send() -> None:
+        with socket.create_connection((dst, server.getsockname()[1]), 5, (src, 0)) as c:
+            c.sendall(b"x" * size)
+
+    nsutil.run_in_netns(netns, send)
+    reader.join(10)
+    return got[0] if got else 0

@@ -145,6 +145,11 @@ def test_flood_is_denied_automatically(topo: Callable[..., fwtopo.Topo]) -> None
     socks = fwtopo.listen_tcp(t.wl, [80])
     try:
         assert fwtopo.tcp_ok(t.up, flooder, fwtopo.WL_ADDR, 80)
+        # A fast transfer inside one connection is far above the rate, and is no flood.
+        (server,) = fwtopo.listen_tcp(t.wl, [8000])
+        socks.append(server)
+        assert fwtopo.tcp_upload(t.up, other, fwtopo.WL_ADDR, server, 8 << 20) == 8 << 20
+        assert fwtopo.auto_denied(t.host) == []
         t0 = time.monotonic()
         fwtopo.udp_flood(t.up, flooder, fwtopo.WL_ADDR, 9, count=3000)
         wait_for(lambda: fwtopo.auto_denied(t.host), timeout=2.0)

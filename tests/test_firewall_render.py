@@ -67,7 +67,7 @@ def test_guard_sets_meter_and_forward_policy() -> None:
     assert 'iifname { "enp*", "eth*", "wan0" } jump guard' in text
     assert 'oifname "gw1" accept' in text
     assert "ip6 daddr fc00::/7 counter drop" in text
-    assert "ct state new" not in text
+    assert "ct state != established update @rate" in text
 
 
 def test_guard_connections_and_no_auto() -> None:
