@@ -189,8 +189,9 @@ def _ip(netns: str, *args: str) -> None:
 
 
 def available() -> bool:
-    """kea-dhcp6 is what makes PD possible; without it the lab keeps its static prefix."""
-    return shutil.which("kea-dhcp6") is not None
+    """kea-dhcp6 (server) and dhcpcd (client) make PD possible; without them the lab
+    keeps its static prefix."""
+    return all(shutil.which(b) for b in ("kea-dhcp6", "dhcpcd", "radvd", "unbound"))
 
 
 def _write(path: Path, text: str) -> bool:
