@@ -162,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--radvd-conf", help="radvd.conf to re-render (default: none)")
     ap.add_argument("--radvd-pid", help="radvd's pidfile, for SIGHUP (default: none)")
     args = ap.parse_args(argv)
+    if "JOURNAL_STREAM" not in os.environ and Path("/run/systemd/journal/socket").exists():
+        # dhcpcd runs hooks with a scrubbed environment; under systemd our stderr is its
+        # journal stream, so log structured (NETMUX_PREFIX, MESSAGE_ID) instead of text.
+        st = os.fstat(2)
+        os.environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
     from . import config, daemons
     from .render import radvd
 
