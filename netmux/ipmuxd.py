@@ -140,6 +140,11 @@ def quota_ok(held: dict[int, int], uid: int, quota: int) -> bool:
     return uid == 0 or held.get(uid, 0) < quota
 
 
+def connection_limit(quota: int) -> int:
+    """Open connections one user may have (with or without a device)."""
+    return 2 * quota + 4
+
+
 # --- the daemon ------------------------------------------------------------------------------
 
 
@@ -198,6 +203,14 @@ class Daemon:
             return
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", creds)
+        limit = connection_limit(self.host.ipmux.quota)
+        if uid != 0 and sum(1 for c in self.conns.values() if c.uid == uid) >= limit:
+            # Idle connections cost an fd each: a member of the group cannot exhaust them.
+            with contextlib.suppress(OSError):
+                sock.send(json.dumps({"ok": False, "error": f"too many connections "
+                                      f"(at most {limit} per user)"}).encode())  # fmt: skip
+            sock.close()
+            return
         sock.setblocking(False)
         self.conns[sock.fileno()] = Conn(sock, pid, uid, gid)
         self.sel.register(sock, selectors.EVENT_READ)

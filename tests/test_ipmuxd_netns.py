@@ -198,6 +198,33 @@ def test_quota_per_user(daemon: Env) -> None:
     wait_for(lambda: daemon.client(f"{RUN}q3", ["true"]).wait(timeout=20) == 0, timeout=10)
 
 
+def test_idle_connections_are_limited_per_user(daemon: Env) -> None:
+    limit = ipmuxd.connection_limit(daemon.host.ipmux.quota)
+    script = (
+        "import socket, sys, time\n"
+        "socks = []\n"
+        f"for _ in range({limit + 3}):\n"
+        "    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        f"    s.connect({str(daemon.sock)!r})\n"
+        "    socks.append(s)\n"
+        "time.sleep(1)\n"
+        "refused = 0\n"
+        "for s in socks:\n"
+        "    s.settimeout(0.05)\n"
+        "    try:\n"
+        "        refused += b'too many connections' in s.recv(4096)\n"
+        "    except TimeoutError:\n"
+        "        pass\n"
+        "print(refused)\n"
+    )
+    priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={TEST_GID}"]
+    r = subprocess.run([*priv, sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=30)  # fmt: skip
+    assert r.stdout.strip() == "3", r.stderr
+    p = daemon.client(f"{RUN}af", ["true"])  # all closed again: served
+    assert p.wait(timeout=20) == 0
+
+
 def test_malformed_requests_get_errors_and_others_are_served(
     daemon: Env, netns: Callable[[str], str]
 ) -> None:
