@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,17 @@ def test_text_from_args() -> None:
             argparse.Namespace(router_style="routeros", prefix=["2001:db8::1/64"], match=None),
             host,
         )
+
+
+def test_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[mux]\nstatic_addresses = ["2001:db8:0:5::1/64"]\n')
+    base = [sys.executable, "-m", "netmux.cli", "--config", str(cfg), "render", "router-rules"]
+    r = subprocess.run([*base, "--routeros"], capture_output=True, text=True, check=True)
+    assert "add address=2001:db8:0:5::/64 list=svc_net1" in r.stdout
+    r = subprocess.run([*base, "--ip6tables"], capture_output=True, text=True, check=True)
+    assert "-d 2000:0:0:1::/e000:0:0:ff:: -j ACCEPT" in r.stdout
+    r = subprocess.run(base, capture_output=True, text=True, check=True)
+    assert "ip6 daddr & e000:0:0:ff:: == 2000:0:0:1::" in r.stdout
+    r = subprocess.run([*base, "--match", "bad"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--match 'bad' is not allowed" in r.stderr

@@ -94,7 +94,12 @@ def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
     from . import dhcpcd
 
     output = Path(args.output) if args.output else None
-    text = render_text(cfg, args.what, args.uplink, output)
+    if args.what == "router-rules":  # issue 7: rules for the upstream router (pure)
+        from . import router_rules
+
+        text = router_rules.text_from_args(args, cfg)
+    else:
+        text = render_text(cfg, args.what, args.uplink, output)
     if output is None:
         sys.stdout.write(text)
         return 0
