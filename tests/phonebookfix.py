@@ -146,6 +146,7 @@ class Stack:
         group: str = "daemon",
         sinks: tuple[str, ...] = ("tinydns", "rfc2136"),
         tinydns: bool = True,
+        sighup_pidfile: str = "",
     ) -> None:
         self.ns = dns_ns
         self.dir = Path(tempfile.mkdtemp(prefix="netmux-pb-"))
@@ -167,6 +168,7 @@ class Stack:
             f'socket = "{self.seed_sock}"\ntinydns_dir = "{self.tinydns_dir}"\n'
             f'server = "::1"\nserver_port = 53\ntsig_key = "{self.knot_dir}/phonebook.key"\n'
             f'reverse = ["2001:db8:1::/64"]\ngroup = "{group}"\nwatch_units = false\n'
+            f'sighup_pidfile = "{sighup_pidfile}"\n'
             f'[paths]\nstate_dir = "{self.dir}/state"\nrun_dir = "{self.dir}/run"\n'
         )
         self.want_tinydns = tinydns and shutil.which("tinydns") is not None

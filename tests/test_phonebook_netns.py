@@ -10,12 +10,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from netmux.phonebook import client
+from tests.conftest import wait_for
 from tests.phonebookfix import PUBLIC, Stack, add_workload_link, addr, nsrun
 
 pytestmark = pytest.mark.netns
@@ -228,11 +231,13 @@ def test_seed_protocol(stack: Stack, wl: str) -> None:
         assert ans.startswith(b"error "), (bad, ans)
     # nobody (not in the group) is refused
     out = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "python3", "-c",
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c",
          script.replace("sys.stdin.read()", ""), str(stack.seed_sock), "nob eth0\n"],
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
-    assert "ok" not in out.stdout
+    # The socket is mode 0660 in the group: connect() itself is refused (else "error ...").
+    refused = "PermissionError" in out.stderr or out.stdout.startswith("error ")
+    assert refused and "ok" not in out.stdout, out
 
 
 def test_200_publications_at_most_one_rebuild_a_second(stack: Stack, wl: str) -> None:
@@ -437,3 +442,50 @@ def test_records_changed_signal(stack: Stack, wl: str) -> None:
 
     counts = asyncio.run(go())
     assert len(counts) >= 2 and counts[0] > counts[-1], counts
+
+
+def test_sighup_after_each_rebuild(netns: Callable[[str], str], tmp_path: Path) -> None:
+    """The process in sighup_pidfile (a stand-in for shibari) gets SIGHUP per rebuild."""
+    import shutil
+
+    if not shutil.which("tinydns-data"):
+        pytest.skip("tinydns-data is not installed")
+    hups = tmp_path / "hups"
+    server = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, sys, time\n"
+         "signal.signal(signal.SIGHUP, lambda *a: open(sys.argv[1], 'a').write('hup\\n'))\n"
+         "time.sleep(60)\n", str(hups)],
+    )  # fmt: skip
+    pidfile = tmp_path / "server.pid"
+    pidfile.write_text(f"{server.pid}\n")
+    wl = netns("w")
+    add_workload_link(wl)
+    stack = Stack(netns("dns"), sighup_pidfile=str(pidfile))
+    try:
+        wait_for(lambda: hups.exists())  # the rebuild at start
+        first = hups.read_text().count("hup")
+        addr(wl, "add", f"{ULA}/64", "nodad")
+        pub = publish(stack, "hup", wl)
+        wait_for(lambda: hups.read_text().count("hup") > first)
+        assert ":hup.internal:28:" in (stack.tinydns_dir / "data").read_text()
+        client.close(pub)
+    finally:
+        stack.close()
+        server.kill()
+        server.wait()
+
+
+def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
+    """A caller that is not root but in the configured group may publish on the socket."""
+    script = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'member eth0\\n')\n"
+        "print(s.recv(300).decode())\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=daemon",
+         "/usr/bin/python3", "-c", script, str(stack.seed_sock)],
+        text=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+    assert out.stdout.startswith(f"ok member.{PUBLIC}."), out
