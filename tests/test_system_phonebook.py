@@ -134,3 +134,23 @@ def test_without_a_command_the_unit_holds_the_record(box: SysBox) -> None:
     assert ":nocmd.internal:28:" in _data(box)
     box.systemctl("stop", "nocmd.service")
     box.wait_for(lambda: ":nocmd.internal:" not in _data(box), timeout=5)
+
+
+SEED_HOLDER = (
+    "import os, socket\n"
+    "s = socket.socket(socket.AF_UNIX); s.connect('/run/phonebook/publish')\n"
+    "s.sendall(b'seedy eth0\\n'); assert s.recv(512).startswith(b'ok ')\n"
+    "os.set_inheritable(s.fileno(), True); os.execvp('sleep', ['sleep', '600'])\n"
+)
+
+
+def test_seed_protocol_under_systemd_and_its_unit_watched(box: SysBox) -> None:
+    """The seed socket from a unit (namespace from SO_PEERCRED); the unit is watched too."""
+    box.run("systemd-run", "--unit=seedy", "--property=KillMode=none",
+            f"--working-directory={sysbox.REPO}", "ip", "netns", "exec", "w",
+            PY, "-c", SEED_HOLDER)  # fmt: skip
+    box.wait_for(lambda: ":seedy.internal:28:" in _data(box))
+    pid = box.show("seedy.service", "MainPID")["MainPID"]
+    box.systemctl("stop", "seedy.service")
+    box.wait_for(lambda: ":seedy.internal:" not in _data(box), timeout=5)
+    box.run("kill", "-9", pid, check=False)

@@ -25,7 +25,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +153,8 @@ class Phonebook:
         self.follower = Follower()
         self.next_id = 1
         self.listeners: list[Callable[[], None]] = []
+        # Set by the D-Bus adapter: drop a unit's records when systemd says it stopped.
+        self.watch_unit: Callable[[str], Awaitable[None]] | None = None
         self._emit_pending = False
         self.fixed = zone_records(self.zones)
 

@@ -329,6 +329,7 @@ async def start(book: Phonebook, address: str | None = None) -> MessageBus:
     bus.add_message_handler(adapter.handle)
     bus.export(PATH, adapter.iface)
     book.listeners.append(adapter.emit)
+    book.watch_unit = adapter._watch_unit
     from dbus_next.constants import RequestNameReply
 
     reply = await bus.request_name(BUS_NAME)

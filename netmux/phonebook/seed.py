@@ -115,6 +115,8 @@ class SeedServer:
             fd, nsfd = nsfd, -1
             pub = self.book.publish(name, aliases, ifname, fd, f"pid:{pid}", lifeline, unit, uid,
                                     "socket")  # fmt: skip
+            if pub.unit and self.book.watch_unit is not None:
+                await self.book.watch_unit(pub.unit)
             reply = "ok " + " ".join(self.book.fqdns(pub.name, pub.aliases)) + "\n"
             await loop.sock_sendall(conn, reply.encode())
         except (NetmuxError, ValueError, PermissionError, OSError, TimeoutError) as e:
