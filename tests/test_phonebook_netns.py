@@ -100,6 +100,9 @@ def test_renumbering_updates_records(stack: Stack, wl: str) -> None:
     addr(wl, "del", f"{G1}/64")
     stack.wait_dig(f"renum.{PUBLIC}", lambda a: a == G2)
     print(f"\nrenumbered in {time.monotonic() - t0:.3f}s")
+    # IPv4 addresses become A records (documentation range: the public zone).
+    addr(wl, "add", "192.0.2.15/24")
+    stack.wait_dig(f"renum.{PUBLIC}", has("192.0.2.15"), rtype="A")
     # A deprecated address (preferred_lft 0) is not published any more.
     addr(wl, "change", f"{G2}/64", "preferred_lft", "0")
     stack.wait_dig(f"renum.{PUBLIC}", empty)
