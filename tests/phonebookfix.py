@@ -161,6 +161,8 @@ class Stack:
         self.seed_sock = self.dir / "publish"
         self.config = self.dir / "netmux.toml"
         self.knot_dir = self.dir / "knot"
+        if not shutil.which("tinydns-data"):  # optional package: knot alone then
+            sinks = tuple(s for s in sinks if s != "tinydns")
         sink_list = ", ".join(f'"{s}"' for s in sinks)
         self.config.write_text(
             f'[dns]\nhostname = "{HOST}"\ndomain = "{DOMAIN}"\nttl = 5\n'
