@@ -21,7 +21,7 @@ from typing import Any
 
 from . import firewall, journal, nsutil
 from .config import HostConfig
-from .errors import StateError, UsageError
+from .errors import NetmuxError, StateError, UsageError
 
 PREFIX_ALLOWED = "an IPv6 prefix with host bits clear, such as 2001:db8:bad::/48, or one address"
 
@@ -105,6 +105,18 @@ def ensure_guard(host: HostConfig) -> str:
     except firewall.NftError:
         firewall.apply_guard(host)
     return netns
+
+
+def guard_at_mux_up(host: HostConfig) -> None:
+    """`mux up`: load the guard table unless it is there (a re-run keeps auto-denials).
+
+    A failure is logged, not raised: mux without its guard still routes, and the next
+    `netmux deny` (or netmux-denylog.service) loads it.
+    """
+    try:
+        ensure_guard(host)
+    except NetmuxError as e:
+        journal.error(f"mux {host.mux.netns}: the guard table is not loaded: {e}")
 
 
 def _elem_prefix(val: Any) -> IPv6Network:

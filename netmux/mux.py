@@ -29,7 +29,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import config, journal, links, names, nsutil
+from . import config, denylist, journal, links, names, nsutil
 from .config import HostConfig
 from .errors import StateError, UsageError
 
@@ -169,6 +169,8 @@ def _build(host: HostConfig, link_local_timeout: float) -> None:
             ("net.ipv6.conf.default.forwarding", "1"),
         ],
     )
+    # Guard table (issue 7): denylist and flood defence, before any uplink arrives.
+    denylist.guard_at_mux_up(host)
     key = names.load_host_key(host.paths.host_key)
     with links.iproute(ns) as ipr:
         links.set_up(ipr, "lo")

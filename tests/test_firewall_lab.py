@@ -35,7 +35,8 @@ def lab_host(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> It
 def test_lab_scan_and_denylist(lab_host: HostConfig, uname: Callable[[str], str]) -> None:
     host = lab_host
     lab.up(host)
-    firewall.apply_guard(host)  # what `mux up` does once core calls it
+    # `mux up` (inside `lab up`) loaded the guard table.
+    assert firewall.run_nft(host.mux.netns, f"list table inet {firewall.GUARD_TABLE}")
     name = uname("fw")
     wl = config.workload_from(name, overrides={"ports": ["tcp/80", "tcp/8443"]})
     assert workload.up(host, wl, exec_cmd=False) == 0
