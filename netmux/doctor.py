@@ -94,6 +94,7 @@ class Facts:
     dns: dict[str, str] = field(default_factory=dict)  # zone -> rcode or error
     dig: bool = True
     leases: tuple[LeaseFact, ...] = ()
+    tinydns_data: bool = True  # the program the tinydns sink runs exists
 
 
 # --- pure parsers ------------------------------------------------------------------------
@@ -346,6 +347,7 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
     if f.mux_exists:
         out += _dns_checks(f, cfg)
     out += _pd_checks(f, cfg)
+    out += _sink_checks(f, cfg)
     return out
 
 
@@ -565,6 +567,36 @@ def _pd_checks(f: Facts, cfg: HostConfig) -> list[Check]:
             left = valid - lease.age
             out.append(Check("pd", "ok", detail + f", valid for {_ago(left)} more"))
     return out
+
+
+def _sink_checks(f: Facts, cfg: HostConfig) -> list[Check]:
+    """phonebookd can only publish through sinks that can work."""
+    pb = cfg.phonebook
+    problems = []
+    if "tinydns" in pb.sinks and not f.tinydns_data:
+        problems.append(
+            (
+                f"the tinydns sink needs {pb.tinydns_data}, which is missing",
+                'apt install tinydns, or [phonebook] sinks = ["rfc2136"]',
+            )
+        )
+    if "rfc2136" in pb.sinks and not pb.server:
+        problems.append(
+            (
+                "the rfc2136 sink has no server ([phonebook] server is empty)",
+                "set [phonebook] server to the address of netmux@dns (Knot)",
+            )
+        )
+    if problems:
+        return [
+            Check(
+                "phonebook.sinks",
+                "fail",
+                "; ".join(p for p, _ in problems),
+                "; ".join(x for _, x in problems),
+            )
+        ]
+    return [Check("phonebook.sinks", "ok", "sinks: " + ", ".join(pb.sinks))]
 
 
 def healthy(checks: Iterable[Check]) -> bool:
@@ -853,6 +885,7 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
             facts["dns"] = probe_dns(cfg)
     facts["daemons"], facts["phonebookd"] = probe_processes(mx.netns)
     facts["leases"] = probe_leases(cfg)
+    facts["tinydns_data"] = cfg.phonebook.tinydns_data.exists()
     return Facts(**facts)
 
 

@@ -182,3 +182,14 @@ def test_parse_dig() -> None:
     )
     assert doctor.parse_dig(timeout).startswith("no answer")
     assert doctor.parse_dig("") == "no answer"
+
+
+def test_phonebook_sinks_that_cannot_work() -> None:
+    checks = by_id(doctor.evaluate(healthy_facts(tinydns_data=False), PD_HOST))
+    assert checks["phonebook.sinks"].status == "fail"
+    assert "tinydns-data" in checks["phonebook.sinks"].detail
+    knot = config.parse_host('[phonebook]\nsinks = ["rfc2136"]\n', "(t)")
+    c = by_id(doctor.evaluate(healthy_facts(tinydns_data=False), knot))["phonebook.sinks"]
+    assert c.status == "fail" and "server" in c.fix
+    served = config.parse_host('[phonebook]\nsinks = ["rfc2136"]\nserver = "2001:db8::53"\n', "t")
+    assert by_id(doctor.evaluate(healthy_facts(), served))["phonebook.sinks"].status == "ok"
