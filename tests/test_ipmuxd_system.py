@@ -58,6 +58,8 @@ def test_outsider_refused(ipmux: sysbox.SysBox) -> None:
 
 
 def test_denylist_size_is_logged_periodically(ipmux: sysbox.SysBox) -> None:
+    # netmux-mux.service loaded the guard table under its sandbox, before any `deny`.
+    ipmux.run("ip", "netns", "exec", "mux", "nft", "list", "table", "inet", "netmux_guard")
     ipmux.systemctl("start", "netmux-denylog.service")
     ipmux.run(NETMUX, "deny", "add", "2001:db8:bad::/48")
     ipmux.run(NETMUX, "deny", "add", "2001:db8:bad:1::/64", check=False)  # overlaps: refused
