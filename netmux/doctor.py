@@ -716,6 +716,18 @@ def _addresses(ipr: Any, ifname: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+IFA_F_TENTATIVE = 0x40
+
+
+def _usable_link_local(ipr: Any, idx: int) -> bool:
+    for msg in ipr.get_addr(family=socket.AF_INET6, index=idx):
+        addr = str(msg.get_attr("IFA_ADDRESS"))
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        if addr.startswith("fe80:") and not flags & IFA_F_TENTATIVE:
+            return True
+    return False
+
+
 def probe_ra(cfg: HostConfig, timeout: float = 3.0) -> RaFact:
     """Send a router solicitation from a throwaway namespace with a macvlan on mux's
     parent (like a workload's) and return the advertisement that answers it."""
@@ -745,7 +757,7 @@ def probe_ra(cfg: HostConfig, timeout: float = 3.0) -> RaFact:
             ipr.link("set", index=idx, state="up")
             mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
             deadline = time.monotonic() + timeout
-            while not any(a.startswith("fe80:") for a in _addresses(ipr, "probe0")):
+            while not _usable_link_local(ipr, idx):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the probe link got no link-local address")
                 time.sleep(0.01)
@@ -769,8 +781,13 @@ def _solicit(ifindex: int, mac: str, deadline: float) -> RaFact:
             if now >= deadline:
                 raise TimeoutError("no router advertisement answered a solicitation")
             if now >= next_rs:
-                s.sendto(rs, ("ff02::2", 0, 0, ifindex))
-                next_rs = now + 0.5
+                try:
+                    s.sendto(rs, ("ff02::2", 0, 0, ifindex))
+                    next_rs = now + 0.5
+                except OSError as e:  # the link-local address is not quite ready yet
+                    if e.errno != errno.EADDRNOTAVAIL:
+                        raise
+                    next_rs = now + 0.05
             s.settimeout(min(deadline, next_rs) - now)
             try:
                 data, src = s.recvfrom(65535)
