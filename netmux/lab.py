@@ -240,6 +240,8 @@ def up(host: HostConfig) -> None:
 
     check(host)
     t0 = time.monotonic()
+    if not (netns_exists(host.mux.netns) and netns_exists(host.lab.router_netns)):
+        stop_daemons(host)  # left from a lab whose namespaces are gone: all stale
     mux.up(host)
     router_up(host)
     cable_up(host)

@@ -162,3 +162,19 @@ def test_leaves_a_radvd_it_did_not_start_in_charge(lab_host: HostConfig, tmp_pat
         assert other.pid in lab.processes_in(host.mux.netns, "radvd")
     finally:
         supervise.stop("radvd", other_run)
+
+
+def test_up_repairs_a_lab_whose_router_namespace_vanished(lab_host: HostConfig) -> None:
+    """Daemons of a lab whose namespaces are gone are stale: `lab up` starts afresh."""
+    host = lab_host
+    lab.up(host)
+    subprocess.run(["ip", "netns", "del", host.lab.router_netns], check=True)
+    lab.up(host)
+    assert _ping(host.mux.netns, f"fe80::1%{host.lab.uplink}").returncode == 0
+    # mux's route to the router's LAN comes from dhcpcd (the upstream's RA) once the
+    # upstream runs: give it a moment
+    for _ in range(3):
+        r = _ping(host.mux.netns, ROUTER)
+        if r.returncode == 0:
+            break
+    assert r.returncode == 0, r.stdout + r.stderr
