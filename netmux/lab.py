@@ -10,9 +10,11 @@ The uplink end of the veth pair is created in the root namespace under a NIC-lik
 (it must match mux.uplinks) and moved into mux by the same code that adopts real NICs
 (`mux.adopt`, i.e. `netmux nic adopt`), so the lab exercises that path. Both ends of the
 pair get fixed link-local addresses without DAD (a two-ended veth cannot hold a duplicate),
-so routes work at once. The prefix on gw0 is static for now; DHCPv6-PD replaces
-`assign_prefix` later. The upstream side is built by small functions (`router_up`,
-`router_routes`, ...) that later features extend (DHCPv6-PD, IPv4, DNS).
+so routes work at once. Where kea is installed, netmux.upstream adds the rest of a home
+router (kea-dhcp6 delegating lab.prefix to dhcpcd in mux, RAs, IPv4 by DHCP, an IPv4-only
+web server, DNS, NAT64); otherwise `assign_prefix` puts lab.prefix on gw0 statically.
+The upstream side is built by small functions (`router_up`, `cable_up`, `router_routes`)
+that netmux.upstream extends.
 
 Daemons the lab starts are supervised (netmux.supervise) in `daemon_dir(host)`; `lab down`
 stops every daemon recorded there, whoever started it.
