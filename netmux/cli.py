@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_flag(p)
 
+    p = _add(sub, "nat64", "tayga's TUN, routes and NAT in mux (netmux-tayga.service)",
+             "uplink:cmd_nat64")  # fmt: skip
+    p.add_argument("action", choices=["setup", "teardown"])
+    p.add_argument("conf", nargs="?", help="setup: the rendered tayga.conf")
+
     p = _add(
         sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"
     )

@@ -12,6 +12,7 @@ same rendered configs run as supervised daemons (netmux.supervise) in a run dire
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from . import daemons, nsutil, supervise
 from .config import HostConfig
-from .errors import StateError
+from .errors import StateError, UsageError
 from .render import dhcpcd as dhcpcd_render
 from .render import nat as nat_render
 from .render import tayga as tayga_render
@@ -123,7 +124,7 @@ def nat64_setup(host: HostConfig, conf: Path) -> None:
     """What tayga needs around it in mux (idempotent): its TUN (`tayga --mktun` with the
     rendered config), link up, routes for the pool, the prefix and tayga's own IPv6
     address, IPv4 forwarding, and the NAT ruleset. netmux-tayga.service runs this as
-    `python -m netmux.uplink nat64-setup CONF` in ExecStartPre."""
+    `netmux nat64 setup CONF` in ExecStartPre=."""
     ns = host.mux.netns
     feats = daemons.tayga()
     p = tayga_render.plan(host, feats)
@@ -166,10 +167,23 @@ def nat64_down(host: HostConfig, run: Path) -> None:
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m netmux.uplink nat64-setup|nat64-teardown [TAYGA_CONF]` for units."""
-    import argparse
+def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
+    """`netmux nat64 setup CONF` (ExecStartPre=) / `netmux nat64 teardown` (ExecStopPost=)."""
+    if args.action == "setup":
+        if not args.conf:
+            raise UsageError("setup: needs the rendered tayga.conf (CONF)")
+        conf = Path(args.conf)
+        if not conf.is_file():
+            raise UsageError(f"setup: {conf}: no such file (netmux render tayga)")
+        nat64_setup(host, conf)
+    else:
+        nat64_down(host, host.paths.run_dir)
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m netmux.uplink nat64-setup|nat64-teardown [TAYGA_CONF]` (older units;
+    `netmux nat64 setup|teardown` is the same)."""
     from . import config
     from .errors import NetmuxError
 
