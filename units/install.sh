@@ -27,6 +27,9 @@ DOCDIR=${DOCDIR:-$DATADIR/doc/netmux}
 MANDIR=${MANDIR:-$DATADIR/man}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 DBUSPOLICYDIR=${DBUSPOLICYDIR:-$SYSCONFDIR/dbus-1/system.d}
+# sysctl.d: the vendor directory for a /usr install, else /etc/sysctl.d (read by every
+# sysctl implementation, not only systemd-sysctl).
+if [ "$PREFIX" = /usr ]; then SYSCTLDIR=${SYSCTLDIR:-/usr/lib/sysctl.d}; else SYSCTLDIR=${SYSCTLDIR:-$SYSCONFDIR/sysctl.d}; fi
 DBUSSERVICEDIR=${DBUSSERVICEDIR:-$DATADIR/dbus-1/system-services}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
@@ -82,6 +85,10 @@ print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["scripts"])' "$SRC/pypro
 		[ -e "$f" ] && put "$f" "$DBUSSERVICEDIR/$(basename "$f")" 644
 	done
 
+	for f in "$SRC"/sysctl/*.conf; do # neighbour table limits for many workloads
+		[ -e "$f" ] && put "$f" "$SYSCTLDIR/$(basename "$f")" 644
+	done
+
 	for f in "$SRC"/README.md "$SRC"/docs/*.md; do
 		[ -e "$f" ] && put "$f" "$DOCDIR/$(basename "$f")" 644
 	done
@@ -108,6 +115,7 @@ print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["scripts"])' "$SRC/pypro
 		cat <<-EOF
 			install: done. Nothing is enabled or started. Next (docs/systemd.md):
 			  edit $SYSCONFDIR/netmux/netmux.toml ([mux] uplinks: the NICs netmux-mux will move)
+			  sysctl -p $SYSCTLDIR/90-netmux.conf   # or reboot: neighbour table room for many workloads
 			  systemctl enable --now netmux.target netmux-mux.service netmux-radvd.service netmux-dhcpcd.service
 			  systemctl start netmux@NAME
 		EOF
