@@ -1,5 +1,6 @@
 #!/bin/bash
-# netmux, live: a lab router, two workloads with real IPv6 addresses, pings, a restart.
+# netmux, live: a lab router delegating a prefix, two workloads with real IPv6 addresses,
+# pings, a restart, then DNS64 + NAT64 to an IPv4-only web server.
 # Run as root from the source tree (`make demo`). Everything it makes is demo-specific
 # (docs/examples/demo.toml) and removed at the end, also when a step fails.
 set -euo pipefail
@@ -11,7 +12,11 @@ export NETMUX_CONFIG=${NETMUX_CONFIG:-$here/docs/examples/demo.toml}
 WEB=demo-web
 APP=demo-app
 ROUTER=demo-router
+PY=$(dirname "$NETMUX")/python  # the venv's python (netmux.upstream for the resolver)
+RUN=/run/netmux-demo/run/lab    # the lab's daemons: configs, pidfiles, logs
 web_pid=""
+netns_etc=""  # /etc/netns/$APP (and /etc/netns), made by this demo: ip netns exec binds
+              # /etc/netns/NAME/resolv.conf over /etc/resolv.conf
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -23,7 +28,8 @@ cleanup() {
   step "clean up"
   if [ -n "$web_pid" ]; then kill "$web_pid" 2>/dev/null; wait "$web_pid" 2>/dev/null; fi
   for w in $WEB $APP; do "$NETMUX" -q down "$w" || true; done
-  "$NETMUX" lab down || true
+  "$NETMUX" lab down || true  # also stops the resolver and NAT64
+  for d in $netns_etc; do rm -f "$d/resolv.conf"; rmdir "$d" 2>/dev/null; done
   rm -rf /run/netmux-demo
   left=$(ip netns list | grep -E '^(demo-|'"$WEB"'|'"$APP"')' || true)
   if [ -n "$left" ]; then echo "left behind: $left"; rc=1; else echo "nothing left behind"; fi
@@ -89,3 +95,51 @@ printf 'before: %s\nafter:  %s  (serving again %d ms after the restart)\n' "$web
   $((($(date +%s%N) - t0) / 1000000))
 [ "$web" = "$web2" ] && echo "address unchanged" || { echo "ADDRESS CHANGED"; exit 1; }
 run ip netns exec $APP curl -sS -g --max-time 5 "http://[$web2]/"
+
+step "6. the uplink: gw0's prefix was delegated by the router's kea (DHCPv6-PD) to dhcpcd in mux"
+run ip -n demo-mux -br addr show dev gw0
+if [ -e $RUN/dhcpcd.log ]; then
+  echo "\$ grep 'delegated prefix' $RUN/dhcpcd.log"
+  grep 'delegated prefix' $RUN/dhcpcd.log || { echo "no delegation in dhcpcd's log"; exit 1; }
+else
+  echo "(kea-dhcp6/dhcpcd/unbound not all installed: the lab put the prefix on gw0 statically)"
+fi
+
+step "7. $APP: a stable-privacy SLAAC address from that prefix, default route via gw0 (radvd)"
+run ip -n $APP -br -6 addr show dev eth0
+run ip -n $APP -6 route
+run ip netns exec $APP ping -n -c 2 -i 0.2 2001:db8::53
+
+step "8. DNS64 + NAT64: an IPv4-only web server, reached from an IPv6-only workload"
+if ! [ -e $RUN/dhcpcd.log ] || ! command -v tayga >/dev/null; then
+  echo "(skipped: needs tayga, kea-dhcp6, dhcpcd and unbound — make deps installs them)"
+  exit 0
+fi
+echo "\$ netmux.upstream.resolver_up  # unbound with DNS64 at fd64:cafe::53, a workload of its own"
+"$PY" - <<'PY'
+import sys
+sys.argv[0] = "netmux"  # its log lines say who speaks
+from netmux import config, lab, upstream
+host = config.load_host()
+print(f"resolver workload {upstream.resolver_up(host, lab.daemon_dir(host))} up")
+print(f"mux's IPv4 lease (NAT64 masquerades behind it) after {upstream.wait_ipv4(host):.1f}s")
+PY
+run ip -n demo-mux -br addr show dev demoup0
+run ip -n demo-mux -br link show dev nat64
+run ip -n demo-mux -6 route show dev nat64
+for d in /etc/netns /etc/netns/$APP; do  # removed at the end, innermost first
+  if [ ! -e $d ]; then mkdir $d; netns_etc="$d $netns_etc"; fi
+done
+echo "nameserver fd64:cafe::53" > /etc/netns/$APP/resolv.conf
+echo "(/etc/netns/$APP/resolv.conf: nameserver fd64:cafe::53 — radvd advertises it as RDNSS too)"
+aaaa=""
+for _ in $(seq 50); do  # unbound needs a moment to listen once its address is usable
+  aaaa=$(ip netns exec $APP dig @fd64:cafe::53 v4only.isp.test AAAA +short +time=1 +tries=1 || true)
+  [ -n "$aaaa" ] && break
+  sleep 0.1
+done
+run ip netns exec $APP dig @fd64:cafe::53 v4only.isp.test A +short
+run ip netns exec $APP dig @fd64:cafe::53 v4only.isp.test AAAA +short
+[ -n "$aaaa" ] || { echo "no synthesized AAAA"; exit 1; }
+echo "(the A record 203.0.113.80 inside the NAT64 prefix 2001:db8:64::/96: $aaaa)"
+run ip netns exec $APP curl -sS --max-time 10 http://v4only.isp.test/
