@@ -134,9 +134,16 @@ def cable_up(host: HostConfig) -> None:
         cable_down(host)
         in_mux = in_root = None
     if not in_mux and not in_root:
-        ip("link", "add", lab.uplink, "type", "veth", "peer", "name", lab.router_link,
+        # Made under a name no uplink pattern matches, marked, then renamed: a NIC watcher
+        # (netmux-mux.service) sees the uplink name only once the alias says it is ours.
+        tmp = "t" + lab.uplink[:14]
+        if config.uplink_matches(host.mux, tmp):
+            tmp = lab.uplink
+        ip("link", "add", tmp, "type", "veth", "peer", "name", lab.router_link,
            "netns", ns)  # fmt: skip
-        ip("link", "set", lab.uplink, "alias", ALIAS)
+        ip("link", "set", tmp, "alias", ALIAS)
+        if tmp != lab.uplink:
+            ip("link", "set", tmp, "name", lab.uplink)
         in_root = links_in(None).get(lab.uplink)
     if in_root:
         if not _ours(in_root):
