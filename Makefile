@@ -8,12 +8,13 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # System packages. REQUIRED must exist on Debian 12 and 13; OPTIONAL are installed where
-# the release has them (tests that need a missing one skip with the reason).
+# the release has them (tests that need a missing one skip with the reason); udev gives
+# the udev-rule test its udevadm (udevd itself is never started here).
 APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftables \
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
 	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox
-APT_OPTIONAL := tayga tinydns
+APT_OPTIONAL := tayga tinydns udev
 # debian/ packaging (make package) needs these on top.
 APT_PACKAGING := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	dpkg-dev lintian mmdebstrap
