@@ -13,7 +13,10 @@ unit semantics boot one (PLATFORM.md, "Testing with a real systemd"):
 - nspawn runs in its own cgroup named with the run prefix (the leak check sees it) and
   with PR_SET_PDEATHSIG, so a killed test run powers the container off.
 - The checkout is bind-mounted at the same path, so the venv's shebangs and the editable
-  install work inside; units are installed with @BINDIR@ pointing at the venv.
+  install work inside for commands the tests run. Units get @BINDIR@ = /opt/netmux/bin:
+  small launchers over read-only binds of the checkout and the venv's site-packages, so
+  sandboxed units (PrivateTmp=, ProtectHome=) still see netmux when the checkout lives
+  under /tmp, /root or /home, as a CI clone may.
 
 Inside the container names need no run prefix (its netns and mounts are private); host
 side objects (the cgroup, veth ends) carry it.
@@ -45,6 +48,14 @@ from tests.conftest import RUN
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
+# Where units find netmux inside the container (see _launchers).
+UNIT_BIN = Path("/opt/netmux/bin")
+_OPT_SRC, _OPT_SITE = "/opt/netmux/src", "/opt/netmux/site"
+ENTRY_POINTS = {
+    "netmux": "netmux.cli",
+    "phonebookd": "netmux.phonebook.daemon",
+    "ipmuxd": "netmux.ipmuxd",
+}
 UNITS_DIR = REPO / "units"
 CGROUP_HIERARCHIES = ("systemd", "unified")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -140,6 +151,7 @@ class SysBox:
             "--link-journal=no", "--private-network", "-D", "/", "--volatile=yes",
             f"--bind={self.etc}:/etc", f"--bind={REPO}:{REPO}",
         ]  # fmt: skip
+        argv += [f"--bind-ro={src}:{dst}" for src, dst in self._launchers()]
         argv += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
         for host_if, ct_if in veth_extra:
             argv.append(f"--network-veth-extra={host_if}:{ct_if}")
@@ -163,6 +175,23 @@ class SysBox:
         finally:
             sock.close()
             sock_path.unlink()
+
+    def _launchers(self) -> list[tuple[Path, str]]:
+        """Launchers for UNIT_BIN and the binds they need (host path, container path)."""
+        bindir = self.workdir / "opt-bin"
+        bindir.mkdir(exist_ok=True)
+        for name, module in ENTRY_POINTS.items():
+            script = bindir / name
+            script.write_text(
+                "#!/usr/bin/python3\n"
+                "import sys\n"
+                f"sys.path[0:0] = [{_OPT_SRC!r}, {_OPT_SITE!r}]\n"
+                f"from {module} import main\n"
+                "sys.exit(main())\n"
+            )
+            script.chmod(0o755)
+        site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+        return [(bindir, str(UNIT_BIN)), (REPO, _OPT_SRC), (site, _OPT_SITE)]
 
     def _wait_ready(self, sock: socket.socket, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -281,14 +310,14 @@ class SysBox:
         self.systemctl("daemon-reload")
 
     def install_units(self, units: Sequence[Path] | None = None, reload: bool = True) -> None:
-        """Copy the project's units into /etc/systemd/system, @BINDIR@ -> the venv.
+        """Copy the project's units into /etc/systemd/system, @BINDIR@ -> UNIT_BIN.
 
         Installing all of them (units=None) also installs the D-Bus policy (dbus/*.conf),
         as `make install` does, and has dbus-daemon reload it.
         """
         system = self.etc / "systemd" / "system"
         for unit in units if units is not None else unit_files():
-            (system / unit.name).write_text(substitute(unit.read_text(), VENV_BIN))
+            (system / unit.name).write_text(substitute(unit.read_text(), UNIT_BIN))
         if units is None:
             self.install_dbus_policy(sorted((REPO / "dbus").glob("*.conf")))
         if reload:
@@ -300,13 +329,13 @@ class SysBox:
         policy = self.etc / "dbus-1" / "system.d"
         policy.mkdir(parents=True, exist_ok=True)
         for f in files:
-            (policy / f.name).write_text(substitute(f.read_text(), VENV_BIN))
+            (policy / f.name).write_text(substitute(f.read_text(), UNIT_BIN))
         self.systemctl("reload", "dbus.service")
 
     def add_dropin(self, unit: str, name: str, text: str, reload: bool = True) -> None:
         d = self.etc / "systemd" / "system" / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(substitute(text, VENV_BIN))
+        (d / name).write_text(substitute(text, UNIT_BIN))
         if reload:
             self.daemon_reload()
 
