@@ -213,8 +213,13 @@ _DASHDASH_CMD = frozenset({"up", "exec", "run"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["renumber-hook"]:
+        # dhcpcd's hook (render/dhcpcd.py) runs the netmux that rendered it: not for people.
+        from . import renumber
+
+        return renumber.main(argv[1:])
+    parser = build_parser()
     if "--" in argv:
         i = argv.index("--")
         args = parser.parse_args(argv[:i])

@@ -51,7 +51,7 @@ def start_dhcpcd(
     run.mkdir(parents=True, exist_ok=True)
     hook = run / dhcpcd_render.HOOK_NAME
     hook_text = dhcpcd_render.render_hook(
-        sys.executable,
+        dhcpcd_render.renumber_command(),
         str(config_path) if config_path else None,
         str(run),
         str(radvd_conf) if radvd_conf else None,

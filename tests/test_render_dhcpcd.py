@@ -52,10 +52,32 @@ def test_no_uplink_is_a_clear_error() -> None:
 
 
 def test_hook_execs_renumber_with_quoted_paths() -> None:
-    hook = dhcpcd.render_hook("/usr/bin/python3", "/etc/net mux/netmux.toml", "/run/netmux")
+    hook = dhcpcd.render_hook(
+        ["/usr/bin/python3", "-m", "netmux.renumber"], "/etc/net mux/netmux.toml", "/run/netmux"
+    )
     assert hook.startswith("#!/bin/sh\n")
     assert "exec /usr/bin/python3 -m netmux.renumber --state /run/netmux" in hook
     assert "--config '/etc/net mux/netmux.toml'" in hook
+
+
+def test_hook_runs_the_netmux_that_rendered_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A console script or launcher named netmux is re-run (it knows where the package is)."""
+    prog = tmp_path / "bin" / "netmux"
+    prog.parent.mkdir()
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(prog), "render", "dhcpcd"])
+    assert dhcpcd.renumber_command() == [str(prog), "renumber-hook"]
+    monkeypatch.setattr(sys, "argv", ["/x/netmux/cli.py"])
+    assert dhcpcd.renumber_command() == [sys.executable, "-m", "netmux.renumber"]
+
+
+def test_renumber_hook_subcommand_reaches_renumber() -> None:
+    r = subprocess.run([sys.executable, "-m", "netmux.cli", "renumber-hook", "--help"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "--state" in r.stdout, r.stderr
 
 
 def test_cli_writes_config_and_executable_hook(tmp_path: Path) -> None:

@@ -107,7 +107,11 @@ def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
     if args.what == "dhcpcd" and not cfg.uplink.hook:
         cfg_path = cfg.source if Path(cfg.source).is_file() else None
         hook = dhcpcd.render_hook(
-            sys.executable, cfg_path, str(cfg.paths.run_dir), str(RADVD_CONF), str(RADVD_PID)
+            dhcpcd.renumber_command(),
+            cfg_path,
+            str(cfg.paths.run_dir),
+            str(RADVD_CONF),
+            str(RADVD_PID),
         )
         write_atomic(hook_path(cfg, output), hook, 0o755)
     return 0

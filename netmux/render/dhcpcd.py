@@ -13,6 +13,8 @@ a private mount namespace in the lab).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,15 +74,28 @@ def render(cfg: HostConfig, uplinks: Sequence[str], hook: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def renumber_command() -> list[str]:
+    """How the hook reaches netmux.renumber: through the very `netmux` that renders it.
+
+    Re-running that program (a console script, or a launcher) finds the package however it
+    was installed; `python -m` from the interpreter alone would not in a private venv or
+    a sandboxed unit. Elsewhere (tests, `python -m netmux.cli`) it is this interpreter.
+    """
+    prog = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(prog) == "netmux" and os.access(prog, os.X_OK):
+        return [prog, "renumber-hook"]
+    return [sys.executable, "-m", "netmux.renumber"]
+
+
 def render_hook(
-    python: str,
+    command: Sequence[str],
     config_path: str | None,
     state_dir: str,
     radvd_conf: str | None = None,
     radvd_pid: str | None = None,
 ) -> str:
     """The `script` dhcpcd runs on every event: hands the event to netmux.renumber."""
-    args = [python, "-m", "netmux.renumber", "--state", state_dir]
+    args = [*command, "--state", state_dir]
     if config_path:
         args += ["--config", config_path]
     if radvd_conf:
