@@ -22,9 +22,8 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -629,30 +628,6 @@ def render_json(checks: list[Check]) -> str:
 # --- probes (side effects, narrow) -------------------------------------------------------
 
 
-def _in_new_netns(fn: Callable[[int], Any]) -> Any:
-    """fn(netns_fd) in a thread inside a fresh, anonymous netns; the netns dies after."""
-    result: list[Any] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            nsutil.unshare_netns()
-            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                result.append(fn(fd))
-            finally:
-                os.close(fd)
-        except BaseException as e:  # re-raised in the caller
-            failure.append(e)
-
-    t = threading.Thread(target=target, name="doctor-probe", daemon=True)
-    t.start()
-    t.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
 def probe_kinds() -> dict[str, bool]:
     """Which link kinds this kernel creates, tried in a throwaway namespace."""
     from pyroute2 import IPRoute
@@ -693,7 +668,7 @@ def probe_kinds() -> dict[str, bool]:
         return found
 
     # the IPRoute socket must be opened inside the namespace: do it all in the thread
-    kinds: dict[str, bool] = _in_new_netns(run)
+    kinds: dict[str, bool] = nsutil.run_in_new_netns(run)
     return kinds
 
 
@@ -763,7 +738,7 @@ def probe_ra(cfg: HostConfig, timeout: float = 3.0) -> RaFact:
                 time.sleep(0.01)
         return _solicit(idx, mac, deadline)
 
-    ra: RaFact = _in_new_netns(run)
+    ra: RaFact = nsutil.run_in_new_netns(run)
     return ra
 
 

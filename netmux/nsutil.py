@@ -55,23 +55,49 @@ def run_in_netns(netns: str | os.PathLike[str] | int | None, fn: Callable[[], T]
     if netns is None:
         return fn()
     fd = netns if isinstance(netns, int) else open_netns(netns)
+
+    def entered() -> T:
+        setns(fd)
+        return fn()
+
+    try:
+        return _in_thread(entered, "netns")
+    finally:
+        if not isinstance(netns, int):
+            os.close(fd)
+
+
+def run_in_new_netns(fn: Callable[[int], T]) -> T:
+    """Call fn(netns_fd) in a thread inside a fresh, anonymous namespace (for probes).
+
+    The namespace dies with the thread unless fn keeps something in it alive.
+    """
+
+    def fresh() -> T:
+        unshare_netns()
+        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return fn(fd)
+        finally:
+            os.close(fd)
+
+    return _in_thread(fresh, "netns-new")
+
+
+def _in_thread(fn: Callable[[], T], name: str) -> T:
+    """fn() in a short-lived thread (whose namespace fn may change); exceptions propagate."""
     result: list[T] = []
     failure: list[BaseException] = []
 
     def target() -> None:
         try:
-            setns(fd)
             result.append(fn())
         except BaseException as e:  # re-raised in the caller
             failure.append(e)
 
-    try:
-        t = threading.Thread(target=target, name="netns", daemon=True)
-        t.start()
-        t.join()
-    finally:
-        if not isinstance(netns, int):
-            os.close(fd)
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    t.join()
     if failure:
         raise failure[0]
     return result[0]
@@ -128,25 +154,19 @@ def create_named_netns(name: str) -> None:
     """
     from pyroute2 import netns as pr_netns
 
-    failure: list[BaseException] = []
+    def attach() -> None:
+        unshare_netns()
+        pr_netns.attach(str(netns_path(name)), "thread-self")
 
-    def target() -> None:
-        try:
-            unshare_netns()
-            pr_netns.attach(str(netns_path(name)), "thread-self")
-        except BaseException as e:  # re-raised in the caller
-            failure.append(e)
-
-    t = threading.Thread(target=target, name="netns-create", daemon=True)
-    t.start()
-    t.join()
-    if failure:
-        e = failure[0]
-        if not isinstance(e, FileExistsError):
-            # the mount point may exist without a mount: remove it, nothing half-built
-            with contextlib.suppress(OSError):
-                remove_named_netns(name)
-        raise e
+    try:
+        _in_thread(attach, "netns-create")
+    except FileExistsError:
+        raise
+    except BaseException:
+        # the mount point may exist without a mount: remove it, nothing half-built
+        with contextlib.suppress(OSError):
+            remove_named_netns(name)
+        raise
 
 
 def remove_named_netns(name: str) -> bool:
