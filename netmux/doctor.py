@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from . import config, nsutil
 from .config import HostConfig
+from .ifaddr import IFA_F_TENTATIVE
 
 Status = Literal["ok", "info", "warn", "fail", "skip"]
 KINDS = ("macvlan", "macvtap", "veth", "dummy", "bridge", "ipvlan")
@@ -689,9 +690,6 @@ def _addresses(ipr: Any, ifname: str) -> tuple[str, ...]:
     for msg in ipr.get_addr(family=socket.AF_INET6, index=idx[0]):
         out.append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
     return tuple(out)
-
-
-IFA_F_TENTATIVE = 0x40
 
 
 def _usable_link_local(ipr: Any, idx: int) -> bool:

@@ -33,18 +33,19 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import nsutil
 from .errors import NetmuxError, StateError
+from .ifaddr import (
+    IFA_F_DADFAILED,
+    IFA_F_DEPRECATED,
+    IFA_F_NODAD,
+    IFA_F_OPTIMISTIC,
+    IFA_F_TENTATIVE,
+)
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
 
-IFA_F_NODAD = 0x02
-IFA_F_OPTIMISTIC = 0x04
-IFA_F_DADFAILED = 0x08
-IFA_F_DEPRECATED = 0x20
-IFA_F_TENTATIVE = 0x40
-IFA_F_PERMANENT = 0x80
 
 ULA = IPv6Network("fc00::/7")
 LINK_LOCAL = IPv6Network("fe80::/10")

@@ -29,7 +29,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import config, denylist, journal, links, names, nsutil
+from . import config, denylist, ifaddr, journal, links, names, nsutil
 from .config import HostConfig
 from .errors import StateError, UsageError
 
@@ -200,7 +200,7 @@ def _wait_link_local(ipr: Any, ifname: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         st = links.link_state(ipr, ifname)
-        if any(a.usable() and not a.flags & links.IFA_F_TENTATIVE for a in st.link_local):
+        if any(a.usable() and not a.flags & ifaddr.IFA_F_TENTATIVE for a in st.link_local):
             return
         if time.monotonic() > deadline:
             journal.warning(f"mux: {ifname} has no link-local address after {timeout:g}s")

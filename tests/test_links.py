@@ -6,7 +6,7 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from netmux import links
+from netmux import ifaddr, links
 from netmux.links import Addr, LinkState
 
 pytestmark = pytest.mark.unit
@@ -41,10 +41,10 @@ def test_sysctls_secret_first_everything_before_up() -> None:
     ("flags", "usable"),
     [
         (0, True),
-        (links.IFA_F_TENTATIVE, False),
-        (links.IFA_F_TENTATIVE | links.IFA_F_OPTIMISTIC, True),
-        (links.IFA_F_DEPRECATED, False),
-        (links.IFA_F_DADFAILED | links.IFA_F_TENTATIVE, False),
+        (ifaddr.IFA_F_TENTATIVE, False),
+        (ifaddr.IFA_F_TENTATIVE | ifaddr.IFA_F_OPTIMISTIC, True),
+        (ifaddr.IFA_F_DEPRECATED, False),
+        (ifaddr.IFA_F_DADFAILED | ifaddr.IFA_F_TENTATIVE, False),
     ],
 )
 def test_usable(flags: int, usable: bool) -> None:
@@ -78,11 +78,11 @@ def test_ready() -> None:
         (LinkState("eth0", (LL,), False, up=True), "global",
          "no router advertisement received on eth0 within 10s: is radvd running in mux?"),
         (LinkState("eth0", (LL, ULA), True, up=True), "global", "no global prefix on gw0"),
-        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, links.IFA_F_DADFAILED)), True, up=True),
+        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, ifaddr.IFA_F_DADFAILED)), True, up=True),
          "global", "DAD failed for 2001:db8:0:1::5/64 on eth0"),
-        (LinkState("eth0", (Addr(LL.address, 64, links.IFA_F_TENTATIVE),), up=True), "global",
+        (LinkState("eth0", (Addr(LL.address, 64, ifaddr.IFA_F_TENTATIVE),), up=True), "global",
          "no usable link-local address"),
-        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, links.IFA_F_TENTATIVE)), True, up=True),
+        (LinkState("eth0", (LL, Addr(GLOBAL.address, 64, ifaddr.IFA_F_TENTATIVE)), True, up=True),
          "global", "2001:db8:0:1::5/64 (tentative)"),
         (LinkState("eth0", (LL, GLOBAL), False, up=True), "global", "no default route on eth0"),
         (LinkState("eth0"), "global", "eth0 is not up"),
@@ -96,8 +96,8 @@ def test_missing_says_what(state: LinkState, wait: str, expected: str) -> None:
 
 def test_required_static_addresses() -> None:
     static = IPv6Address("fd64:cafe::53")
-    tentative = Addr(static, 64, links.IFA_F_TENTATIVE)
-    optimistic = Addr(static, 64, links.IFA_F_TENTATIVE | links.IFA_F_OPTIMISTIC)
+    tentative = Addr(static, 64, ifaddr.IFA_F_TENTATIVE)
+    optimistic = Addr(static, 64, ifaddr.IFA_F_TENTATIVE | ifaddr.IFA_F_OPTIMISTIC)
     st = LinkState("eth0", (LL, GLOBAL, tentative), True, up=True)
     assert not links.ready(st, "global", (static,))
     assert "static address fd64:cafe::53 (tentative) on eth0" in links.missing(

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netmux import ifaddr
 from netmux.config import parse_host
 from netmux.errors import ConfigError, UsageError
 from netmux.phonebook import fdstore, knot, seed
@@ -85,15 +86,16 @@ def test_no_ptr_outside_known_prefixes() -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [r.IFA_F_TENTATIVE, r.IFA_F_DEPRECATED, r.IFA_F_DADFAILED, r.IFA_F_OPTIMISTIC,
-     r.IFA_F_TEMPORARY, r.IFA_F_TENTATIVE | r.IFA_F_OPTIMISTIC],
+    [ifaddr.IFA_F_TENTATIVE, ifaddr.IFA_F_DEPRECATED, ifaddr.IFA_F_DADFAILED,
+     ifaddr.IFA_F_OPTIMISTIC, ifaddr.IFA_F_TEMPORARY,
+     ifaddr.IFA_F_TENTATIVE | ifaddr.IFA_F_OPTIMISTIC],
 )  # fmt: skip
 def test_unusable_addresses_are_never_published(flags: int) -> None:
     assert r.publication_records("web", [], [A("2001:db8:1::5", 64, flags)], Z) == []
 
 
 def test_usable_flags_and_scopes() -> None:
-    assert A("2001:db8::1", 64, r.IFA_F_PERMANENT | r.IFA_F_NODAD).usable
+    assert A("2001:db8::1", 64, ifaddr.IFA_F_PERMANENT | ifaddr.IFA_F_NODAD).usable
     assert not A("fe80::1", 64).usable
     assert not A("::1", 128).usable
     assert not A("127.0.0.1", 8).usable

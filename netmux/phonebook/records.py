@@ -21,15 +21,14 @@ from typing import Literal
 from .. import names
 from ..config import LABEL_RE, HostConfig, _domain, _label
 from ..errors import UsageError
+from ..ifaddr import (
+    IFA_F_DADFAILED,
+    IFA_F_DEPRECATED,
+    IFA_F_OPTIMISTIC,
+    IFA_F_TEMPORARY,
+    IFA_F_TENTATIVE,
+)
 
-# <linux/if_addr.h>
-IFA_F_TEMPORARY = 0x01
-IFA_F_NODAD = 0x02
-IFA_F_OPTIMISTIC = 0x04
-IFA_F_DADFAILED = 0x08
-IFA_F_DEPRECATED = 0x20
-IFA_F_TENTATIVE = 0x40
-IFA_F_PERMANENT = 0x80
 NOT_USABLE = IFA_F_TENTATIVE | IFA_F_DEPRECATED | IFA_F_DADFAILED | IFA_F_OPTIMISTIC
 NOT_PUBLISHED = NOT_USABLE | IFA_F_TEMPORARY
 
