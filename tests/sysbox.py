@@ -130,8 +130,14 @@ class SysBox:
             (self.etc / "netmux").mkdir()
             (self.etc / "netmux" / "netmux.toml").write_text(self.config)
 
-    def start(self, veth_extra: Sequence[tuple[str, str]] = (), timeout: float = 20.0) -> None:
+    def root_args(self) -> list[str]:
+        """What nspawn boots: the host's /usr over a volatile root, with the test's /etc."""
         self.prepare_etc()
+        args = ["-D", "/", "--volatile=yes", f"--bind={self.etc}:/etc", f"--bind={REPO}:{REPO}"]
+        return args + [f"--bind-ro={src}:{dst}" for src, dst in self._launchers()]
+
+    def start(self, veth_extra: Sequence[tuple[str, str]] = (), timeout: float = 20.0) -> None:
+        root_args = self.root_args()
         sock_path = self.workdir / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(sock_path))
@@ -148,10 +154,8 @@ class SysBox:
         argv = [
             "systemd-nspawn", "--quiet", "--notify-ready=yes", "--keep-unit", "--register=no",
             "-M", self.name, "--console=read-only", "--resolv-conf=off", "--timezone=off",
-            "--link-journal=no", "--private-network", "-D", "/", "--volatile=yes",
-            f"--bind={self.etc}:/etc", f"--bind={REPO}:{REPO}",
+            "--link-journal=no", "--private-network", *root_args,
         ]  # fmt: skip
-        argv += [f"--bind-ro={src}:{dst}" for src, dst in self._launchers()]
         argv += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
         for host_if, ct_if in veth_extra:
             argv.append(f"--network-veth-extra={host_if}:{ct_if}")

@@ -12,22 +12,19 @@ network, PR_SET_PDEATHSIG), driven through nsenter like tests/sysbox.py does.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RUN
-from tests.sysbox import CGROUP_HIERARCHIES, PR_SET_PDEATHSIG, SysBox
+from tests.sysbox import SysBox
 
 pytestmark = pytest.mark.system
 
@@ -110,44 +107,11 @@ class RootBox(SysBox):
         super().__init__(name, workdir)
         self.root = root
 
-    def start(self, veth_extra: object = (), timeout: float = 30.0) -> None:
-        sock_path = self.workdir / "notify.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(sock_path))
-        cgroups = [Path("/sys/fs/cgroup") / h / self.name for h in CGROUP_HIERARCHIES]
-        cgroups = [cg for cg in cgroups if cg.parent.is_dir()]
-        for cg in cgroups:
-            cg.mkdir()
+    def root_args(self) -> list[str]:
+        return ["-D", str(self.root)]
 
-        def in_own_cgroup() -> None:  # runs in the child between fork and exec
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            for cg in cgroups:
-                (cg / "cgroup.procs").write_text(str(os.getpid()))
-
-        argv = [
-            "systemd-nspawn", "--quiet", "--notify-ready=yes", "--keep-unit", "--register=no",
-            "-M", self.name, "--console=read-only", "--resolv-conf=off", "--timezone=off",
-            "--link-journal=no", "--private-network", "-D", str(self.root),
-            "-b", "systemd.firstboot=off",
-        ]  # fmt: skip
-        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
-        with open(self.console, "wb") as console:
-            self.proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                preexec_fn=in_own_cgroup,
-            )
-        try:
-            self._wait_ready(sock, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            sock.close()
-            sock_path.unlink()
+    def start(self, veth_extra: Sequence[tuple[str, str]] = (), timeout: float = 30.0) -> None:
+        super().start(veth_extra, timeout)
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
