@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv6Network
-from pathlib import Path
 
 import pytest
 
 from netmux import config, denylist, firewall, lab, workload
 from netmux.config import HostConfig
-from tests import fwtopo
-from tests.conftest import RUN
+from tests import fwtopo, labfix
 
 pytestmark = pytest.mark.netns
 
+lab_host = labfix.lab_host  # fixture
+
 ROUTER = "2001:db8::1"
-
-
-@pytest.fixture
-def lab_host(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> Iterator[HostConfig]:
-    router = uname("rt")
-    path = tmp_config(f'[lab]\nrouter_netns = "{router}"\nuplink = "{RUN}ulab"\n')
-    host = config.load_host(path)
-    try:
-        yield host
-    finally:
-        for name in workload.known(host):
-            workload.down(host, name)
-        lab.down(host)
 
 
 def test_lab_scan_and_denylist(lab_host: HostConfig, uname: Callable[[str], str]) -> None:

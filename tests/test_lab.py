@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv6Address
 from pathlib import Path
 
@@ -15,25 +15,14 @@ import pytest
 from netmux import config, lab, supervise, workload
 from netmux.config import HostConfig
 from netmux.errors import UsageError
+from tests import labfix
 from tests.conftest import RUN
 
 pytestmark = pytest.mark.netns
 
+lab_host = labfix.lab_host  # fixture
+
 ROUTER = "2001:db8::1"
-
-
-@pytest.fixture
-def lab_host(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> Iterator[HostConfig]:
-    """A lab config whose names are this run's; `lab down` after the test, whatever happened."""
-    router = uname("rt")
-    path = tmp_config(f'[lab]\nrouter_netns = "{router}"\nuplink = "{RUN}ulab"\n')
-    host = config.load_host(path)
-    try:
-        yield host
-    finally:
-        for name in workload.known(host):
-            workload.down(host, name)
-        lab.down(host)
 
 
 def _ping(netns: str, addr: str) -> subprocess.CompletedProcess[str]:
