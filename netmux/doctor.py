@@ -95,6 +95,8 @@ class Facts:
     dig: bool = True
     leases: tuple[LeaseFact, ...] = ()
     tinydns_data: bool = True  # the program the tinydns sink runs exists
+    neigh_gc_thresh3: int | None = None  # the IPv6 neighbour table's hard limit (all netns)
+    workloads: int = 0  # named namespaces netmux knows as workloads
 
 
 # --- pure parsers ------------------------------------------------------------------------
@@ -343,6 +345,7 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
         out += _prefix_checks(f, cfg)
         out += _ra_check(f, cfg)
 
+    out += _neigh_checks(f)
     out += _daemon_checks(f, cfg)
     if f.mux_exists:
         out += _dns_checks(f, cfg)
@@ -434,6 +437,25 @@ def _ra_check(f: Facts, cfg: HostConfig) -> list[Check]:
             )
         ]
     return [Check("ra", "ok", detail)]
+
+
+# Each running workload holds ~2 IPv6 neighbour entries (its router in its namespace,
+# itself on gw0 in mux) in the one table all namespaces share; sysctl/90-netmux.conf.
+NEIGH_PER_WORKLOAD = 2
+NEIGH_HEADROOM = 256
+NEIGH_SYSCTL = "/usr/lib/sysctl.d/90-netmux.conf"
+
+
+def _neigh_checks(f: Facts) -> list[Check]:
+    if f.neigh_gc_thresh3 is None:
+        return [Check("kernel.neigh", "skip", "could not read net.ipv6.neigh.default.gc_thresh3")]
+    limit, n = f.neigh_gc_thresh3, f.workloads
+    room = max(0, (limit - NEIGH_HEADROOM) // NEIGH_PER_WORKLOAD)
+    detail = f"IPv6 neighbour table holds {limit} entries: room for ~{room} workloads ({n} now)"
+    if n * NEIGH_PER_WORKLOAD + NEIGH_HEADROOM > limit:
+        fix = f"sysctl --system (netmux ships {NEIGH_SYSCTL}), or raise gc_thresh2/3"
+        return [Check("kernel.neigh", "warn", detail + ": new workloads may get no address", fix)]
+    return [Check("kernel.neigh", "ok", detail)]
 
 
 def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
@@ -876,7 +898,19 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     facts["daemons"], facts["phonebookd"] = probe_processes(mx.netns)
     facts["leases"] = probe_leases(cfg)
     facts["tinydns_data"] = cfg.phonebook.tinydns_data.exists()
+    facts["neigh_gc_thresh3"], facts["workloads"] = probe_neigh(cfg)
     return Facts(**facts)
+
+
+def probe_neigh(cfg: HostConfig) -> tuple[int | None, int]:
+    """The neighbour table's hard limit (one for every namespace) and the workload count."""
+    from . import workload
+
+    try:
+        limit: int | None = int(nsutil.read_sysctl(None, "net.ipv6.neigh.default.gc_thresh3") or "")
+    except ValueError:
+        limit = None
+    return limit, len(workload.known(cfg))
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config.HostConfig) -> int:

@@ -38,6 +38,8 @@ def healthy_facts(**changes: object) -> Facts:
         leases=(
             LeaseFact("/x/enp2s0.lease6", 600.0, 1800, 2880, (("2001:db8:0:1::/64", 3600, 7200),)),
         ),
+        neigh_gc_thresh3=32768,
+        workloads=3,
     )
     return dataclasses.replace(f, **changes)  # type: ignore[arg-type]
 
@@ -129,6 +131,19 @@ def test_ra_without_global_prefix_or_default_route_warns() -> None:
     assert c.status == "warn" and "no global prefix" in c.detail
     zero = dataclasses.replace(GOOD_RA, lifetime=0)
     assert by_id(doctor.evaluate(healthy_facts(ra=zero), PD_HOST))["ra"].status == "warn"
+
+
+@pytest.mark.parametrize(
+    ("limit", "workloads", "status"),
+    [(32768, 500, "ok"), (1024, 300, "ok"), (1024, 468, "warn"), (None, 3, "skip")],
+)
+def test_neighbour_table_room(limit: int | None, workloads: int, status: str) -> None:
+    """One table for all namespaces, ~2 entries a workload: 1024 overflowed at 468 here."""
+    f = healthy_facts(neigh_gc_thresh3=limit, workloads=workloads)
+    check = by_id(doctor.evaluate(f, PD_HOST))["kernel.neigh"]
+    assert check.status == status, check
+    if status == "warn":
+        assert "90-netmux.conf" in check.fix
 
 
 def test_not_root() -> None:
