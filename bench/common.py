@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from netmux import config
+from netmux.config import HostConfig
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -75,3 +78,11 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def load_config(base: Path, text: str) -> HostConfig:
+    """Write a bench's own netmux.toml under `base` (its namespaces and paths) and load it."""
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "netmux.toml"
+    path.write_text(text)
+    return config.load_host(path)

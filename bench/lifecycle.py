@@ -35,7 +35,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, ms, now, summary, table, write_results
+from bench.common import load_config, machine, ms, now, summary, table, write_results
 from netmux import config, journal, lab, links, nsutil, workload
 from netmux.config import HostConfig
 
@@ -63,10 +63,7 @@ workloads_dir = "{BASE}/workloads"
 
 
 def setup() -> HostConfig:
-    BASE.mkdir(parents=True, exist_ok=True)
-    path = BASE / "netmux.toml"
-    path.write_text(CONFIG)
-    host = config.load_host(path)
+    host = load_config(BASE, CONFIG)
     cleanup(host)
     lab.up(host)
     return host

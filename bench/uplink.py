@@ -31,7 +31,7 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, ms, now, summary, table, write_results
+from bench.common import load_config, machine, ms, now, summary, table, write_results
 from netmux import config, lab, mux, upstream, workload
 from netmux.config import HostConfig
 
@@ -56,10 +56,7 @@ workloads_dir = "{BASE}/workloads"
 
 
 def host_config() -> HostConfig:
-    BASE.mkdir(parents=True, exist_ok=True)
-    path = BASE / "netmux.toml"
-    path.write_text(CONFIG)
-    return config.load_host(path)
+    return load_config(BASE, CONFIG)
 
 
 def teardown(host: HostConfig) -> None:

@@ -112,13 +112,18 @@ def procs() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
     yield start
     for p in reversed(started):
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_process(p)
+
+
+def stop_process(p: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM the process we started (by its PID), SIGKILL after `timeout`, reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> object:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ import pytest
 
 from netmux import config, mux, workload
 from netmux.render import radvd as radvd_render
-from tests.conftest import RUN
+from tests.conftest import RUN, stop_process
 
 STATIC_PREFIX = "2001:db8:0:1::/64"
 STATIC_GW = "2001:db8:0:1::1/64"
@@ -145,14 +144,7 @@ def start_radvd(host: config.HostConfig, tmp: Path) -> subprocess.Popen[bytes]:
     return p
 
 
-def stop(p: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+stop = stop_process  # radvd and friends: by the PID we started
 
 
 @contextlib.contextmanager
