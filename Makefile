@@ -13,13 +13,16 @@ PYTEST_ARGS ?=
 APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftables \
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
-	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox
+	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git
 APT_OPTIONAL := tayga tinydns udev
-# debian/ packaging (make package) needs these on top.
-APT_PACKAGING := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	dpkg-dev lintian mmdebstrap
+# debian/ packaging (make package) needs these on top; APT_WHERE_PRESENT are installed on
+# the releases that have them (systemd-dev: Debian 13's home of the unit directory
+# pkg-config file, part of systemd itself on Debian 12).
+APT_PACKAGING := build-essential debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools dpkg-dev lintian mmdebstrap
+APT_WHERE_PRESENT := systemd-dev
 
-.PHONY: help deps venv test test-unit lint demo bench clean install uninstall package
+.PHONY: help deps venv test test-unit test-fresh lint demo bench clean install uninstall package
 
 help:
 	@sed -n '1,4p' Makefile
@@ -29,10 +32,11 @@ help:
 deps:
 	@missing=""; for p in $(APT_REQUIRED) $(APT_PACKAGING); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
-	for p in $(APT_OPTIONAL); do \
+	for p in $(APT_OPTIONAL) $(APT_WHERE_PRESENT); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' && continue; \
 	  apt-cache show $$p >/dev/null 2>&1 || { apt-get update -qq >/dev/null; apt-cache show $$p >/dev/null 2>&1; } \
-	    && missing="$$missing $$p" || echo "deps: optional package $$p is not available here; its tests will skip"; done; \
+	    && missing="$$missing $$p" || case " $(APT_OPTIONAL) " in *" $$p "*) \
+	    echo "deps: optional package $$p is not available here; its tests will skip";; esac; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
 	  apt-get update -qq; \
@@ -51,9 +55,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# NETMUX_OPTIONAL: the only packages whose absence may skip a test; any other missing tool
+# fails its test (tests/conftest.py, the `requires` marker).
 test: deps
 	@test "$$(id -u)" = 0 || { echo "make test: run as root (netns and system tiers need it)"; exit 1; }
-	$(PY) -m pytest -m "unit or netns or system" $(PYTEST_ARGS)
+	NETMUX_OPTIONAL="$(APT_OPTIONAL)" $(PY) -m pytest -m "unit or netns or system" $(PYTEST_ARGS)
+
+# The README's two commands, exactly as written, on a fresh minimal Debian root of RELEASE
+# (bookworm or trixie) in a container (tests/fresh_root.py): the proof that the set-up is
+# complete. Needs only mmdebstrap and systemd-nspawn here.
+RELEASE ?= trixie
+test-fresh:
+	@test "$$(id -u)" = 0 || { echo "make test-fresh: run as root"; exit 1; }
+	@command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends mmdebstrap systemd-container git; }
+	/usr/bin/python3 tests/fresh_root.py $(RELEASE) $(FRESH_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
