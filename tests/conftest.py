@@ -13,11 +13,13 @@ import contextlib
 import ctypes
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,60 @@ PR_SET_CHILD_SUBREAPER = 36
 IS_ROOT = os.geteuid() == 0
 
 from tests import leaks  # noqa: E402
+
+# The Debian package of each program a test may need. Under `make test` (which sets
+# NETMUX_OPTIONAL to the Makefile's optional list) a missing program fails its test unless
+# its package is optional: a skip there would hide an incomplete set-up.
+PROGRAM_PACKAGES = {
+    "tayga": "tayga",
+    "tinydns": "tinydns",
+    "tinydns-data": "tinydns",
+    "udevadm": "udev",
+    "kea-dhcp6": "kea-dhcp6-server",
+    "knotc": "knot",
+    "knotd": "knot",
+    "unbound": "unbound",
+    "unbound-checkconf": "unbound",
+    "radvd": "radvd",
+    "dhcpcd": "dhcpcd-base",
+    "busybox": "busybox",
+    "nft": "nftables",
+    "systemd-analyze": "systemd",
+    "groff": "groff-base",
+}
+
+
+def require(*programs: str) -> None:
+    """Skip (or, under `make test`, fail) unless every program is on PATH."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    if not missing:
+        return
+    optional = os.environ.get("NETMUX_OPTIONAL")
+    packages = sorted({PROGRAM_PACKAGES.get(p, p) for p in missing})
+    what = f"{', '.join(missing)} not installed (Debian: {' '.join(packages)})"
+    if optional is not None and not set(packages) <= set(optional.split()):
+        pytest.fail(f"{what}: `make deps` should have installed it; the set-up is incomplete",
+                    pytrace=False)  # fmt: skip
+    pytest.skip(f"{what}; optional" if optional is not None else what)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("requires"):
+        require(*marker.args)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line that says what was skipped and why (the details are in -ra's list)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for rep in skipped:
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        text = "; ".join(f"{n}x {r}" for r, n in sorted(reasons.items()))
+        terminalreporter.write_line(f"netmux: skipped {len(skipped)}: {text}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, doctor, lab, nsutil, upstream
+from netmux import config, doctor, lab, nsutil
 from tests import muxfix
-from tests.conftest import RUN
+from tests.conftest import RUN, require
 from tests.muxfix import MuxEnv
 
 pytestmark = pytest.mark.netns
@@ -92,8 +92,7 @@ def test_pd_lease_from_a_real_dhcpcd_in_the_lab(
 ) -> None:
     """`netmux lab up` (kea delegates a prefix to dhcpcd in mux): doctor reads dhcpcd's
     real lease file and reports the delegated prefix and its age."""
-    if not upstream.available():
-        pytest.skip("the lab's upstream needs kea-dhcp6, dhcpcd, radvd, unbound and busybox")
+    require("kea-dhcp6", "dhcpcd", "radvd", "unbound", "busybox")
     path = tmp_config(f'[lab]\nrouter_netns = "{uname("rt")}"\nuplink = "{RUN}udoc"\n')
     host = config.load_host(path)
     try:

@@ -4,7 +4,6 @@ and tayga runs with the rendered config (the probed pool: class E or the fallbac
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ def nft(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)  # fmt: skip
 
 
-@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
+@pytest.mark.requires("nft")
 def test_nat_ruleset_checks_loads_and_reloads(netns: Callable[[str], str], tmp_path: Path) -> None:
     ns = netns("nat")
     rules = tmp_path / "nat.nft"
@@ -47,7 +46,7 @@ def test_nat_ruleset_checks_loads_and_reloads(netns: Callable[[str], str], tmp_p
     assert listing.count("masquerade") == 1
 
 
-@pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
+@pytest.mark.requires("nft")
 def test_the_seeds_filter_chain_masquerade_is_rejected_by_the_kernel(
     netns: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -58,7 +57,7 @@ def test_the_seeds_filter_chain_masquerade_is_rejected_by_the_kernel(
     assert nft(ns, "-f", str(rules)).returncode != 0
 
 
-@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+@pytest.mark.requires("tayga")
 def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_path: Path) -> None:
     ns = netns("t64")
     host = parse_host('[nat64]\nprefix = "2001:db8:64::/96"\n')
@@ -82,7 +81,7 @@ def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_pa
         supervise.stop("tayga", tmp_path)
 
 
-@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+@pytest.mark.requires("tayga")
 def test_tayga_probe_matches_what_tayga_accepts(tmp_path: Path) -> None:
     """The probe's answer is what tayga itself says about the seed's class E pool."""
     conf = tmp_path / "t.conf"
@@ -93,7 +92,7 @@ def test_tayga_probe_matches_what_tayga_accepts(tmp_path: Path) -> None:
     assert (r.returncode == 0) == daemons.tayga().class_e_pool, r.stdout + r.stderr
 
 
-@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed")
+@pytest.mark.requires("tayga")
 def test_unit_entry_points_set_up_and_tear_down_nat64(
     netns: Callable[[str], str], tmp_path: Path
 ) -> None:

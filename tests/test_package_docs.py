@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from netmux import cli, config, doctor
 from netmux.doctor import Facts, LinkFact
+from tests.conftest import require
 
 pytestmark = pytest.mark.unit
 
@@ -95,8 +95,7 @@ def test_man_pages_are_well_formed_and_packaged() -> None:
     pages = sorted(p.relative_to(ROOT).as_posix() for p in (DOCS / "man").glob("*.[1-8]"))
     listed = (ROOT / "debian" / "netmux.manpages").read_text().split()
     assert sorted(listed) == pages
-    if shutil.which("groff") is None:
-        pytest.skip("groff is not installed")
+    require("groff")
     for page in pages:
         r = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", str(ROOT / page)],
                            capture_output=True, text=True)  # fmt: skip

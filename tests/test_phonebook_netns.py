@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from netmux.phonebook import client
-from tests.conftest import wait_for
+from tests.conftest import require, wait_for
 from tests.phonebookfix import PUBLIC, Stack, add_workload_link, addr, nsrun
 
 pytestmark = pytest.mark.netns
@@ -245,7 +245,7 @@ def test_seed_protocol(stack: Stack, wl: str) -> None:
 
 def test_200_publications_at_most_one_rebuild_a_second(stack: Stack, wl: str) -> None:
     if not stack.want_tinydns:
-        pytest.skip("tinydns is not installed")
+        require("tinydns")
     addr(wl, "add", f"{ULA}/64", "nodad")
     stack.wait_dig(f"{PUBLIC}", bool, "SOA", server="127.0.0.1")
     before = _rebuilds(stack)
@@ -452,7 +452,7 @@ def test_sighup_after_each_rebuild(netns: Callable[[str], str], tmp_path: Path) 
     import shutil
 
     if not shutil.which("tinydns-data"):
-        pytest.skip("tinydns-data is not installed")
+        require("tinydns-data")
     hups = tmp_path / "hups"
     server = subprocess.Popen(
         [sys.executable, "-c",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
@@ -159,7 +158,7 @@ def test_tinydns_lines() -> None:
     assert text == r.render_tinydns(reversed(recs)), "sorted and stable"
 
 
-@pytest.mark.skipif(not shutil.which("tinydns-data"), reason="tinydns-data is not installed")
+@pytest.mark.requires("tinydns-data")
 def test_tinydns_data_accepts_the_file(tmp_path: Path) -> None:
     recs = r.zone_records(Z) + r.publication_records(
         "web", ["www"], [A("2001:db8:1::5", 64), A("fd64:cafe::9", 64), A("192.0.2.1", 24)], Z
@@ -252,7 +251,7 @@ def test_knot_conf_has_every_zone_and_the_acl(tmp_path: Path) -> None:
     assert "@ SOA dns.box.example.org. hostmaster.box.example.org." in zone
 
 
-@pytest.mark.skipif(not shutil.which("knotc"), reason="knot is not installed")
+@pytest.mark.requires("knotc")
 def test_knot_accepts_generated_config(tmp_path: Path) -> None:
     knot.write_all(Z, tmp_path, ["::1"], 5353)
     out = subprocess.run(

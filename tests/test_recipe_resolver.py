@@ -5,7 +5,6 @@ the drop-in passes `systemd-analyze verify`. Nothing is started (no root needed)
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -42,7 +41,7 @@ def test_workload_file_and_config_agree() -> None:
     assert "internal." in {s.zone for s in stubs}
 
 
-@pytest.mark.skipif(not shutil.which("unbound-checkconf"), reason="unbound is not installed")
+@pytest.mark.requires("unbound-checkconf")
 def test_rendered_config_passes_unbound_checkconf(tmp_path: Path) -> None:
     host = recipe_host()
     conf = tmp_path / "unbound.conf"
@@ -53,7 +52,7 @@ def test_rendered_config_passes_unbound_checkconf(tmp_path: Path) -> None:
     assert f"dns64-prefix: {host.nat64.prefix}" in text and "fd64:cafe::d" in text
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is missing")
+@pytest.mark.requires("systemd-analyze")
 def test_dropin_verifies_with_the_template(tmp_path: Path) -> None:
     for unit in sysbox.unit_files():  # netmux@ needs netmux-mux etc.
         (tmp_path / unit.name).write_text(sysbox.substitute(unit.read_text(), sysbox.VENV_BIN))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def test_pref64_only_where_supported() -> None:
     assert "nat64prefix 64:ff9b::/96 {" in text
 
 
-@pytest.mark.skipif(not shutil.which("radvd"), reason="radvd is not installed")
+@pytest.mark.requires("radvd")
 def test_real_radvd_accepts_it(tmp_path: Path) -> None:
     conf = tmp_path / "radvd.conf"
     conf.write_text(radvd.render(parse_host('[mux]\ngateway = "gwx"\n')))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from ipaddress import IPv6Network
 from pathlib import Path
@@ -81,7 +80,7 @@ def test_reverse_zone() -> None:
     assert unbound.reverse_zone(IPv6Network("2001:db8::/32")) == "8.b.d.0.1.0.0.2.ip6.arpa."
 
 
-@pytest.mark.skipif(not shutil.which("unbound-checkconf"), reason="unbound is not installed")
+@pytest.mark.requires("unbound-checkconf")
 @pytest.mark.parametrize("toml", ["", LAB, "[nat64]\nenabled = false\n"])
 def test_real_unbound_checkconf_accepts_it(tmp_path: Path, toml: str) -> None:
     from netmux import daemons

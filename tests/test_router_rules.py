@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from ipaddress import IPv6Address, IPv6Network
@@ -12,6 +11,7 @@ import pytest
 
 from netmux.errors import UsageError
 from netmux.render import router_rules
+from tests.conftest import require
 
 pytestmark = pytest.mark.unit
 
@@ -51,8 +51,7 @@ def test_match_checked() -> None:
 
 def test_nft_text_parses() -> None:
     """`nft -c` (in a throwaway user+net namespace) accepts the rule in a forward chain."""
-    if not shutil.which("nft"):
-        pytest.skip("nft is not installed")
+    require("nft")
     text = (
         "table inet filter {\n\tchain forward {\n"
         "\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -103,7 +102,7 @@ def _ns_id(name: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.skipif(not shutil.which("radvd"), reason="radvd is not installed")
+@pytest.mark.requires("radvd")
 def test_radvd_in_a_netns(tmp_path: Path, netns: Callable[[str], str]) -> None:
     ns = netns("rv")
     subprocess.run(

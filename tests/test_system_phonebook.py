@@ -4,7 +4,6 @@ loses its records even when a leaked process still holds the lifeline."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -15,9 +14,7 @@ from tests.sysbox import SysBox
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(
-        not shutil.which("tinydns-data"), reason="tinydns (the sink read here) is not installed"
-    ),
+    pytest.mark.requires("tinydns-data"),
 ]
 
 CONFIG = """

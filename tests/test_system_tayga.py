@@ -9,8 +9,6 @@ netmux-radvd re-renders its config before the HUP.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from netmux.render import nat
@@ -18,7 +16,7 @@ from tests import sysbox
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed (optional)"),
+    pytest.mark.requires("tayga"),
 ]
 
 NAT64 = "2001:db8:64::/96"

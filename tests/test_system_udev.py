@@ -52,7 +52,7 @@ def udev_runs(box: sysbox.SysBox, ifname: str) -> list[str]:
     return re.findall(r"^run: '(.*)'$", r.stdout, re.M)
 
 
-@pytest.mark.skipif(UDEVADM is None, reason="udevadm is not installed (Debian package udev)")
+@pytest.mark.requires("udevadm")
 def test_rule_skips_virtual_devices_unless_marked(box: sysbox.SysBox, nic: str) -> None:
     assert not [r for r in udev_runs(box, nic) if "netmux" in r]
     (box.etc / "udev" / "rules.d" / "89-lab.rules").write_text(

@@ -48,7 +48,7 @@ def _man_path(tmp: Path) -> str:
     return f"{tmp / 'man'}:"
 
 
-@pytest.mark.skipif(VERIFY is None, reason="systemd-analyze is not installed")
+@pytest.mark.requires("systemd-analyze")
 def test_units_verify_cleanly(tmp_path: Path) -> None:
     assert VERIFY
     names = _install(tmp_path)

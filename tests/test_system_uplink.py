@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from ipaddress import IPv6Address, IPv6Network
 
 import pytest
@@ -23,10 +22,7 @@ from tests import sysbox
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(
-        not all(shutil.which(b) for b in ("kea-dhcp6", "dhcpcd", "tayga", "unbound", "busybox")),
-        reason="needs kea-dhcp6, dhcpcd, tayga, unbound and busybox",
-    ),
+    pytest.mark.requires("kea-dhcp6", "dhcpcd", "tayga", "unbound", "busybox"),
 ]
 
 PREFIX = IPv6Network("2001:db8:0:1::/64")  # [lab] prefix (default): what kea delegates

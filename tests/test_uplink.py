@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,10 +24,7 @@ from tests.conftest import RUN
 
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(
-        not all(shutil.which(b) for b in ("kea-dhcp6", "dhcpcd", "radvd", "unbound", "busybox")),
-        reason="needs kea-dhcp6, dhcpcd, radvd, unbound and busybox",
-    ),
+    pytest.mark.requires("kea-dhcp6", "dhcpcd", "radvd", "unbound", "busybox"),
 ]
 
 NAT64 = IPv6Network("2001:db8:64::/96")
@@ -130,7 +126,7 @@ def _dig(netns: str, qname: str, qtype: str) -> list[str]:
     return r.stdout.split()
 
 
-@pytest.mark.skipif(not shutil.which("tayga"), reason="tayga is not installed (optional)")
+@pytest.mark.requires("tayga")
 def test_dns64_and_nat64_reach_an_ipv4_only_web_server(labhost: HostConfig) -> None:
     host = labhost
     run = lab.daemon_dir(host)

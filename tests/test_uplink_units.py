@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 from ipaddress import IPv6Network
 from pathlib import Path
@@ -79,18 +78,18 @@ def test_kea_config_delegates_the_lab_prefix_with_fast_renewals(tmp_path: Path) 
     assert moved["Dhcp6"]["subnet6"][0]["pd-pools"][0]["prefix"] == "2001:db8:0:2::"
 
 
-@pytest.mark.skipif(not shutil.which("kea-dhcp6"), reason="kea-dhcp6 is not installed")
+@pytest.mark.requires("kea-dhcp6")
 def test_real_kea_accepts_it(tmp_path: Path) -> None:
     conf = tmp_path / "kea.conf"
     # kea -t insists that the interface exists: check it on loopback.
     p = dataclasses.replace(upstream.plan(parse_host("")), link="lo")
     conf.write_text(upstream.kea_config(p, tmp_path))
-    env = {**os.environ, "KEA_PIDFILE_DIR": str(tmp_path), "KEA_LOCKFILE_DIR": str(tmp_path)}
+    env = {**os.environ, **upstream.kea_env(tmp_path)}
     r = subprocess.run(["kea-dhcp6", "-t", str(conf)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.skipif(not shutil.which("radvd"), reason="radvd is not installed")
+@pytest.mark.requires("radvd")
 def test_real_radvd_accepts_the_router_config(tmp_path: Path) -> None:
     conf = tmp_path / "radvd.conf"
     conf.write_text(upstream.radvd_config(upstream.plan(parse_host(""))))
@@ -100,7 +99,7 @@ def test_real_radvd_accepts_the_router_config(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.skipif(not shutil.which("unbound-checkconf"), reason="unbound is not installed")
+@pytest.mark.requires("unbound-checkconf")
 def test_real_unbound_accepts_the_upstream_dns(tmp_path: Path) -> None:
     conf = tmp_path / "dns.conf"
     text = upstream.dns_config(upstream.plan(parse_host("")), tmp_path)
@@ -130,7 +129,7 @@ def test_parse_version() -> None:
     assert daemons.parse_version("no digits") == ()
 
 
-@pytest.mark.skipif(not shutil.which("unbound-checkconf"), reason="unbound is not installed")
+@pytest.mark.requires("unbound-checkconf")
 def test_probe_tells_a_known_keyword_from_an_unknown_one() -> None:
     """The probe mechanism itself: a keyword every unbound knows passes, nonsense fails."""
     ok = 'server:\n  chroot: ""\n  username: ""\n  do-ip6: yes\n'
