@@ -81,6 +81,8 @@ def kea_config(p: Plan, run_dir: Path) -> str:
 
     server-id is given (kea would otherwise persist a DUID under /var/lib/kea), leases
     live in memory only, and socket binding is retried while the link-local is tentative.
+    The control socket lives in `kea_socket_dir(run_dir)`: kea >= 2.6 accepts one only
+    under /run/kea or under $KEA_CONTROL_SOCKET_DIR (start_kea sets it).
     """
     conf = {
         "Dhcp6": {
@@ -96,7 +98,7 @@ def kea_config(p: Plan, run_dir: Path) -> str:
                 "persist": False,
             },
             "lease-database": {"type": "memfile", "persist": False},
-            "control-socket": {"socket-type": "unix", "socket-name": str(run_dir / "kea6.sock")},
+            "control-socket": {"socket-type": "unix", "socket-name": str(kea_socket(run_dir))},
             "preferred-lifetime": PREFERRED,
             "valid-lifetime": VALID,
             "renew-timer": RENEW,
@@ -127,6 +129,14 @@ def kea_config(p: Plan, run_dir: Path) -> str:
         }
     }
     return json.dumps(conf, indent=1) + "\n"
+
+
+def kea_socket_dir(run_dir: Path) -> Path:
+    return run_dir / "kea"
+
+
+def kea_socket(run_dir: Path) -> Path:
+    return kea_socket_dir(run_dir) / "kea6.sock"
 
 
 def radvd_config(p: Plan) -> str:
@@ -217,12 +227,25 @@ def start_kea(host: HostConfig, p: Plan, run: Path) -> supervise.Daemon:
     conf = run / "kea-dhcp6.conf"
     if _write(conf, kea_config(p, run)):
         supervise.stop("kea6", run)
-    env = {
+    return supervise.start("kea6", ["kea-dhcp6", "-c", str(conf)], p.netns, run, env=kea_env(run))
+
+
+def kea_env(run: Path) -> dict[str, str]:
+    """kea's environment for files under `run` (its socket directory is made here).
+
+    kea >= 2.6 refuses a control socket outside its own directory unless
+    KEA_CONTROL_SOCKET_DIR names one, and that directory must be mode 0750; kea 2.2
+    ignores the variable.
+    """
+    sock_dir = kea_socket_dir(run)
+    sock_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    sock_dir.chmod(0o750)
+    return {
         "KEA_PIDFILE_DIR": str(run),
         "KEA_LOCKFILE_DIR": str(run),
+        "KEA_CONTROL_SOCKET_DIR": str(sock_dir),
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
-    return supervise.start("kea6", ["kea-dhcp6", "-c", str(conf)], p.netns, run, env=env)
 
 
 def up(host: HostConfig, run: Path) -> Plan:
@@ -282,7 +305,7 @@ def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload"
                            capture_output=True, check=False)  # fmt: skip
     addresses_up(host, p)
     if mode == "reload":
-        kea_command(run / "kea6.sock", "config-reload")
+        kea_command(kea_socket(run), "config-reload")
     else:
         supervise.stop("kea6", run)
         start_kea(host, p, run)
