@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import subprocess
 import time
 from ipaddress import IPv6Interface
@@ -288,8 +289,11 @@ def router_down(host: HostConfig) -> None:
         ip("netns", "del", ns, check=False)
 
 
-def down(host: HostConfig) -> None:
-    """Remove everything `up` made: daemons, cable, mux, router. Idempotent."""
+def down(host: HostConfig, keep_logs: bool = False) -> None:
+    """Remove everything `up` made: daemons, cable, mux, router. Idempotent.
+
+    keep_logs leaves the daemons' logs in the lab's directory (a failed `up` points there).
+    """
     from . import mux, upstream
 
     upstream.lab_down(host, daemon_dir(host))
@@ -300,8 +304,13 @@ def down(host: HostConfig) -> None:
     run = daemon_dir(host)
     if run.is_dir():
         for f in run.iterdir():
-            with contextlib.suppress(OSError):
-                f.unlink()
+            if keep_logs and f.suffix == ".log":
+                continue
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    f.unlink()
         with contextlib.suppress(OSError):
             run.rmdir()
     journal.info("lab is down", netns=host.mux.netns)
@@ -313,9 +322,11 @@ def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
         try:
             up(host)
         except BaseException:
-            journal.warning("lab up failed: removing what it built")
+            journal.warning(
+                f"lab up failed: removing what it built (daemon logs stay in {daemon_dir(host)})"
+            )
             with contextlib.suppress(Exception):
-                down(host)
+                down(host, keep_logs=True)
             raise
         return 0
     down(host)

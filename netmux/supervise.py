@@ -79,6 +79,20 @@ def status(name: str, run_dir: Path) -> Daemon | None:
     return d if d.alive else None
 
 
+def not_running(names: Sequence[str], run_dir: Path) -> list[str]:
+    """For each daemon started in `run_dir` that no longer runs: its name, log and last lines.
+
+    A timeout that waits on a daemon's work names this first: "no prefix" is a symptom,
+    "kea6 died at ..." the cause.
+    """
+    out = []
+    for name in names:
+        _, state, log = _paths(name, run_dir)
+        if state.exists() and status(name, run_dir) is None:
+            out.append(f"daemon {name} is not running ({log}: {_tail(log)})")
+    return out
+
+
 def _wrap(argv: Sequence[str], netns: str | None) -> list[str]:
     if netns is None:
         return list(argv)

@@ -358,8 +358,11 @@ def resolver_host(host: HostConfig) -> HostConfig:
     return dataclasses.replace(host, resolver=dataclasses.replace(host.resolver, stubs=stubs))
 
 
-def wait_prefix(host: HostConfig, want: IPv6Network | None, timeout: float = 10.0) -> float:
-    """Seconds until `want` (or any global /64) is on mux's gateway; StateError on timeout."""
+def wait_prefix(
+    host: HostConfig, want: IPv6Network | None, timeout: float = 10.0, run: Path | None = None
+) -> float:
+    """Seconds until `want` (or any global /64) is on mux's gateway; StateError on timeout
+    (naming kea6 or dhcpcd first when one of them, started in `run`, has died)."""
     import time
 
     from . import renumber
@@ -369,10 +372,13 @@ def wait_prefix(host: HostConfig, want: IPv6Network | None, timeout: float = 10.
         got = renumber.gateway_prefixes(host.mux.gateway, host.mux.netns)
         if (want in got) if want else got:
             return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
+        dead = supervise.not_running(("kea6", "dhcpcd"), run) if run else []
+        if dead or time.monotonic() - t0 > timeout:
+            where = f"the dhcpcd and kea6 logs in {run}" if run else "the dhcpcd and kea6 logs"
             raise StateError(
                 f"upstream: no delegated prefix on {host.mux.netns}/{host.mux.gateway} after "
-                f"{timeout:g}s (have {[str(g) for g in got]}); see the dhcpcd and kea6 logs"
+                f"{time.monotonic() - t0:.1f}s (have {[str(g) for g in got]}): "
+                + ("; ".join(dead) if dead else f"see {where}")
             )
         time.sleep(0.02)
 
@@ -398,7 +404,7 @@ def lab_up(host: HostConfig, run: Path) -> dict[str, float]:
     )
     if host.nat64.enabled and shutil.which("tayga"):
         uplink.nat64_up(host, run)
-    wait_prefix(host, p.delegated)
+    wait_prefix(host, p.delegated, run=run)
     t["pd"] = time.monotonic() - t1
     # The DHCPv4 lease (for NAT64) follows ~2 s after dhcpcd starts (dhcpcd delays its
     # first DISCOVER); not waited for here so that `lab up` stays fast: wait_ipv4().

@@ -16,8 +16,11 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +212,54 @@ def tmp_config(tmp_path: Path, uname: Callable[[str], str]) -> Callable[..., Pat
         return p
 
     return write
+
+
+REPO = Path(__file__).resolve().parent.parent
+# What an unprivileged test process imports netmux with: netmux and the PyPI packages of
+# the venv (Debian's python3-systemd and python3-nftables come with /usr/bin/python3).
+_UNPRIVILEGED_PACKAGES = ("pyroute2", "dbus_next", "pyudev", "dns")
+
+
+def _traversable(path: Path) -> bool:
+    """Can any user reach `path` (o+x on every directory above it)?"""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+
+
+@dataclass(frozen=True)
+class Unprivileged:
+    """How to run Python that imports netmux as another user: (python, PYTHONPATH)."""
+
+    python: str
+    pythonpath: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "PYTHONPATH": self.pythonpath, "HOME": "/", **extra}
+
+
+@pytest.fixture(scope="session")
+def unprivileged() -> Iterator[Unprivileged]:
+    """A readable interpreter and import path for tests that run Python as `nobody`.
+
+    A checkout may live under /root (mode 0700): then the venv is out of reach for other
+    users, so netmux and the venv's packages are copied into a world-readable directory
+    of this run, used with Debian's /usr/bin/python3 (the venv's own base interpreter).
+    """
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    if _traversable(REPO) and _traversable(site):
+        yield Unprivileged(sys.executable, f"{REPO}:{site}")
+        return
+    copy = Path(tempfile.mkdtemp(prefix=f"{RUN}py."))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(REPO / "netmux", copy / "netmux",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        for pkg in _UNPRIVILEGED_PACKAGES:
+            shutil.copytree(site / pkg, copy / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        for p in copy.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        yield Unprivileged("/usr/bin/python3", str(copy))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 _session_before: leaks.Snapshot | None = None

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from netmux import config, ipmuxd, names, nsutil
-from tests.conftest import RUN, wait_for
+from tests.conftest import RUN, Unprivileged, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -38,6 +38,7 @@ class Env:
     cfg: Path
     host: config.HostConfig
     mux: str
+    py: Unprivileged  # what `nobody` runs netmux with
 
     @property
     def sock(self) -> Path:
@@ -49,11 +50,10 @@ class Env:
         """`netmux ipmux NAME -- CMD` as nobody (with or without the socket's group)."""
         priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}"]
         priv += [f"--groups={TEST_GID}"] if groups else ["--clear-groups"]
-        argv = [*priv, sys.executable, "-m", "netmux.cli", "--config", str(self.cfg),
+        argv = [*priv, self.py.python, "-m", "netmux.cli", "--config", str(self.cfg),
                 "ipmux", "--kind", kind, name, "--", *cmd]  # fmt: skip
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
         return subprocess.Popen(
-            argv, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+            argv, env=self.py.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
         )  # type: ignore[call-overload,no-any-return]
 
     def raw(self, msg: bytes, fds: list[int] = ()) -> dict[str, object]:  # type: ignore[assignment]
@@ -69,7 +69,7 @@ class Env:
 
 
 @pytest.fixture
-def env(netns: Callable[[str], str]) -> Iterator[Env]:
+def env(netns: Callable[[str], str], unprivileged: Unprivileged) -> Iterator[Env]:
     d = Path(tempfile.mkdtemp(prefix=f"{RUN}ipm."))
     d.chmod(0o755)  # nobody must reach the config and the socket's directory
     mux = netns("mux")
@@ -86,7 +86,7 @@ def env(netns: Callable[[str], str]) -> Iterator[Env]:
     )
     cfg.chmod(0o644)
     try:
-        yield Env(d, cfg, config.load_host(cfg), mux)
+        yield Env(d, cfg, config.load_host(cfg), mux, unprivileged)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -160,7 +160,7 @@ def test_macvtap_comes_with_its_tap_fd(daemon: Env) -> None:
         "import os, stat; fd = int(os.environ['NETMUX_TAP_FD']); "
         "print('tap', stat.S_ISCHR(os.fstat(fd).st_mode), os.environ['NETMUX_MAC'])"
     )
-    cmd = [sys.executable, "-c", check]
+    cmd = [daemon.py.python, "-c", check]
     p = daemon.client(f"{RUN}vm", ["sh", "-c", 'ip -d link show eth0; exec "$@"', "-", *cmd],
                       kind="macvtap")  # fmt: skip
     out, err = p.communicate(timeout=20)
@@ -218,8 +218,8 @@ def test_idle_connections_are_limited_per_user(daemon: Env) -> None:
         "print(refused)\n"
     )
     priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={TEST_GID}"]
-    r = subprocess.run([*priv, sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=30)  # fmt: skip
+    r = subprocess.run([*priv, daemon.py.python, "-c", script], capture_output=True, text=True,
+                       timeout=30, env=daemon.py.env())  # fmt: skip
     assert r.stdout.strip() == "3", r.stderr
     p = daemon.client(f"{RUN}af", ["true"])  # all closed again: served
     assert p.wait(timeout=20) == 0

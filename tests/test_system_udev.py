@@ -49,7 +49,9 @@ def udev_runs(box: sysbox.SysBox, ifname: str) -> list[str]:
     r = box.run(UDEVADM, "test", "--action=add", f"/sys/class/net/{ifname}")
     assert "90-netmux.rules" in r.stderr  # read without complaint
     assert not re.search(r"90-netmux\.rules.*(invalid|error|ignor)", r.stderr, re.I), r.stderr
-    return re.findall(r"^run: '(.*)'$", r.stdout, re.M)
+    # udevadm 252 prints "run: 'CMD'", 257 "RUN{program} : CMD".
+    found = re.findall(r"^(?:run: '(.*)'|RUN\{program\}\s*: (.*))$", r.stdout + r.stderr, re.M)
+    return [old or new for old, new in found]
 
 
 @pytest.mark.requires("udevadm")
