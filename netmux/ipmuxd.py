@@ -592,7 +592,10 @@ def cmd_ipmux(args: argparse.Namespace, host: HostConfig) -> int:
         if args.config:
             argv += ["--config", str(args.config)]
         argv += ["ipmux", "--inner", "--kind", args.kind, "--ifname", ifname, args.name, "--"]
-        os.execvp(argv[0], argv + cmd)
+        # The inner half must import this very netmux, however it was found (a launcher
+        # may have put it on sys.path): hand the interpreter the same import path.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        os.execvpe(argv[0], argv + cmd, env)
     s, reply = request(host.ipmux.socket, args.name, args.kind, ifname)
     _link_up(ifname)
     fd = s.detach()

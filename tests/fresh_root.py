@@ -50,8 +50,9 @@ WORK = Path(os.environ.get("NETMUX_FRESH_WORK", "/var/tmp"))
 MAX_AGE = 7 * 86400
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
-# Hosts the set-up reaches: Debian's mirror (apt, mmdebstrap in the package test), PyPI.
-HOSTS = ("deb.debian.org", "pypi.org", "files.pythonhosted.org")
+# Hosts the set-up reaches: Debian's mirrors (apt; mmdebstrap in the package test, which
+# on Debian 13 adds security.debian.org by itself) and PyPI.
+HOSTS = ("deb.debian.org", "security.debian.org", "pypi.org", "files.pythonhosted.org")
 PORTS = (80, 443)
 CHECKOUT = "/root/netmux"
 CLONE_NEWNET = 0x40000000
@@ -106,10 +107,7 @@ def prepare_root(release: str, run_dir: Path) -> Path:
                              check=True).stdout  # fmt: skip
     subprocess.run(["tar", "-C", str(checkout), "-x"], input=archive, check=True)
     # Plumbing of this machine (see the module docstring): mirror names and trusted CAs.
-    hosts = root / "etc" / "hosts"
-    lines = [f"127.0.1.{i + 10} {h}" for i, h in enumerate(HOSTS)]
-    base = hosts.read_text() if hosts.exists() else "127.0.0.1 localhost\n::1 localhost\n"
-    hosts.write_text(base + "\n".join(lines) + "\n")
+    write_hosts(root)
     local_ca = Path("/usr/local/share/ca-certificates")
     if local_ca.is_dir():
         shutil.copytree(local_ca, root / local_ca.relative_to("/"), dirs_exist_ok=True)
@@ -118,6 +116,13 @@ def prepare_root(release: str, run_dir: Path) -> Path:
         (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
         shutil.copy(bundle, root / "etc/ssl/certs/ca-certificates.crt")
     return root
+
+
+def write_hosts(root: Path) -> None:
+    """The container's /etc/hosts: localhost and the mirror names on the forwarder."""
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    lines += [f"127.0.1.{i + 10} {h}" for i, h in enumerate(HOSTS)]
+    (root / "etc" / "hosts").write_text("\n".join(lines) + "\n")
 
 
 # --- the forwarder ---------------------------------------------------------------------------
@@ -315,10 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["demo", "test"], help="only the command of this make goal")
     p.add_argument("--keep", action="store_true", help="keep the root and logs afterwards")
     p.add_argument("--timeout", type=float, default=2400.0, help="seconds per command")
+    p.add_argument("--in", dest="reuse", type=Path, metavar="ROOT",
+                   help="(debugging) run --cmd in a kept root instead of a fresh one")  # fmt: skip
+    p.add_argument("--cmd", help="(debugging, with --in) the command to run there")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("make test-fresh: run as root (it boots containers)", file=sys.stderr)
         return 2
+    if a.reuse:
+        write_hosts(a.reuse)
+        log = a.reuse.parent / "debug.log"
+        rc = run_in_container(a.reuse, "nmfrdbg" + secrets.token_hex(2), a.cmd or "true", log,
+                              a.timeout)  # fmt: skip
+        print(log.read_text(errors="replace"))
+        return rc
     cmds = readme_commands()
     if a.only:
         cmds = [c for c in cmds if re.search(rf"\bmake {a.only}\b", c)]

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.system
 box = sysbox.module_box(config="[deny]\nlog_interval = 0.5\n", units=True)
 NOBODY_IN_GROUP = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--init-groups"]
 NOBODY_OUTSIDE = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-NETMUX = str(sysbox.VENV_BIN / "netmux")
+# The launcher units use: it reads the checkout through binds under /opt, so `nobody` can
+# run it even when the checkout lives under /root (mode 0700).
+NETMUX = str(sysbox.UNIT_BIN / "netmux")
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ OTHER = next(r for r in RELEASES if r != SUITE)
 # The package's Depends (what apt would pull in) plus what the test itself uses.
 ROOT_PACKAGES = (
     "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
-    "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,bind9-dnsutils,ndisc6"
+    "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,procps,bind9-dnsutils,"
+    "ndisc6"
 )
 STATIC = "2001:db8:0:1::1/64"
 # What may differ after install + purge: logs, dpkg's and apt's own books, systemd state.
@@ -300,22 +301,34 @@ def test_builds_installs_and_is_lintian_clean_on_the_other_release(
         (built,) = (root / "out").glob("netmux_*_all.deb")
         listing = subprocess.run(["dpkg-deb", "-c", str(built)], capture_output=True,
                                  text=True, check=True).stdout  # fmt: skip
-        assert "./usr/lib/systemd/system/netmux@.service" in listing
+        # Debian 13's debhelper installs units under /usr/lib, Debian 12's under /lib.
+        unitdir = "./lib/systemd/system" if OTHER == "bookworm" else "./usr/lib/systemd/system"
+        assert f"{unitdir}/netmux@.service" in listing
 
         # It installs there with that release's packages (apt resolves every Depends), runs
         # on its Python with the vendored pyroute2, and purges cleanly. (The booted test
         # above covers this machine's own release; the fresh-root check, `make test-fresh`,
         # runs this whole file natively on the other one.)
         def chroot(*cmd: str, timeout: float = 300) -> str:
+            # The root may sit on a nodev mount (a container's /tmp): its own /dev/null
+            # would not open, so the host's /dev is bound over it, in a mount namespace
+            # of this command's own (gone when it exits).
             r = subprocess.run(
-                ["chroot", str(root), "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 'mount --rbind /dev "$0/dev" && exec chroot "$0" "$@"', str(root),
+                 "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
                  "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", *cmd],
                 capture_output=True, text=True, timeout=timeout,
             )  # fmt: skip
             assert r.returncode == 0, f"{' '.join(cmd)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
             return r.stdout
 
-        chroot("apt-get", "update", "-qq")
+        # The chroot resolves the mirror as this machine does (mmdebstrap took its own
+        # copies away); a failed update is an error here, not an empty package list.
+        for name in ("hosts", "resolv.conf"):
+            with contextlib.suppress(OSError):
+                shutil.copy(Path("/etc") / name, root / "etc" / name)
+        chroot("apt-get", "update", "-qq", "--error-on=any")
         chroot("apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/out/{built.name}")
         assert chroot("netmux", "--version").strip() == "netmux 0.1.0"
         where = chroot("python3", "-c", "import netmux, pyroute2; print(pyroute2.__version__, "

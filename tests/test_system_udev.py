@@ -50,7 +50,7 @@ def udev_runs(box: sysbox.SysBox, ifname: str) -> list[str]:
     assert "90-netmux.rules" in r.stderr  # read without complaint
     assert not re.search(r"90-netmux\.rules.*(invalid|error|ignor)", r.stderr, re.I), r.stderr
     # udevadm 252 prints "run: 'CMD'", 257 "RUN{program} : CMD".
-    found = re.findall(r"^(?:run: '(.*)'|RUN\{program\}\s*: (.*))$", r.stdout + r.stderr, re.M)
+    found = re.findall(r"^\s*(?:run: '(.*)'|RUN\{program\}\s*: (.*))$", r.stdout, re.M)
     return [old or new for old, new in found]
 
 
