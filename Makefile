@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftables \
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
-	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git
+	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git groff-base
 APT_OPTIONAL := tayga tinydns udev
 # debian/ packaging (make package) needs these on top; APT_WHERE_PRESENT are installed on
 # the releases that have them (systemd-dev: Debian 13's home of the unit directory
