@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "mux", "create or remove the mux namespace and its links", "mux:cmd_mux")
     p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--force", action="store_true", help="down: take every workload down first")
     p.add_argument(
         "--watch",
         action="store_true",
@@ -141,17 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "deny", "the source-prefix denylist in mux", "denylist:cmd_deny")
     p.add_argument("action", choices=["add", "del", "list", "count", "log"])
     p.add_argument("prefix", nargs="?", help="e.g. 2001:db8:bad::/48")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="add: expire after")
+    p.add_argument(
+        "--timeout", type=config.seconds_arg, metavar="SECONDS", help="add: expire after"
+    )
     p.add_argument("--watch", action="store_true", help="log: every deny.log_interval s")
     _json_flag(p)
 
     p = _add(sub, "stats", "per-workload traffic counters", "stats:cmd_stats")
     _json_flag(p)
     p.add_argument("--prometheus", metavar="FILE", help="also write a node-exporter textfile")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    p.add_argument(
+        "--interval", type=config.seconds_arg, default=1.0, help="seconds between samples"
+    )
 
     p = _add(sub, "top", "per-workload traffic, refreshing", "stats:cmd_top")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument(
+        "--interval", type=config.seconds_arg, default=2.0, help="seconds between refreshes"
+    )
     p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: never)")
 
     p = _add(sub, "ipmux", "run CMD in a new user+net namespace with a device from ipmuxd",
@@ -176,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"
     )
     p.add_argument("action", choices=["up", "down"])
+    p.add_argument(
+        "--force", action="store_true", help="down: take every workload down, then mux too"
+    )
     return parser
 
 
@@ -234,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cmd = args.cmd[1:]
     try:
         cfg = config.load_host(config.config_path(args.config) if args.config else None)
+        note = config.defaults_note(cfg)
+        if note:
+            journal.info(note)
         handler = args.handler
         fn = _pending(handler) if isinstance(handler, int) else _handler(handler)
         return fn(args, cfg)

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import ipaddress
+import math
 import os
 import re
 import shlex
@@ -46,6 +47,21 @@ DOMAIN_ALLOWED = "a DNS name: dot-separated labels of a-z, 0-9, '-' (each 1-63, 
 
 def _ifname(v: str) -> str | None:
     return None if IFNAME_RE.fullmatch(v) and v not in (".", "..") else IFNAME_ALLOWED
+
+
+def _ifname_or_empty(v: str) -> str | None:
+    return None if v == "" else _ifname(v)
+
+
+# Names a workload's link may not take: the namespace's own loopback (a macvlan named "lo"
+# can never be created, and a rollback would try to delete the loopback).
+RESERVED_IFNAMES = frozenset({"lo"})
+
+
+def _workload_ifname(v: str) -> str | None:
+    if v in RESERVED_IFNAMES:
+        return "an interface name other than " + ", ".join(sorted(RESERVED_IFNAMES))
+    return _ifname(v)
 
 
 def _ifpattern(v: str) -> str | None:
@@ -85,6 +101,10 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "a number greater than 0"
 
 
+def _sla_id(v: int) -> str | None:
+    return None if 0 <= v <= 0xFFFF else "an SLA id 0-65535"
+
+
 def _port_number(v: int) -> str | None:
     return None if 0 < v < 65536 else "a port number 1-65535"
 
@@ -114,7 +134,7 @@ class MuxConfig:
     ula: IPv6Interface = check(_ula64, IPv6Interface("fd64:cafe::1/64"))
     uplinks: tuple[str, ...] = check(_ifpattern, ("enp*", "eth*"))
     # A macvlan for the host's own services in the root namespace ("" = none).
-    root_link: str = ""
+    root_link: str = check(_ifname_or_empty, "")
     # Global addresses put on the gateway by `mux up`, for a host with a routed static
     # prefix (no DHCPv6-PD) and for the lab: e.g. ["2001:db8:0:1::1/64"].
     static_addresses: tuple[IPv6Interface, ...] = ()
@@ -124,7 +144,7 @@ class MuxConfig:
 class WorkloadDefaults:
     """Defaults for every workload; a workload file or the command line can override some."""
 
-    ifname: str = check(_ifname, "eth0")
+    ifname: str = check(_workload_ifname, "eth0")
     # What `netmux up` waits for before it reports ready: a global address and a default
     # route ("global"), a ULA address only ("ula"), or nothing ("none").
     wait: Literal["global", "ula", "none"] = "global"
@@ -132,6 +152,8 @@ class WorkloadDefaults:
     optimistic_dad: bool = True
     # The neighbour retransmit timer (also paces DAD and router solicitations).
     retrans_time_ms: int = check(_positive, 100)
+    # Seconds `down` gives a workload's processes between SIGTERM and SIGKILL.
+    stop_grace: float = check(_positive, 5.0)
 
 
 @dataclass(frozen=True)
@@ -186,7 +208,7 @@ class UplinkConfig:
 
     # IAID of the prefix delegation, and which /64 of the delegation goes on the gateway.
     pd_iaid: int = check(_positive, 1)
-    pd_sla_id: int = 0
+    pd_sla_id: int = check(_sla_id, 0)
     # DHCPv4 on the uplinks: "auto" = when NAT64 is enabled (it masquerades behind it).
     dhcpv4: Literal["auto", "on", "off"] = "auto"
     # dhcpcd's `script`: "" = the netmux hook written next to the rendered dhcpcd.conf.
@@ -365,9 +387,10 @@ def _to_int(v: object) -> int:
 
 
 def _to_float(v: object) -> float:
-    if isinstance(v, int | float) and not isinstance(v, bool):
+    """Every float setting is a finite number: nan and inf break every timer they reach."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
         return float(v)
-    raise TypeError("a number")
+    raise TypeError("a number (finite: not nan or inf)")
 
 
 def _ip(ctor: Callable[[str], Any], what: str) -> Callable[[object], Any]:
@@ -465,6 +488,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "", "(file)", "expected a readable file") from None
     except IsADirectoryError:
         raise ConfigError(str(path), "", "(file)", "expected a file, not a directory") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            str(path), "", "(file)", f"expected UTF-8 text (byte {e.start} is not)"
+        ) from None
 
 
 def parse_host(text: str, source: str = "(string)") -> HostConfig:
@@ -492,8 +519,16 @@ def load_host(path: Path | None = None) -> HostConfig:
         if explicit and path != DEFAULT_CONFIG:
             raise ConfigError(str(path), "", "(file)", "expected an existing file")
         return HostConfig(source=f"{path} (missing: defaults)")
-    cfg: HostConfig = build(HostConfig, _read_toml(path), str(path))
-    return dataclasses.replace(cfg, source=str(path))
+    table = _read_toml(path)
+    cfg: HostConfig = build(HostConfig, table, str(path))
+    return dataclasses.replace(cfg, source=str(path) if table else f"{path} (empty: defaults)")
+
+
+def defaults_note(cfg: HostConfig) -> str | None:
+    """What to say (once, at info level) when the host file gave nothing: missing or empty."""
+    if cfg.source.endswith(("(missing: defaults)", "(empty: defaults)")):
+        return f"host configuration {cfg.source}: every setting is its default"
+    return None
 
 
 # --- workloads ---------------------------------------------------------------------------
@@ -582,9 +617,9 @@ def _workload_value(key: str, value: object, source: str) -> Any:
         try:
             t = _to_float(value)
         except TypeError:
-            raise bad("a number of seconds greater than 0") from None
+            raise bad("a finite number of seconds greater than 0") from None
         if t <= 0:
-            raise bad("a number of seconds greater than 0")
+            raise bad("a finite number of seconds greater than 0")
         return t
     if key == "publish":
         if not isinstance(value, bool):
@@ -673,6 +708,19 @@ def load_workload(
     path = host.paths.workloads_dir / f"{name}.toml"
     table = _read_toml(path) if path.exists() else None
     return workload_from(name, table, str(path), env, overrides)
+
+
+def seconds_arg(text: str) -> float:
+    """argparse type for a command-line duration: a finite number greater than 0."""
+    import argparse
+
+    try:
+        v = _to_float(float(text))
+    except (TypeError, ValueError):
+        v = 0.0
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds > 0")
+    return v
 
 
 def effective_wait(host: HostConfig, wl: WorkloadConfig) -> str:

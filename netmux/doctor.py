@@ -97,6 +97,8 @@ class Facts:
     tinydns_data: bool = True  # the program the tinydns sink runs exists
     neigh_gc_thresh3: int | None = None  # the IPv6 neighbour table's hard limit (all netns)
     workloads: int = 0  # named namespaces netmux knows as workloads
+    host_key: bool = True  # the host key file exists
+    other_key: tuple[str, ...] = ()  # workloads whose state was made with another host key
 
 
 # --- pure parsers ------------------------------------------------------------------------
@@ -346,6 +348,7 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
         out += _ra_check(f, cfg)
 
     out += _neigh_checks(f)
+    out += _host_key_checks(f, cfg)
     out += _daemon_checks(f, cfg)
     if f.mux_exists:
         out += _dns_checks(f, cfg)
@@ -456,6 +459,26 @@ def _neigh_checks(f: Facts) -> list[Check]:
         fix = f"sysctl --system (netmux ships {NEIGH_SYSCTL}), or raise gc_thresh2/3"
         return [Check("kernel.neigh", "warn", detail + ": new workloads may get no address", fix)]
     return [Check("kernel.neigh", "ok", detail)]
+
+
+def _host_key_checks(f: Facts, cfg: HostConfig) -> list[Check]:
+    """A lost host key changes every workload's MAC and addresses: say so loudly."""
+    path = cfg.paths.host_key
+    if f.other_key:
+        what = "was lost and re-created or replaced" if f.host_key else "is missing"
+        return [
+            Check(
+                "host_key",
+                "fail",
+                f"{path} {what}: workloads {', '.join(f.other_key)} were made with another "
+                "key; their MACs and addresses change on the next start",
+                f"restore {path} (32 bytes, mode 0600) from a backup, then "
+                "`netmux down NAME && netmux up NAME`",
+            )
+        ]
+    if not f.host_key:
+        return [Check("host_key", "info", f"no {path} yet: the first `netmux up` makes it")]
+    return [Check("host_key", "ok", f"{path} matches every workload's state")]
 
 
 def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
@@ -899,7 +922,21 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     facts["leases"] = probe_leases(cfg)
     facts["tinydns_data"] = cfg.phonebook.tinydns_data.exists()
     facts["neigh_gc_thresh3"], facts["workloads"] = probe_neigh(cfg)
+    facts["host_key"], facts["other_key"] = probe_host_key(cfg)
     return Facts(**facts)
+
+
+def probe_host_key(cfg: HostConfig) -> tuple[bool, tuple[str, ...]]:
+    """Does the key exist, and which workloads' state names another key (never makes one)."""
+    from . import names, workload
+    from .errors import StateError
+
+    try:
+        kid: str | None = names.key_id(names.load_host_key(cfg.paths.host_key, create=False))
+    except StateError:
+        kid = None
+    exists = cfg.paths.host_key.exists()
+    return exists, tuple(workload.other_key_workloads(cfg, kid))
 
 
 def probe_neigh(cfg: HostConfig) -> tuple[int | None, int]:

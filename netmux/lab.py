@@ -289,17 +289,37 @@ def router_down(host: HostConfig) -> None:
         ip("netns", "del", ns, check=False)
 
 
-def down(host: HostConfig, keep_logs: bool = False) -> None:
+def stop_daemons_in_mux(host: HostConfig) -> None:
+    """The lab's daemons and helpers (radvd, dhcpcd, tayga, the resolver): they go with mux.
+    Nothing to do on a host without a lab."""
+    from . import upstream
+
+    if daemon_dir(host).is_dir():
+        upstream.lab_down(host, daemon_dir(host))
+        stop_daemons(host)
+
+
+def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list[str]:
     """Remove everything `up` made: daemons, cable, mux, router. Idempotent.
 
-    keep_logs leaves the daemons' logs in the lab's directory (a failed `up` points there).
+    Workloads of the user's keep mux (and so their links) unless `force` takes them down
+    too; what is left is logged and returned. keep_logs leaves the daemons' logs in the
+    lab's directory (a failed `up` points there).
     """
-    from . import mux, upstream
+    from . import mux
 
-    upstream.lab_down(host, daemon_dir(host))
-    stop_daemons(host)
+    stop_daemons_in_mux(host)
     cable_down(host)
-    mux.down(host)
+    left = mux.workloads(host)
+    if left and not force:
+        journal.warning(
+            f"lab down: left mux {host.mux.netns} up for workloads {', '.join(left)}: "
+            f"`netmux down NAME` them, then `netmux lab down` again (or `lab down --force`)",
+            netns=host.mux.netns,
+        )
+    else:
+        mux.down(host, force=force)
+        left = []
     router_down(host)
     run = daemon_dir(host)
     if run.is_dir():
@@ -313,7 +333,9 @@ def down(host: HostConfig, keep_logs: bool = False) -> None:
                     f.unlink()
         with contextlib.suppress(OSError):
             run.rmdir()
-    journal.info("lab is down", netns=host.mux.netns)
+    if not left:
+        journal.info("lab is down", netns=host.mux.netns)
+    return [f"mux {host.mux.netns}", *(f"workload {n}" for n in left)] if left else []
 
 
 def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
@@ -329,5 +351,4 @@ def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
                 down(host, keep_logs=True)
             raise
         return 0
-    down(host)
-    return 0
+    return 1 if down(host, force=args.force) else 0

@@ -58,7 +58,7 @@ class WaitError(NetmuxError):
 # --- sockets and namespaces -------------------------------------------------------------
 
 
-def open_ipr(netns: str | None = None, groups: int = 0) -> Any:
+def open_ipr(netns: str | int | None = None, groups: int = 0) -> Any:
     """An IPRoute handle whose socket lives in `netns` (None: the caller's namespace).
 
     `groups` are multicast groups to bind before the first request (events). The handle
@@ -69,7 +69,7 @@ def open_ipr(netns: str | None = None, groups: int = 0) -> Any:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
         return s.detach()
 
-    fd = nsutil.run_in_netns(netns, make) if netns else make()
+    fd = nsutil.run_in_netns(netns, make) if netns is not None and netns != "" else make()
     ipr = IPRoute(fileno=fd)
     if groups:
         ipr.bind(groups=groups)
@@ -77,7 +77,7 @@ def open_ipr(netns: str | None = None, groups: int = 0) -> Any:
 
 
 @contextlib.contextmanager
-def iproute(netns: str | None = None) -> Iterator[Any]:
+def iproute(netns: str | int | None = None) -> Iterator[Any]:
     ipr = open_ipr(netns)
     try:
         yield ipr
@@ -91,10 +91,41 @@ def netns_exists(name: str) -> bool:
 
 def create_netns(name: str) -> None:
     """Create /run/netns/NAME; StateError if it exists."""
+    os.close(create_marked_netns(name, None))
+
+
+def create_marked_netns(name: str, mark: str | None) -> int:
+    """Create /run/netns/NAME carrying `mark` (see set_mark) from before it has a name;
+    an open fd of it. StateError if the name exists."""
     try:
-        nsutil.create_named_netns(name)
+        return nsutil.create_named_netns(name, (lambda: set_mark(mark)) if mark else None)
     except FileExistsError:
         raise StateError(f"network namespace {name!r} already exists") from None
+
+
+# A namespace netmux made carries MARK_PREFIX + its instance token as the alias of its
+# loopback: a kernel object that lives exactly as long as the namespace, set before the
+# namespace gets its name, readable by `ip -n NAME link show lo` (alias ...).
+MARK_PREFIX = "netmux:"
+
+
+def set_mark(mark: str) -> None:
+    """Mark the calling thread's namespace (its loopback's alias)."""
+    with iproute() as ipr:
+        ipr.link("set", index=link_index(ipr, "lo"), ifalias=mark)
+
+
+def read_mark(netns: str | int) -> str | None:
+    """The alias of `netns`'s loopback, or None (no alias, or no such namespace)."""
+    if nsutil.netns_id(netns) is None:
+        return None
+    try:
+        with iproute(netns) as ipr:
+            (msg,) = ipr.link("get", index=link_index(ipr, "lo"))
+            alias = msg.get_attr("IFLA_IFALIAS")
+    except (OSError, NetlinkError, ValueError):
+        return None
+    return str(alias) if alias else None
 
 
 def remove_netns(name: str) -> bool:
@@ -162,7 +193,7 @@ def create_child_link(
     ifname: str,
     mac: str,
     kind: str = "macvlan",
-    target_netns: str | None = None,
+    target_netns: str | int | None = None,
 ) -> None:
     """A macvlan/macvtap in bridge mode on `parent` (in mux), registered in `target_netns`.
 
@@ -178,16 +209,17 @@ def create_child_link(
         f"{kind}_mode": "bridge",
         "address": mac,
     }
-    fd = nsutil.open_netns(target_netns) if target_netns else None
+    by_name = isinstance(target_netns, str)
+    fd = nsutil.open_netns(target_netns) if isinstance(target_netns, str) else target_netns
     try:
         if fd is not None:
             kw["net_ns_fd"] = fd
         mux_ipr.link("add", **kw)
     except NetlinkError as e:
-        where = f" in netns {target_netns}" if target_netns else ""
+        where = f" in netns {target_netns}" if by_name else ""
         raise StateError(f"cannot create {kind} {ifname}{where} on {parent}: {e.args[1]}") from e
     finally:
-        if fd is not None:
+        if by_name and fd is not None:
             os.close(fd)
 
 
@@ -531,7 +563,7 @@ def wait_ready(
 # --- per-namespace helpers ---------------------------------------------------------------
 
 
-def sysctl_write(netns: str | None, items: list[tuple[str, str]]) -> None:
+def sysctl_write(netns: str | int | None, items: list[tuple[str, str]]) -> None:
     """Write sysctls inside `netns` in order, naming the one that failed."""
 
     def apply() -> None:

@@ -31,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import config, denylist, ifaddr, journal, links, names, nsutil
 from .config import HostConfig
-from .errors import StateError, UsageError
+from .errors import NetmuxError, StateError, UsageError
 
 SELF_NETNS = "/proc/self/ns/net"
 
@@ -236,14 +236,43 @@ def _ensure_root_link(host: HostConfig, key: bytes) -> None:
         links.set_up(root, name)
 
 
-def down(host: HostConfig) -> bool:
+def workloads(host: HostConfig) -> list[str]:
+    """Workloads netmux has state for: each hangs off mux's parent link."""
+    from . import workload
+
+    return workload.known(host)
+
+
+def down(host: HostConfig, force: bool = False) -> bool:
     """Remove mux (idempotent): root link, uplinks back home, gateway, parent, netns.
 
-    Links are deleted synchronously before the namespace (whose teardown is asynchronous
-    and waits for any process still inside it, such as a daemon not yet stopped).
+    While workloads exist it refuses (they would be left without a link), unless `force`:
+    then they go first. The lab's daemons in mux stop with it. Links are deleted
+    synchronously before the namespace (whose teardown is asynchronous and waits for any
+    process still inside it, such as a daemon not yet stopped).
     Returns True if there was something to remove.
     """
+    from . import lab, workload
+
     cfg = host.mux
+    wls = workloads(host)
+    if wls and not force:
+        raise StateError(
+            f"mux {cfg.netns}: workloads still use it: {', '.join(wls)}; "
+            f"`netmux down NAME` them first, or `netmux mux down --force`"
+        )
+    left = []
+    for name in wls:
+        try:
+            workload.down(host, name)
+        except NetmuxError as e:
+            left.append(name)
+            journal.warning(f"mux down: {e}", workload=name)
+    if left:
+        raise StateError(
+            f"mux {cfg.netns}: kept, workloads could not be removed: {', '.join(left)}"
+        )
+    lab.stop_daemons_in_mux(host)
     did = False
     if cfg.root_link:
         with links.iproute(None) as root:
@@ -376,7 +405,7 @@ def watch_nics(
 
 def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
     if args.action == "down":
-        down(host)
+        down(host, force=args.force)
         return 0
     up(host)
     if not getattr(args, "watch", False):

@@ -84,6 +84,12 @@ def _derive(key: bytes, purpose: str, name: str) -> bytes:
     return hmac.new(key, f"netmux/{purpose}\0{name}".encode(), hashlib.sha256).digest()
 
 
+def key_id(key: bytes) -> str:
+    """A short public fingerprint of the host key, kept in workload state: a workload made
+    with another key (the key file was lost and re-created) shows by a different id."""
+    return _derive(key, "key_id", "").hex()[:16]
+
+
 def stable_secret(key: bytes, name: str) -> str:
     """The value for net.ipv6.conf.IF.stable_secret: 128 bits in IPv6 address syntax."""
     check_name(name)

@@ -146,27 +146,85 @@ def unshare_netns() -> None:
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
 
 
-def create_named_netns(name: str) -> None:
-    """Create /run/netns/NAME like `ip netns add` (FileExistsError if the name is taken).
+def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> int:
+    """Create /run/netns/NAME like `ip netns add` (FileExistsError if the name is taken);
+    return an open fd of the new namespace (the caller closes it).
 
-    A short-lived thread unshares and bind-mounts /proc/thread-self/ns/net (pyroute2's
-    mount code, without its fork); the caller's thread never changes namespace.
+    A short-lived thread unshares, runs `prepare()` inside the still nameless namespace,
+    then bind-mounts /proc/thread-self/ns/net (pyroute2's mount code, without its fork);
+    the caller's thread never changes namespace. What `prepare` does (netmux's ownership
+    mark) is therefore in place before the name exists: a SIGKILL at any point leaves
+    either no name or a marked namespace.
     """
     from pyroute2 import netns as pr_netns
 
-    def attach() -> None:
+    def attach() -> int:
         unshare_netns()
-        pr_netns.attach(str(netns_path(name)), "thread-self")
+        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if prepare is not None:
+                prepare()
+            pr_netns.attach(str(netns_path(name)), "thread-self")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     try:
-        _in_thread(attach, "netns-create")
+        return _in_thread(attach, "netns-create")
     except FileExistsError:
         raise
     except BaseException:
         # the mount point may exist without a mount: remove it, nothing half-built
         with contextlib.suppress(OSError):
-            remove_named_netns(name)
+            if not is_netns(netns_path(name)):
+                netns_path(name).unlink()
         raise
+
+
+def netns_id(netns: str | os.PathLike[str] | int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a namespace (a name, a path or an open fd): its identity while
+    it lives. None when there is no such namespace (or only an empty mount point)."""
+    try:
+        if isinstance(netns, int):
+            st = os.fstat(netns)
+        else:
+            p = Path(netns)
+            st = (p if p.is_absolute() else netns_path(str(netns))).stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if _is_nsfs(st) else None
+
+
+_NSFS_DEV: list[int] = []
+
+
+def _is_nsfs(st: os.stat_result) -> bool:
+    """A namespace file (on nsfs), not the empty file a killed `ip netns add` leaves."""
+    if not _NSFS_DEV:
+        _NSFS_DEV.append(os.stat("/proc/self/ns/net").st_dev)
+    return st.st_dev == _NSFS_DEV[0]
+
+
+def is_netns(path: str | os.PathLike[str]) -> bool:
+    return netns_id(path) is not None
+
+
+def pids_in_netns(netns: str | os.PathLike[str] | int) -> list[int]:
+    """PIDs whose (main thread's) network namespace is `netns`. Looked at, not signalled."""
+    target = netns_id(netns)
+    if target is None:
+        return []
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = os.stat(f"/proc/{d}/ns/net")
+            except OSError:
+                continue  # gone, or a zombie
+            if (st.st_dev, st.st_ino) == target:
+                found.append(int(d))
+    return sorted(found)
 
 
 def remove_named_netns(name: str) -> bool:

@@ -26,6 +26,8 @@ import grp
 import json
 import os
 import pwd
+import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -59,6 +61,32 @@ class Plan:
     cmd: tuple[str, ...]
     user: pwd.struct_passwd | None
     gid: int | None
+    key_id: str = ""
+    repair: str = ""  # why a half-built workload of ours is rebuilt ("" = a fresh one)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One build of a workload: its namespace held open by fd and the token marking it.
+
+    Every step of `up` acts on `fd`, never on the name, and its rollback removes the name
+    and the state only while they still belong to this instance: an `up` that was paused
+    while another `down` + `up` replaced it can only ever touch what it made itself.
+    """
+
+    name: str
+    token: str
+    fd: int
+
+
+def _mark(token: str) -> str:
+    return links.MARK_PREFIX + token
+
+
+def _token(mark: str | None) -> str | None:
+    if mark and mark.startswith(links.MARK_PREFIX):
+        return mark[len(links.MARK_PREFIX) :]
+    return None
 
 
 def _state_dir(host: HostConfig) -> Path:
@@ -102,6 +130,8 @@ def lookup_group(spec: str, what: str) -> int:
 def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Plan:
     """Check everything `up` needs; raise a one-line error and change nothing otherwise."""
     name = names.check_name(wl.name)
+    if name == host.mux.netns:
+        raise UsageError(f"{name!r} is the mux namespace's name, not a workload's")
     user = lookup_user(wl.user, f"workload {name}: user") if wl.user else None
     gid = lookup_group(wl.group, f"workload {name}: group") if wl.group else None
     if cmd:
@@ -116,14 +146,10 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
             f"e.g. -netdev tap,id=n0,fd={TAPFD} -device virtio-net,netdev=n0,mac={MAC}"
         )
     mux.require(host)
-    if name == host.mux.netns:
-        raise StateError(f"workload name {name!r} is the mux namespace's name")
-    if links.netns_exists(name):
-        raise StateError(
-            f"workload {name!r} is already up (network namespace /run/netns/{name} exists): "
-            f"`netmux down {name}` first"
-        )
+    repair = _repair_reason(host, name)
     key = names.load_host_key(host.paths.host_key)
+    key_id = names.key_id(key)
+    check_host_key(host, key_id)
     wait = "none" if kind == "macvtap" else config.effective_wait(host, wl)
     return Plan(
         name=name,
@@ -136,40 +162,106 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
         cmd=tuple(cmd),
         user=user,
         gid=gid,
+        key_id=key_id,
+        repair=repair,
     )
 
 
-def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
+def _repair_reason(host: HostConfig, name: str) -> str:
+    """Empty if NAME is free; why an existing workload of ours gets rebuilt (half-built, no
+    link); StateError if it is complete, being built, or not netmux's at all."""
+    path = nsutil.netns_path(name)
+    if not os.path.lexists(path):
+        return ""
+    st = read_state(host, name) or {}
+    mark = links.read_mark(name)
+    token = _token(mark)
+    if token is None:
+        if nsutil.is_netns(path) or not st:
+            raise StateError(
+                f"network namespace {path} exists and was not made by netmux: "
+                f"not touching it (choose another name or remove it yourself)"
+            )
+        return "an empty namespace mount point"
+    pid = st.get("pid")
+    if st.get("phase") == "building" and isinstance(pid, int) and _alive(pid):
+        raise StateError(f"workload {name!r} is being built by pid {pid}: wait for it")
+    try:
+        with links.iproute(name) as ipr:
+            has_link = links.link_index(ipr, str(st.get("ifname") or host.workload.ifname))
+    except OSError:
+        has_link = None
+    if st.get("phase") == "up" and st.get("token") == token and has_link is not None:
+        raise StateError(
+            f"workload {name!r} is already up (network namespace {path}): "
+            f"`netmux down {name}` first"
+        )
+    if not st:
+        return "no state"
+    return "no link" if has_link is None else "half-built"
+
+
+def other_key_workloads(host: HostConfig, key_id: str | None) -> list[str]:
+    """Workloads whose state was made with another host key than `key_id` (None: there
+    is no key file at all)."""
+    other = []
+    for n in known(host):
+        kid = (read_state(host, n) or {}).get("key_id")
+        if isinstance(kid, str) and kid != key_id:
+            other.append(n)
+    return other
+
+
+def check_host_key(host: HostConfig, key_id: str) -> list[str]:
+    """Workloads whose state was made with another host key (the key file was lost and a
+    new one made: every MAC and address changes). Logged as an error; doctor FAILs."""
+    other = other_key_workloads(host, key_id)
+    if other:
+        journal.error(
+            f"host key {host.paths.host_key} is not the key workload(s) "
+            f"{', '.join(other)} were made with: it was lost or replaced, and their MACs and "
+            f"addresses change; restore the old file from a backup, then "
+            f"`netmux down NAME && netmux up NAME`"
+        )
+    return other
+
+
+def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkState, Instance]:
     """Create the namespace and the link, configure, bring up, wait. Rolls back on failure."""
     name = p.name
-    links.create_netns(name)  # StateError if a concurrent `up` took the name first
+    token = secrets.token_hex(8)
+    # The state goes first, so that a SIGKILL at any later point leaves a record of it.
+    _write_state(host, name, {"name": name, "phase": "building", "pid": os.getpid(),
+                              "ifname": p.ifname, "kind": wl.kind, "token": token,
+                              "key_id": p.key_id, "wait": p.wait})  # fmt: skip
     try:
-        # Mark it ours at once, so `down` knows this namespace is a (half-built) workload.
-        _write_state(host, name, {"name": name, "phase": "building", "pid": os.getpid(),
-                                  "ifname": p.ifname, "kind": p.kind})  # fmt: skip
+        fd = links.create_marked_netns(name, _mark(token))  # StateError if the name is taken
+    except BaseException:
+        _unlink_state(host, name, token)
+        raise
+    inst = Instance(name, token, fd)
+    try:
         with links.iproute(host.mux.netns) as mipr:
-            links.create_child_link(
-                mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=name
-            )
+            links.create_child_link(mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=fd)
         if p.kind == "macvtap":
             sysctls = [(f"net.ipv6.conf.{p.ifname}.disable_ipv6", "1")]
         else:
             sysctls = links.workload_sysctls(
                 p.ifname, p.secret, host.workload.optimistic_dad, host.workload.retrans_time_ms
             )
-        links.sysctl_write(name, sysctls)
+        links.sysctl_write(fd, sysctls)
         # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
-        firewall.apply_workload(host, wl, name)
+        firewall.apply_workload(host, wl, fd)
         groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
-        events = nsutil.run_in_netns(name, lambda: links.event_socket(groups))
+        events = nsutil.run_in_netns(fd, lambda: links.event_socket(groups))
         early_rs = None
         if p.kind == "macvlan" and host.workload.optimistic_dad and p.wait != "none":
             try:
-                early_rs = nsutil.run_in_netns(name, lambda: links.rs_socket(p.ifname))
+                early_rs = nsutil.run_in_netns(fd, lambda: links.rs_socket(p.ifname))
             except OSError as e:  # e.g. no CAP_NET_RAW: the kernel's own RS still comes
                 journal.debug(f"workload {name}: no early router solicitation: {e}")
         try:
-            with links.iproute(name) as ipr:
+            with links.iproute(fd) as ipr:
                 links.set_up(ipr, "lo")
                 statics = wl.addresses if p.kind == "macvlan" else ()
                 if statics:
@@ -192,9 +284,10 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> links.LinkState:
             if early_rs is not None:
                 early_rs.close()
         # phonebook: published by up() once the state is written (phonebook.client).
-        return state
+        return state, inst
     except BaseException:
-        _teardown(host, name, p.ifname)
+        _rollback(host, inst, p.ifname)
+        os.close(fd)
         raise
 
 
@@ -203,8 +296,11 @@ def up(
 ) -> int:
     """`netmux up NAME [-- CMD]`: build the workload, report, then exec CMD or return 0."""
     p = plan(host, wl, cmd)
+    if p.repair:
+        journal.info(f"workload {p.name}: rebuilding it ({p.repair})", workload=p.name)
+        down(host, p.name)
     t0 = time.monotonic()
-    state = build(host, wl, p)
+    state, inst = build(host, wl, p)
     elapsed = time.monotonic() - t0
     try:
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
@@ -213,6 +309,9 @@ def up(
         record = {
             "name": p.name,
             "phase": "up",
+            "token": inst.token,
+            "key_id": p.key_id,
+            "wait": p.wait,
             "kind": wl.kind,
             "netns": p.name,
             "netns_path": str(nsutil.netns_path(p.name)),
@@ -226,6 +325,8 @@ def up(
             "addresses": addrs,
             "dns": dns_names(host, wl),
         }
+        if nsutil.netns_id(p.name) != nsutil.netns_id(inst.fd):
+            raise StateError(f"workload {p.name}: replaced by another `up` while this one built")
         _write_state(host, p.name, record)
         # phonebook: DNS records while the lifeline lives (CMD inherits it; see client.py).
         pub = None
@@ -233,8 +334,10 @@ def up(
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
     except BaseException:
-        _teardown(host, p.name, p.ifname)
+        _rollback(host, inst, p.ifname)
         raise
+    finally:
+        os.close(inst.fd)
     best = state.global_addrs or state.ula_addrs
     main_addr = str(best[0]) if best else None  # "addr/len": the journal adds NETMUX_PREFIX
     journal.info(
@@ -376,67 +479,188 @@ def exec_in(
 # --- down -------------------------------------------------------------------------------
 
 
-def _teardown(host: HostConfig, name: str, ifname: str) -> bool:
-    """Remove link, leftovers in mux, the netns mount and state. Idempotent; True if
-    anything was there. The link goes first (synchronous) so that a stable MAC can never
-    clash with a namespace that is still being torn down (asynchronous)."""
-    did = False
-    ns_path = nsutil.netns_path(name)
-    if ns_path.exists():
-        try:
-            with links.iproute(name) as ipr:
-                did |= links.delete_link(ipr, ifname)
-        except OSError:
-            pass  # a mount point without a mount (killed mid-create): nothing inside
-    if links.netns_exists(host.mux.netns):
-        with contextlib.suppress(OSError, NetmuxError), links.iproute(host.mux.netns) as mipr:
-            did |= links.delete_link(mipr, names.mux_link_name(name))
-    did |= links.remove_netns(name)
+def _unlink_state(host: HostConfig, name: str, token: str | None = None) -> bool:
+    """Remove NAME's state file; with a token only while it is that instance's."""
+    if token is not None and (read_state(host, name) or {}).get("token") != token:
+        return False
     try:
         state_path(host, name).unlink()
-        did = True
     except FileNotFoundError:
-        pass
-    with contextlib.suppress(OSError):
-        for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
-            if tmp.name[len(name) + 2 : -4].isdigit():
-                tmp.unlink(missing_ok=True)
-    tapdir = host.paths.run_dir / "tap" / name
-    if tapdir.exists():
-        shutil.rmtree(tapdir, ignore_errors=True)
-    return did
-
-
-def _looks_like_ours(name: str, ifname: str) -> bool:
-    """A namespace without netmux state: ours only if it holds nothing but lo and our link
-    (a workload killed right after creating its namespace). Anything else is not touched."""
-    try:
-        with links.iproute(name) as ipr:
-            for msg in ipr.get_links():
-                n = msg.get_attr("IFLA_IFNAME")
-                if n == "lo":
-                    continue
-                info = links.link_info(ipr, n)
-                if n != ifname or not info or info["kind"] not in ("macvlan", "macvtap"):
-                    return False
-    except OSError:
-        return True  # a mount point without a mount: a leftover of a killed `up`
+        return False
     return True
 
 
+def stop_processes(netns: int, grace: float) -> list[int]:
+    """End every process in the namespace: SIGTERM, `grace` seconds, then SIGKILL (again
+    for any that forked meanwhile). The PIDs still inside afterwards (normally none).
+
+    Processes are found by their /proc/PID/ns/net, not by a cgroup: a workload's command
+    runs in whatever cgroup started it (a unit's, a shell's; cgroup v1 on some hosts), and
+    the namespace is exactly what the workload is. Each is signalled through a pidfd that
+    was checked to be in the namespace, so a PID reused meanwhile is never hit.
+    """
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    for _ in range(10):
+        pidfds = _signal_all(netns, sig)
+        if not pidfds:
+            return []
+        _wait_exits(list(pidfds.values()), deadline)
+        for pfd in pidfds.values():
+            os.close(pfd)
+        if sig == signal.SIGKILL:
+            deadline = time.monotonic() + 1.0
+        sig = signal.SIGKILL
+    return nsutil.pids_in_netns(netns)
+
+
+def _signal_all(netns: int, sig: int) -> dict[int, int]:
+    """Send `sig` to every process in `netns`; {pid: pidfd} of those signalled."""
+    target = nsutil.netns_id(netns)
+    out: dict[int, int] = {}
+    for pid in nsutil.pids_in_netns(netns):
+        if pid == os.getpid():
+            continue
+        try:
+            pfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        try:
+            if nsutil.netns_id(f"/proc/{pid}/ns/net") != target:
+                raise ProcessLookupError  # the PID was reused by another process
+            signal.pidfd_send_signal(pfd, sig)
+        except OSError:
+            os.close(pfd)
+            continue
+        out[pid] = pfd
+    return out
+
+
+def _wait_exits(pidfds: list[int], deadline: float) -> None:
+    """Until every pidfd is readable (its process ended) or the deadline."""
+    poll = select.poll()
+    for pfd in pidfds:
+        poll.register(pfd, select.POLLIN)
+    left = len(pidfds)
+    while left:
+        ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+        ready = poll.poll(ms)
+        if not ready:
+            return
+        for pfd, _ in ready:
+            poll.unregister(pfd)
+            left -= 1
+
+
+def _teardown(
+    host: HostConfig, name: str, ifname: str, fd: int | None, token: str | None
+) -> tuple[bool, list[str]]:
+    """Remove processes, link, mux leftovers, the netns name and state, each step whatever
+    the others did. `fd` is the namespace (None: no namespace to enter); with a `token`
+    only that instance's name and state are removed. (anything was there, what is left).
+
+    The link goes before the name (synchronous) so that a stable MAC can never clash
+    with a namespace that is still being torn down (asynchronous)."""
+    did = False
+    left: list[str] = []
+
+    def step(what: str, fn: Any) -> None:
+        nonlocal did
+        try:
+            did |= bool(fn())
+        except Exception as e:  # every step runs, whatever failed before
+            journal.warning(f"workload {name}: could not remove {what}: {e}", workload=name)
+            left.append(what)
+
+    if fd is not None:
+        procs: list[int] = []
+
+        def processes() -> bool:
+            before = nsutil.pids_in_netns(fd)
+            procs.extend(stop_processes(fd, host.workload.stop_grace))
+            return bool(before)
+
+        step("its processes", processes)
+        if procs:
+            left.append("processes " + " ".join(map(str, procs)))
+
+        def link() -> bool:
+            with links.iproute(fd) as ipr:
+                return links.delete_link(ipr, ifname)
+
+        step(f"link {ifname}", link)
+
+    def mux_leftover() -> bool:
+        if not links.netns_exists(host.mux.netns):
+            return False
+        with links.iproute(host.mux.netns) as mipr:
+            return links.delete_link(mipr, names.mux_link_name(name))
+
+    step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
+
+    def netns_name() -> bool:
+        if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
+            return False  # the name is another instance's now
+        return links.remove_netns(name)
+
+    step(f"network namespace {nsutil.netns_path(name)}", netns_name)
+    step(f"state {state_path(host, name)}", lambda: _unlink_state(host, name, token))
+
+    def scraps() -> bool:
+        for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
+            if tmp.name[len(name) + 2 : -4].isdigit():
+                tmp.unlink(missing_ok=True)
+        tapdir = host.paths.run_dir / "tap" / name
+        if tapdir.exists():
+            shutil.rmtree(tapdir, ignore_errors=True)
+        return False
+
+    step("temporary files", scraps)
+    return did, left
+
+
+def _rollback(host: HostConfig, inst: Instance, ifname: str) -> None:
+    """Undo one instance's build; never raises (what it could not remove is logged)."""
+    try:
+        _, left = _teardown(host, inst.name, ifname, inst.fd, inst.token)
+        if left:
+            journal.warning(f"workload {inst.name}: rollback left " + ", ".join(left))
+    except BaseException as e:  # the original error matters more
+        journal.warning(f"workload {inst.name}: rollback failed: {e}", workload=inst.name)
+
+
 def down(host: HostConfig, name: str) -> bool:
-    """`netmux down NAME`: remove everything of NAME, whatever its state. Idempotent."""
+    """`netmux down NAME`: remove everything of NAME that netmux made, whatever its state.
+
+    Idempotent. A namespace without netmux's mark is never touched. Every step is tried;
+    StateError at the end names what could not be removed (a second `down` retries)."""
     names.check_name(name)
     if name == host.mux.netns:
         raise UsageError(f"{name!r} is the mux namespace, not a workload: use `netmux mux down`")
     st = read_state(host, name)
     ifname = str((st or {}).get("ifname") or host.workload.ifname)
-    if st is None and links.netns_exists(name) and not _looks_like_ours(name, ifname):
-        raise StateError(
-            f"network namespace {name!r} is not a netmux workload (no state in "
-            f"{_state_dir(host)} and it holds other links): not touching it"
-        )
-    did = _teardown(host, name, ifname)
+    path = nsutil.netns_path(name)
+    fd: int | None = None
+    foreign = False
+    if nsutil.is_netns(path):
+        fd = nsutil.open_netns(name)
+        legacy = st is not None and "token" not in st  # made before netns were marked
+        if _token(links.read_mark(fd)) is None and not legacy:
+            os.close(fd)
+            fd, foreign = None, True
+    elif os.path.lexists(path) and st is None:
+        foreign = True  # an empty mount point someone else's `ip netns add` left
+    try:
+        if foreign:
+            _unlink_state(host, name)
+            raise StateError(
+                f"network namespace {path} was not made by netmux (no netmux mark on its "
+                f"lo): not touching it"
+            )
+        did, left = _teardown(host, name, ifname, fd, None)
+    finally:
+        if fd is not None:
+            os.close(fd)
     phonebook.unpublish(name)  # phonebook: records go now, whoever still holds a lifeline
     if did:
         journal.info(
@@ -445,7 +669,18 @@ def down(host: HostConfig, name: str) -> bool:
             workload=name,
             netns=name,
         )
+    if left:
+        raise StateError(f"workload {name}: down left " + ", ".join(left) + "; run it again")
     return did
+
+
+def _down_instance(host: HostConfig, name: str, token: str) -> None:
+    """Remove workload NAME if it is still the instance `token` (never a newer one)."""
+    if _token(links.read_mark(name)) != token:
+        _unlink_state(host, name, token)
+        return
+    with contextlib.suppress(NetmuxError):
+        down(host, name)
 
 
 # --- exec / run --------------------------------------------------------------------------
@@ -479,6 +714,7 @@ def run(
 
     old = {s: signal.signal(s, forward) for s in forwarded}
     created = False  # only what this run built is removed (never a concurrent owner's)
+    guard_fd, guard_pid = _guardian(host, p.name)
     try:
         up(host, wl, (), exec_cmd=False)
         created = True
@@ -515,10 +751,47 @@ def run(
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
-        if created:
-            down(host, p.name)
-        for s, h in old.items():
-            signal.signal(s, h)
+        try:
+            if created:
+                down(host, p.name)
+        finally:
+            os.close(guard_fd)  # the guardian sees EOF and finds nothing left of this run
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(guard_pid, 0)
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _guardian(host: HostConfig, name: str) -> tuple[int, int]:
+    """Fork a process that removes this run's workload (and so ends its processes) once
+    this process is gone, however it ended: SIGKILL included. (pipe fd, guardian pid).
+
+    It waits for EOF on a pipe only this process holds; the kernel closes it on any exit.
+    It then removes NAME only if the state is still this process's (pid) and the
+    namespace still carries that instance's token.
+    """
+    parent = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the guardian, measured by the tests from outside
+        code = 0
+        try:
+            os.close(w)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)  # the run forwards these; it goes last
+            while os.read(r, 64):
+                pass
+            st = read_state(host, name) or {}
+            token = st.get("token")
+            if st.get("pid") == parent and isinstance(token, str):
+                journal.info(f"workload {name}: its `netmux run` ended: removing it")
+                _down_instance(host, name, token)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(r)
+    return w, pid
 
 
 # --- status -------------------------------------------------------------------------------
@@ -543,6 +816,7 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
         "netns_path": str(nsutil.netns_path(name)),
         "ifname": ifname,
         "kind": st.get("kind", "process"),
+        "processes": [],
         "mac": st.get("mac"),
         "pid": st.get("pid"),
         "user": st.get("user"),
@@ -559,6 +833,7 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
     except OSError:
         out["state"] = "broken"
         return out
+    out["processes"] = _processes(name)
     out["addresses"] = links.split_addresses(ls.addrs)
     out["default_route"] = ls.default_route
     out["mac"] = ls.mac or out["mac"]
@@ -571,12 +846,24 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
         out["state"] = "building" if isinstance(pid, int) and _alive(pid) else "half-built"
     elif not ls.up:
         out["state"] = "down"
-    elif st.get("kind") == "vm" or links.ready(ls, "global"):
+    elif st.get("kind") == "vm" or links.ready(ls, str(st.get("wait") or "global")):
         out["state"] = "up"
     else:
         out["state"] = "degraded"
     pid = st.get("pid")
     out["running"] = bool(isinstance(pid, int) and _alive(pid))
+    return out
+
+
+def _processes(name: str) -> list[dict[str, Any]]:
+    """{pid, command} of every process in NAME's namespace (what `down` will stop)."""
+    out = []
+    for pid in nsutil.pids_in_netns(name):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        out.append({"pid": pid, "command": comm})
     return out
 
 
@@ -689,3 +976,5 @@ def _print_status(r: dict[str, Any]) -> None:
             print(f"  {key:6} {a}")
     if r.get("dns"):
         print("  dns    " + " ".join(r["dns"]))
+    for proc in r.get("processes", []):
+        print(f"  process {proc['pid']} {proc['command']}")

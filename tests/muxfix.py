@@ -167,7 +167,7 @@ def running_mux(
             env.down_all()
         if env.radvd is not None:
             stop(env.radvd)
-        mux.down(host)
+        mux.down(host, force=True)
 
 
 @pytest.fixture

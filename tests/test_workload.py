@@ -241,7 +241,7 @@ def test_bad_input_gives_one_line_and_changes_nothing(
         (["up", n, "--port", "tcp/99999"], 2, "tcp/99999"),
         (["up", n, "--vm", "--", "true"], 2, "{tapfd}"),
         (["up", held], 1, f"workload '{held}' is already up"),
-        (["up", env.netns], 1, "is the mux namespace's name"),
+        (["up", env.netns], 2, "is the mux namespace's name"),
         (["down", env.netns], 2, "is the mux namespace, not a workload"),
         (["run", n], 2, "a command is needed"),
         (["exec", n, "--", "true"], 1, "is not up"),
@@ -260,7 +260,7 @@ def test_bad_input_gives_one_line_and_changes_nothing(
     try:
         subprocess.run(["ip", "-n", foreign, "link", "add", "v0", "type", "veth"], check=True)
         r = env.netmux("down", foreign, check=False)
-        assert r.returncode == 1 and "is not a netmux workload" in r.stderr
+        assert r.returncode == 1 and "was not made by netmux" in r.stderr
         assert links.netns_exists(foreign)
     finally:
         subprocess.run(["ip", "netns", "del", foreign], check=True)
