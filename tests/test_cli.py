@@ -46,3 +46,29 @@ def test_help_lists_commands() -> None:
     assert r.returncode == 0
     for cmd in ("up", "down", "run", "status", "render", "deny", "doctor", "lab"):
         assert cmd in r.stdout
+
+
+def test_non_utf8_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_bytes(b'[dns]\nhostname = "\xe9"\n')
+    r = netmux("--config", str(p), "config")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "UTF-8" in r.stderr
+
+
+def test_empty_config_is_said_once_at_info_level(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text("")
+    r = netmux("--config", str(p), "config")
+    assert r.returncode == 0
+    assert r.stderr.count("every setting is its default") == 1, r.stderr
+    r = netmux("--config", str(p), "-q", "config")
+    assert r.stderr == ""  # info level: -q hides it
+
+
+def test_nan_timeout_is_one_line_exit_2(tmp_path: Path) -> None:
+    p = tmp_path / "n.toml"
+    p.write_text('[mux]\nnetns = "m1"\n')
+    r = netmux("--config", str(p), "up", "w1", "--timeout", "nan")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "timeout" in r.stderr and "finite" in r.stderr

@@ -143,3 +143,71 @@ def test_bad_workload_name_is_rejected() -> None:
 def test_port_str_roundtrip() -> None:
     for spec in ("tcp/80", "udp/6000-6010", "sctp/9"):
         assert str(config.parse_port(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "allowed"),
+    [
+        ("[workload]\ntimeout = nan\n", "workload.timeout", "finite"),
+        ("[workload]\ntimeout = inf\n", "workload.timeout", "finite"),
+        ("[deny]\ntimeout = -inf\n", "deny.timeout", "finite"),
+        ('[mux]\nroot_link = "../../x y"\n', "mux.root_link", "interface name"),
+        ("[uplink]\npd_sla_id = -5\n", "uplink.pd_sla_id", "0-65535"),
+        ("[uplink]\npd_sla_id = 65536\n", "uplink.pd_sla_id", "0-65535"),
+        ('[workload]\nifname = "lo"\n', "workload.ifname", "other than lo"),
+    ],
+)  # fmt: skip
+def test_numbers_names_and_ranges_are_checked(text: str, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_host(text, source="/etc/netmux/netmux.toml")
+    assert str(e.value).startswith(f"/etc/netmux/netmux.toml: {key}: ")
+    assert allowed in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "env", "overrides"),
+    [
+        ({"timeout": float("nan")}, {}, {}),
+        ({}, {"NETMUX_TIMEOUT": "nan"}, {}),
+        ({}, {"NETMUX_TIMEOUT": "inf"}, {}),
+        ({}, {}, {"timeout": float("nan")}),
+        ({}, {}, {"timeout": float("inf")}),
+    ],
+)
+def test_workload_timeout_must_be_finite(table: dict, env: dict, overrides: dict) -> None:
+    with pytest.raises(ConfigError, match="finite number of seconds"):
+        workload_from("w", table, "w.toml", env, overrides)
+
+
+def test_non_utf8_files_are_a_config_error(tmp_path: Path) -> None:
+    p = tmp_path / "netmux.toml"
+    p.write_bytes(b'[dns]\nhostname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="expected UTF-8 text"):
+        config.load_host(p)
+    wdir = tmp_path / "workloads"
+    wdir.mkdir()
+    (wdir / "w.toml").write_bytes(b'user = "\xff"\n')
+    host = parse_host(f'[paths]\nworkloads_dir = "{wdir}"\n')
+    with pytest.raises(ConfigError, match=f"{wdir}/w.toml: .*UTF-8"):
+        config.load_workload(host, "w")
+
+
+def test_empty_or_missing_host_file_is_noted(tmp_path: Path) -> None:
+    p = tmp_path / "netmux.toml"
+    p.write_text("")
+    note = config.defaults_note(config.load_host(p))
+    assert note is not None and "empty" in note
+    p.write_text('[dns]\nhostname = "box"\n')
+    assert config.defaults_note(config.load_host(p)) is None
+    assert "missing" in (
+        config.defaults_note(config.HostConfig(source="x (missing: defaults)")) or ""
+    )
+
+
+def test_seconds_arg_refuses_nan_inf_and_zero() -> None:
+    import argparse
+
+    assert config.seconds_arg("2.5") == 2.5
+    for bad in ("nan", "inf", "-1", "0", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            config.seconds_arg(bad)

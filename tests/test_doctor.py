@@ -208,3 +208,12 @@ def test_phonebook_sinks_that_cannot_work() -> None:
     assert c.status == "fail" and "server" in c.fix
     served = config.parse_host('[phonebook]\nsinks = ["rfc2136"]\nserver = "2001:db8::53"\n', "t")
     assert by_id(doctor.evaluate(healthy_facts(), served))["phonebook.sinks"].status == "ok"
+
+
+def test_a_lost_host_key_fails_with_how_to_restore_it() -> None:
+    checks = by_id(doctor.evaluate(healthy_facts(other_key=("web", "db")), PD_HOST))
+    c = checks["host_key"]
+    assert c.status == "fail" and "web, db" in c.detail and "restore" in c.fix
+    checks = by_id(doctor.evaluate(healthy_facts(host_key=False, other_key=("web",)), PD_HOST))
+    assert checks["host_key"].status == "fail" and "is missing" in checks["host_key"].detail
+    assert by_id(doctor.evaluate(healthy_facts(), PD_HOST))["host_key"].status == "ok"

@@ -167,3 +167,36 @@ def test_up_repairs_a_lab_whose_router_namespace_vanished(lab_host: HostConfig) 
         if r.returncode == 0:
             break
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lab_and_mux_down_never_strand_workloads(
+    lab_host: HostConfig, uname: Callable[[str], str]
+) -> None:
+    """With a workload up, `mux down` refuses and `lab down` keeps mux (saying so); the
+    lab's daemons stop with mux; `mux down --force` takes the workload first."""
+    host = lab_host
+    cli = [sys.executable, "-m", "netmux.cli", "--config", host.source]
+    r = subprocess.run([*cli, "-q", "lab", "up"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    w = uname("w")
+    r = subprocess.run([*cli, "up", w], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*cli, "mux", "down"], capture_output=True, text=True)
+    assert r.returncode == 1 and w in r.stderr and "--force" in r.stderr, r.stderr
+    radvd = supervise.status("radvd", lab.daemon_dir(host))
+    assert radvd is not None and radvd.alive
+    r = subprocess.run([*cli, "lab", "down"], capture_output=True, text=True)
+    assert r.returncode == 1 and f"left mux {host.mux.netns} up for workloads {w}" in r.stderr
+    assert not radvd.alive
+    assert Path("/run/netns", host.mux.netns).exists()
+    assert not Path("/run/netns", host.lab.router_netns).exists()
+    assert workload.status(host, w)["state"] in ("up", "degraded")  # its link is intact
+    r = subprocess.run([*cli, "-q", "lab", "up"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    radvd = supervise.status("radvd", lab.daemon_dir(host))
+    assert radvd is not None and radvd.alive
+    r = subprocess.run([*cli, "mux", "down", "--force"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not radvd.alive  # the lab's daemons went with their namespace
+    assert not Path("/run/netns", host.mux.netns).exists()
+    assert not Path("/run/netns", w).exists() and workload.known(host) == []

@@ -3,6 +3,7 @@ processes that end with their workload, repair, mux/lab refusing to strand workl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -89,10 +90,8 @@ def _paused_up(env: MuxEnv, name: str) -> tuple[int, Callable[[], int]]:
     os.close(reached_r)
 
     def resume() -> int:
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the child was killed meanwhile
             os.write(go_w, b"x")
-        except BrokenPipeError:
-            pass  # the child was killed meanwhile
         os.close(go_w)
         _, status = os.waitpid(pid, 0)
         return status
@@ -240,7 +239,9 @@ def test_down_stops_every_process_in_the_namespace_and_status_lists_them(
     env.netmux("up", n)
     # one that ignores SIGTERM: killed after the grace period
     p = procs([*env.argv("exec", n), "--", "sh", "-c", "trap '' TERM; sleep 300 & wait"])
-    wait_for(lambda: any(x["command"] == "sleep" for x in workload.status(env.host, n)["processes"]))
+    wait_for(
+        lambda: any(x["command"] == "sleep" for x in workload.status(env.host, n)["processes"])
+    )
     r = env.netmux("status", n)
     assert "process " in r.stdout and "sleep" in r.stdout
     inside = nsutil.pids_in_netns(n)
@@ -300,3 +301,29 @@ def test_random_kills_inside_up_and_down_leave_nothing(
     inside = sum(c for what, c in res.left_by_kill.items() if "namespace" in what)
     assert inside > 0, res.left_by_kill  # the kills landed inside the build too
     assert world(env) == before
+
+
+# --- a lost host key -------------------------------------------------------------------
+
+
+def test_a_lost_host_key_is_reported_loudly(env: MuxEnv, wname: Callable[[], str]) -> None:
+    from netmux import doctor
+
+    a, b = wname(), wname()
+    env.netmux("up", a)
+    assert doctor.probe_host_key(env.host) == (True, ())
+    key = env.host.paths.host_key
+    old = key.read_bytes()
+    key.unlink()
+    try:
+        assert doctor.probe_host_key(env.host) == (False, (a,))
+        r = env.netmux("up", b)
+        assert f"workload(s) {a} were made with" in r.stderr and "restore" in r.stderr
+        assert doctor.probe_host_key(env.host) == (True, (a,))
+        facts = doctor.Facts(other_key=(a,))
+        check = {c.id: c for c in doctor.evaluate(facts, env.host)}["host_key"]
+        assert check.status == "fail" and str(key) in check.fix
+        env.netmux("down", b)
+    finally:
+        key.write_bytes(old)
+    assert doctor.probe_host_key(env.host) == (True, ())

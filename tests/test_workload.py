@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, links, names, workload
+from netmux import links, names, workload
 from tests import muxfix
 from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
@@ -179,51 +178,6 @@ def test_sigkilled_up_leaves_nothing_after_down(env: MuxEnv, wname: Callable[[],
         env.netmux("down", n)
         assert_gone(env, n)
     assert world(env) == before
-
-
-def test_200_cycles_with_random_kills_leak_nothing(env: MuxEnv, wname: Callable[[], str]) -> None:
-    """In-process `up` in a forked child (no interpreter start-up: fast), SIGKILLed at a
-    random moment half of the time (and a quarter of the `down`s too); the `down` after each
-    cycle must leave nothing."""
-    n = wname()
-    wl = config.workload_from(n)
-    before = world(env)
-    rnd = random.Random(RUN)
-    addresses = set()
-    completed = killed = 0
-    for _ in range(200):
-        pid = os.fork()
-        if pid == 0:  # child: build the workload, never return into pytest
-            code = 1
-            try:
-                workload.up(env.host, wl, (), exec_cmd=False)
-                code = 0
-            finally:
-                os._exit(code)
-        if rnd.random() < 0.5:
-            time.sleep(rnd.uniform(0, 0.06))
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            completed += 1
-            addresses.add(json.dumps(workload.read_state(env.host, n)["addresses"]["global"]))  # type: ignore[index]
-        else:
-            killed += 1
-        if rnd.random() < 0.25:  # a `down` killed half-way is finished by the next one
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    workload.down(env.host, n)
-                finally:
-                    os._exit(0)
-            time.sleep(rnd.uniform(0, 0.02))
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        workload.down(env.host, n)
-        assert not links.netns_exists(n)
-    assert world(env) == before
-    assert completed > 20 and killed > 15
-    assert len(addresses) == 1  # the same address every time it came up
 
 
 def test_bad_input_gives_one_line_and_changes_nothing(
