@@ -192,18 +192,11 @@ def daemon_dir(host: HostConfig) -> Path:
 def processes_in(netns: str, comm: str) -> list[int]:
     """PIDs of processes named `comm` whose network namespace is `netns` (looked at only,
     never signalled: a process is stopped by the PID its starter recorded)."""
-    try:
-        target = Path("/run/netns", netns).stat().st_ino
-    except OSError:
-        return []
     found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() == comm and (
-                    (d / "ns/net").stat().st_ino == target
-                ):
-                    found.append(int(d.name))
+    for pid in nsutil.pids_in_netns(netns):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                found.append(pid)
     return found
 
 

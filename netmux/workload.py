@@ -176,6 +176,8 @@ def _repair_reason(host: HostConfig, name: str) -> str:
     st = read_state(host, name) or {}
     mark = links.read_mark(name)
     token = _token(mark)
+    if token is None and st and "token" not in st:  # made before namespaces were marked
+        raise StateError(f"workload {name!r} is already up: `netmux down {name}` first")
     if token is None:
         if nsutil.is_netns(path) or not st:
             raise StateError(
