@@ -237,10 +237,11 @@ def _ensure_root_link(host: HostConfig, key: bytes) -> None:
 
 
 def workloads(host: HostConfig) -> list[str]:
-    """Workloads netmux has state for: each hangs off mux's parent link."""
+    """Workloads that exist (a record and a namespace): each hangs off mux's parent link.
+    A record whose namespace is gone (a crash) strands nothing and does not count."""
     from . import workload
 
-    return workload.known(host)
+    return [n for n in workload.known(host) if os.path.lexists(nsutil.netns_path(n))]
 
 
 def down(host: HostConfig, force: bool = False) -> bool:
@@ -255,7 +256,7 @@ def down(host: HostConfig, force: bool = False) -> bool:
     from . import lab, workload
 
     cfg = host.mux
-    wls = workloads(host)
+    wls = workloads(host) if not force else workload.known(host)
     if wls and not force:
         raise StateError(
             f"mux {cfg.netns}: workloads still use it: {', '.join(wls)}; "

@@ -327,3 +327,14 @@ def test_a_lost_host_key_is_reported_loudly(env: MuxEnv, wname: Callable[[], str
     finally:
         key.write_bytes(old)
     assert doctor.probe_host_key(env.host) == (True, ())
+
+
+def test_the_end_of_run_stops_what_its_command_left_behind(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    n = wname()
+    before = world(env)
+    r = env.netmux("run", n, "--", "sh", "-c", "sleep 300 & echo $!")
+    orphan = int(r.stdout.split()[-1])
+    assert not os.path.exists(f"/proc/{orphan}/ns/net")  # stopped before `run` returned
+    assert world(env) == before
