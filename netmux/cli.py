@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.add_argument("--prometheus", metavar="FILE", help="also write a node-exporter textfile")
     p.add_argument(
-        "--interval", type=config.seconds_arg, default=1.0, help="seconds between samples"
+        "--interval", type=config.seconds_or_zero_arg, default=1.0, help="seconds between samples"
     )
 
     p = _add(sub, "top", "per-workload traffic, refreshing", "stats:cmd_top")

@@ -710,17 +710,24 @@ def load_workload(
     return workload_from(name, table, str(path), env, overrides)
 
 
-def seconds_arg(text: str) -> float:
-    """argparse type for a command-line duration: a finite number greater than 0."""
+def seconds_arg(text: str, zero: bool = False) -> float:
+    """argparse type for a command-line duration: a finite number greater than 0 (or
+    also 0 with `zero`)."""
     import argparse
 
     try:
         v = _to_float(float(text))
     except (TypeError, ValueError):
-        v = 0.0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds > 0")
+        v = -1.0
+    if v < 0 or (v == 0 and not zero):
+        least = ">= 0" if zero else "> 0"
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds {least}")
     return v
+
+
+def seconds_or_zero_arg(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    return seconds_arg(text, zero=True)
 
 
 def effective_wait(host: HostConfig, wl: WorkloadConfig) -> str:

@@ -659,11 +659,11 @@ def down(host: HostConfig, name: str) -> bool:
                 f"network namespace {path} was not made by netmux (no netmux mark on its "
                 f"lo): not touching it"
             )
+        phonebook.unpublish(name)  # records go first, whoever still holds a lifeline
         did, left = _teardown(host, name, ifname, fd, None)
     finally:
         if fd is not None:
             os.close(fd)
-    phonebook.unpublish(name)  # phonebook: records go now, whoever still holds a lifeline
     if did:
         journal.info(
             f"workload {name} down",

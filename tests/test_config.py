@@ -211,3 +211,6 @@ def test_seconds_arg_refuses_nan_inf_and_zero() -> None:
     for bad in ("nan", "inf", "-1", "0", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             config.seconds_arg(bad)
+    assert config.seconds_or_zero_arg("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        config.seconds_or_zero_arg("nan")
