@@ -22,7 +22,7 @@ from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
 from tests.test_workload import assert_gone, world
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.requires("radvd", "nft")]
 
 mux_radvd_module = muxfix.mux_radvd_module
 mux_radvd = muxfix.mux_radvd
