@@ -38,7 +38,7 @@ from typing import Any
 
 from . import config, journal, nsutil, supervise
 from .config import HostConfig
-from .errors import StateError, UsageError
+from .errors import NetmuxError, StateError, UsageError
 from .render import radvd as radvd_render
 
 ALIAS = "netmux-lab uplink"  # marks the veth the lab made (ifalias survives netns moves)
@@ -288,7 +288,10 @@ def stop_daemons_in_mux(host: HostConfig) -> None:
     from . import upstream
 
     if daemon_dir(host).is_dir():
-        upstream.lab_down(host, daemon_dir(host))
+        try:
+            upstream.lab_down(host, daemon_dir(host))
+        except NetmuxError as e:  # e.g. the resolver's `down` left something: say it, go on
+            journal.warning(f"lab down: {e}", netns=host.mux.netns)
         stop_daemons(host)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from netmux import config, lab, workload
 from netmux.config import HostConfig
+from netmux.errors import NetmuxError
 from tests.conftest import RUN
 
 
@@ -22,5 +24,6 @@ def lab_host(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> It
         yield host
     finally:
         for name in workload.known(host):
-            workload.down(host, name)
-        lab.down(host)
+            with contextlib.suppress(NetmuxError):  # lab.down(force=True) retries and says
+                workload.down(host, name)
+        lab.down(host, force=True)
