@@ -137,17 +137,44 @@ def up(host: HostConfig, link_local_timeout: float = 3.0) -> None:
     created = False
     if not links.netns_exists(ns):
         try:
-            links.create_netns(ns)
+            os.close(links.create_marked_netns(ns, MUX_MARK))
             created = True
             journal.info(f"mux: created network namespace {ns}", netns=ns)
         except StateError:
             pass  # a concurrent `mux up` won
+    if not created:
+        require_ours(host)
     try:
         _build(host, link_local_timeout)
     except BaseException:
         if created:  # nothing half-built: a mux this call started is removed again
             down(host)
         raise
+
+
+# mux's namespace carries this mark (links.set_mark) from before it has a name.
+MUX_MARK = links.MARK_PREFIX + "mux"
+
+
+def require_ours(host: HostConfig) -> None:
+    """StateError unless the existing mux namespace is netmux's: marked, or made before
+    marks existed (its gateway has netmux's derived MAC; then it is marked now)."""
+    ns = host.mux.netns
+    if links.read_mark(ns) == MUX_MARK:
+        return
+    try:
+        key = names.load_host_key(host.paths.host_key, create=False)
+        with links.iproute(ns) as ipr:
+            info = links.link_info(ipr, host.mux.gateway)
+    except (OSError, NetmuxError, NetlinkError):
+        info, key = None, b""
+    if info is not None and key and info["mac"] == derived_mac(key, "gateway"):
+        nsutil.run_in_netns(ns, lambda: links.set_mark(MUX_MARK))
+        return
+    raise StateError(
+        f"network namespace {nsutil.netns_path(ns)} exists and was not made by netmux: "
+        f"not touching it (remove it, or choose another [mux] netns)"
+    )
 
 
 def _stopping_marker(host: HostConfig) -> Path:
@@ -256,6 +283,8 @@ def down(host: HostConfig, force: bool = False) -> bool:
     from . import lab, workload
 
     cfg = host.mux
+    if links.netns_exists(cfg.netns):
+        require_ours(host)  # before anything changes
     wls = workloads(host) if not force else workload.known(host)
     if wls and not force:
         raise StateError(

@@ -285,6 +285,20 @@ def test_mux_down_refuses_while_workloads_exist_unless_forced(mux_radvd: MuxEnv)
         assert not links.netns_exists(n) and not workload.state_path(env.host, n).exists()
 
 
+def test_mux_up_and_down_leave_a_namespace_netmux_did_not_make(
+    foreign: Callable[[], str], tmp_path: Path
+) -> None:
+    ns = foreign()
+    path = muxfix.write_config(tmp_path, ns)
+    cli = [sys.executable, "-m", "netmux.cli", "--config", str(path), "mux"]
+    for action in ("up", "down"):
+        r = subprocess.run([*cli, action], capture_output=True, text=True)
+        assert r.returncode == 1 and "was not made by netmux" in r.stderr, r.stderr
+    assert nsutil.is_netns(nsutil.netns_path(ns))
+    out = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
+    assert len(out.splitlines()) == 1  # still only its lo: nothing was added
+
+
 # --- the crash test --------------------------------------------------------------------
 
 
@@ -338,3 +352,13 @@ def test_the_end_of_run_stops_what_its_command_left_behind(
     orphan = int(r.stdout.split()[-1])
     assert not os.path.exists(f"/proc/{orphan}/ns/net")  # stopped before `run` returned
     assert world(env) == before
+
+
+def test_a_mux_from_before_marks_is_recognised_by_its_gateway_and_marked(
+    mux_radvd: MuxEnv,
+) -> None:
+    env = mux_radvd
+    subprocess.run(["ip", "-n", env.netns, "link", "set", "lo", "alias", ""], check=True)
+    assert links.read_mark(env.netns) is None
+    env.netmux("mux", "up")
+    assert links.read_mark(env.netns) == mux.MUX_MARK
