@@ -1,9 +1,11 @@
 """One workload's life: up (validate, build, wait, report, exec), down, exec, run, status.
 
 `up` validates everything before it changes anything (name, user, command, mux, name not
-in use); once it has created something, any failure rolls it all back through `down`, so
-nothing is ever left half-built. `down` is idempotent and works whatever state the
-workload is in (fully up, half-built by a SIGKILLed `up`, its command killed).
+in use); once it has created something, any failure rolls back what this instance made,
+so nothing is ever left half-built. `down` is idempotent and works whatever state the
+workload is in (fully up, half-built by a SIGKILLed `up`, its command killed); `up`
+rebuilds a half-built one of its own. Only namespaces carrying netmux's mark are ever
+touched (see Instance and links.set_mark).
 
 No Python process stays resident: `up NAME -- CMD` ends by exec'ing CMD inside the
 namespace (same PID, so systemd's Type=notify main process is the workload itself);
