@@ -213,18 +213,23 @@ def is_netns(path: str | os.PathLike[str]) -> bool:
 def pids_in_netns(netns: str | os.PathLike[str] | int) -> list[int]:
     """PIDs whose (main thread's) network namespace is `netns`. Looked at, not signalled."""
     target = netns_id(netns)
-    if target is None:
-        return []
-    found = []
+    return pids_by_netns().get(target, []) if target is not None else []
+
+
+def pids_by_netns() -> dict[tuple[int, int], list[int]]:
+    """Every process by the identity (netns_id) of its network namespace: one pass over
+    /proc, so listing many workloads costs one scan."""
+    found: dict[tuple[int, int], list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 st = os.stat(f"/proc/{d}/ns/net")
             except OSError:
                 continue  # gone, or a zombie
-            if (st.st_dev, st.st_ino) == target:
-                found.append(int(d))
-    return sorted(found)
+            found.setdefault((st.st_dev, st.st_ino), []).append(int(d))
+    for pids in found.values():
+        pids.sort()
+    return found
 
 
 def remove_named_netns(name: str) -> bool:

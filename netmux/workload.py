@@ -809,8 +809,11 @@ def known(host: HostConfig) -> list[str]:
         return []
 
 
-def status(host: HostConfig, name: str) -> dict[str, Any]:
-    """Live status of one workload: state, interface, MAC, addresses (global/ULA)."""
+def status(
+    host: HostConfig, name: str, members: dict[tuple[int, int], list[int]] | None = None
+) -> dict[str, Any]:
+    """Live status of one workload: state, interface, MAC, addresses (global/ULA), the
+    processes in it (`members`: nsutil.pids_by_netns() when listing many)."""
     names.check_name(name)
     st = read_state(host, name) or {}
     ifname = str(st.get("ifname") or host.workload.ifname)
@@ -837,7 +840,7 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
     except OSError:
         out["state"] = "broken"
         return out
-    out["processes"] = _processes(name)
+    out["processes"] = _processes(name, members)
     out["addresses"] = links.split_addresses(ls.addrs)
     out["default_route"] = ls.default_route
     out["mac"] = ls.mac or out["mac"]
@@ -859,10 +862,14 @@ def status(host: HostConfig, name: str) -> dict[str, Any]:
     return out
 
 
-def _processes(name: str) -> list[dict[str, Any]]:
+def _processes(
+    name: str, members: dict[tuple[int, int], list[int]] | None = None
+) -> list[dict[str, Any]]:
     """{pid, command} of every process in NAME's namespace (what `down` will stop)."""
     out = []
-    for pid in nsutil.pids_in_netns(name):
+    ns = nsutil.netns_id(name)
+    pids = (members if members is not None else nsutil.pids_by_netns()).get(ns, []) if ns else []
+    for pid in pids:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
@@ -941,7 +948,8 @@ def cmd_run(args: argparse.Namespace, host: HostConfig) -> int:
 
 
 def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
-    rows = [status(host, n) for n in known(host)]
+    members = nsutil.pids_by_netns()
+    rows = [status(host, n, members) for n in known(host)]
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -963,7 +971,8 @@ def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
                 print(f"{args.name}: not up", file=sys.stderr)
             return 3
     else:
-        rows = [status(host, n) for n in known(host)]
+        members = nsutil.pids_by_netns()
+        rows = [status(host, n, members) for n in known(host)]
     if args.json:
         print(json.dumps(rows[0] if args.name else rows, indent=2, sort_keys=True))
         return 0
