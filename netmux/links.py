@@ -187,6 +187,25 @@ def set_up(ipr: Any, ifname: str) -> None:
 # --- workload links ---------------------------------------------------------------------
 
 
+IFF_ALLMULTI = 0x200
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
+
+
+def child_link_flags(kind: str) -> dict[str, int]:
+    """Link flags a new child link is created with (pyroute2 `flags`/`change`). Pure.
+
+    A macvtap gets allmulticast: its host side has IPv6 disabled, so the kernel's multicast
+    filter lists only all-nodes, and the neighbour solicitations for the guest's
+    solicited-node groups are dropped (the guest is unreachable). The guest's groups cannot
+    be mirrored from outside (every address it makes, stable-privacy and temporary ones
+    included, adds one) and the guest's NIC filters what it does not want, so all multicast
+    goes through: on a home LAN that is a few frames a second.
+    """
+    if kind == "macvtap":
+        return {"flags": IFF_ALLMULTI, "change": IFF_ALLMULTI}
+    return {}
+
+
 def create_child_link(
     mux_ipr: Any,
     parent: str,
@@ -208,6 +227,7 @@ def create_child_link(
         "link": parent_idx,
         f"{kind}_mode": "bridge",
         "address": mac,
+        **child_link_flags(kind),
     }
     by_name = isinstance(target_netns, str)
     fd = nsutil.open_netns(target_netns) if isinstance(target_netns, str) else target_netns
@@ -574,6 +594,24 @@ def sysctl_write(netns: str | int | None, items: list[tuple[str, str]]) -> None:
                 raise StateError(f"cannot set {key}={value}: {e.strerror}") from e
 
     nsutil.run_in_netns(netns, apply)
+
+
+def neighbours_with_mac(ipr: Any, ifname: str, mac: str) -> list[IPv6Address]:
+    """IPv6 neighbours of `ifname` whose link-layer address is `mac` and that answered
+    (not FAILED/INCOMPLETE): in mux, the addresses a VM guest has been seen using."""
+    idx = link_index(ipr, ifname)
+    if idx is None:
+        return []
+    out = []
+    for n in ipr.get_neighbours(family=socket.AF_INET6, ifindex=idx):
+        if (n.get_attr("NDA_LLADDR") or "").lower() != mac.lower():
+            continue
+        if n["state"] & (NUD_FAILED | NUD_INCOMPLETE):
+            continue
+        ip = IPv6Address(n.get_attr("NDA_DST"))
+        if not (ip.is_link_local or ip.is_multicast):
+            out.append(ip)
+    return sorted(out)
 
 
 def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:

@@ -13,11 +13,13 @@ namespace (same PID, so systemd's Type=notify main process is the workload itsel
 
 VMs (`--vm`): the macvtap lives in the workload's own namespace /run/netns/NAME, like a
 macvlan, so `down`, `status` and the firewall treat both kinds alike; QEMU only needs the
-tap's file descriptor, which is opened here (/dev/tapIFINDEX, or a node made with mknod
-in a private directory when /dev lacks it) and inherited across exec as {tapfd}. QEMU
+tap's file descriptor, which is opened here by its own major:minor (tap.py) and
+inherited across exec as {tapfd}. QEMU
 itself is exec'd inside the namespace too, so nothing of the VM is in the root namespace.
-The host side of the macvtap gets no IPv6 of its own (disable_ipv6): the guest does SLAAC
-with the MAC netmux gives it ({mac}).
+The host side of the macvtap gets no IPv6 of its own (disable_ipv6) and allmulticast
+(links.child_link_flags): the guest does SLAAC with the MAC netmux gives it ({mac}), and
+phonebookd learns the guest's addresses from its neighbour discovery (phonebook/follow.py).
+A VM's QEMU is the unit's main process, so its end ends the unit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -40,13 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil
+from . import config, firewall, journal, links, mux, names, nsutil, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
 
-TAPFD = "{tapfd}"
-MAC = "{mac}"
+TAPFD = tap.TAPFD
+MAC = tap.MAC
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,12 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         links.sysctl_write(fd, sysctls)
         # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
         firewall.apply_workload(host, wl, fd)
+        if p.kind == "macvtap" and wl.ports:
+            journal.warning(
+                f"workload {name}: ports do not filter a VM (a macvtap's frames bypass the "
+                "namespace's firewall): filter inside the guest",
+                workload=name,
+            )
         groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
         events = nsutil.run_in_netns(fd, lambda: links.event_socket(groups))
         early_rs = None
@@ -308,8 +317,9 @@ def up(
     elapsed = time.monotonic() - t0
     try:
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
-        tap_fd = _open_tap(host, p) if vm_exec else None  # for the exec'd QEMU only
+        tap_fd = _open_tap(p, inst.fd) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
+        dns = dns_names(host, wl) if wl.publish and wl.kind != "vm" else []
         record = {
             "name": p.name,
             "phase": "up",
@@ -327,7 +337,7 @@ def up(
             "started": time.time(),
             "up_seconds": round(elapsed, 4),
             "addresses": addrs,
-            "dns": dns_names(host, wl),
+            "dns": dns,
         }
         if nsutil.netns_id(p.name) != nsutil.netns_id(inst.fd):
             raise StateError(f"workload {p.name}: replaced by another `up` while this one built")
@@ -337,6 +347,11 @@ def up(
         if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
+        if pub is not None and p.kind == "macvtap":
+            # phonebookd learns the guest's addresses from its NDP (phonebook/follow.py):
+            # a VM's names are shown only when phonebookd has taken them.
+            dns = record["dns"] = dns_names(host, wl)
+            _write_state(host, p.name, record)
     except BaseException:
         _rollback(host, inst, p.ifname)
         raise
@@ -353,15 +368,33 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(host, wl, addrs), ready="1")
-    if not p.cmd:
+    mux.notify(status=_status_line(addrs, dns), ready="1")
+    if not p.cmd or not exec_cmd:
         return 0
-    if not exec_cmd:
-        return 0
-    argv = _substitute(p.cmd, tap_fd, p.mac)
+    argv = tap.substitute(p.cmd, tap_fd, p.mac)
     fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
     exec_in(p.name, argv, p.user, p.gid, pass_fds=fds)
     return 127  # not reached
+
+
+def holds_unit(env: Mapping[str, str] = os.environ) -> bool:
+    """True when this process is a Type=notify unit's main process (netmux@.service): then
+    a command-less `netmux up` must stay, or the unit would end and tear the namespace down.
+    The unit does not use RemainAfterExit=yes because then a command's (a VM's) clean exit
+    would leave it "active (exited)" with nothing cleaned up."""
+    return bool(env.get("NOTIFY_SOCKET") and env.get("INVOCATION_ID"))
+
+
+def hold_unit(name: str) -> None:
+    """Become `sleep infinity` (same PID, ~1 MB, no netmux code resident) until the unit
+    stops; its SIGTERM counts as a clean stop."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sleep, [f"netmux-hold-{name}", "infinity"])
+    except OSError as e:
+        raise StateError(f"workload {name}: cannot hold the unit with {sleep}: {e.strerror}") from e
 
 
 def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
@@ -371,66 +404,24 @@ def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
     return out
 
 
-def _status_line(host: HostConfig, wl: WorkloadConfig, addrs: dict[str, list[str]]) -> str:
+def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
     parts = []
     if addrs["global"]:
         parts.append("global " + " ".join(addrs["global"]))
     if addrs["ula"]:
         parts.append("ula " + " ".join(addrs["ula"]))
-    return "; ".join([*parts, "dns " + " ".join(dns_names(host, wl))])
-
-
-def _substitute(cmd: tuple[str, ...], tap_fd: int | None, mac: str) -> list[str]:
-    out = []
-    for a in cmd:
-        if tap_fd is not None:
-            a = a.replace(TAPFD, str(tap_fd))
-        out.append(a.replace(MAC, mac))
-    return out
+    if dns:
+        parts.append("dns " + " ".join(dns))
+    return "; ".join(parts)
 
 
 # --- macvtap ------------------------------------------------------------------------------
 
 
-def _open_tap(host: HostConfig, p: Plan) -> int:
-    """Open the macvtap's character device; the fd is inheritable (for QEMU)."""
-    with links.iproute(p.name) as ipr:
-        idx = links.link_index(ipr, p.ifname)
-    if idx is None:
-        raise StateError(f"workload {p.name}: macvtap {p.ifname} vanished")
-    node = Path(f"/dev/tap{idx}")
-    deadline = time.monotonic() + 1.0
-    while not node.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)  # devtmpfs creates it asynchronously
-    fd = os.open(node, os.O_RDWR) if node.exists() else _mknod_tap(host, p, idx)
-    os.set_inheritable(fd, True)
-    return fd
-
-
-def _mknod_tap(host: HostConfig, p: Plan, idx: int) -> int:
-    """/dev has no node (no devtmpfs): read major:minor from the namespace's sysfs."""
-    out = subprocess.run(
-        ["ip", "netns", "exec", p.name, "sh", "-c", f"cat /sys/class/net/{p.ifname}/macvtap/*/dev"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        major, minor = (int(x) for x in out.stdout.strip().split(":"))
-    except ValueError:
-        raise StateError(f"workload {p.name}: cannot find the tap device of {p.ifname}") from None
-    d = host.paths.run_dir / "tap" / p.name
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    node = d / f"tap{idx}"
-    with contextlib.suppress(FileNotFoundError):
-        node.unlink()
-    os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))
-    try:
-        return os.open(node, os.O_RDWR)
-    finally:
-        node.unlink()
-        with contextlib.suppress(OSError):
-            d.rmdir()
+def _open_tap(p: Plan, netns: int | None = None) -> int:
+    """The macvtap's character device for QEMU (tap.open_tap); the fd is inheritable.
+    `netns`: the instance's namespace fd where the caller holds it (never re-opened by name)."""
+    return tap.open_tap(p.name if netns is None else netns, p.ifname, f"workload {p.name}")
 
 
 # --- becoming the workload ----------------------------------------------------------------
@@ -614,9 +605,6 @@ def _teardown(
         for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
             if tmp.name[len(name) + 2 : -4].isdigit():
                 tmp.unlink(missing_ok=True)
-        tapdir = host.paths.run_dir / "tap" / name
-        if tapdir.exists():
-            shutil.rmtree(tapdir, ignore_errors=True)
         return False
 
     step("temporary files", scraps)
@@ -722,10 +710,10 @@ def run(
     try:
         up(host, wl, (), exec_cmd=False)
         created = True
-        tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
+        tap_fd = _open_tap(p) if p.kind == "macvtap" else None
         if pending:
             return 128 + pending[0]
-        argv = _substitute(p.cmd, tap_fd, p.mac)
+        argv = tap.substitute(p.cmd, tap_fd, p.mac)
 
         def pre() -> None:
             nsutil.enter_netns(p.name)
@@ -853,12 +841,15 @@ def status(
         out["state"] = "building" if isinstance(pid, int) and _alive(pid) else "half-built"
     elif not ls.up:
         out["state"] = "down"
+    elif st.get("kind") == "vm" and st.get("command") and not _alive_pid(st):
+        out["state"] = "exited"  # QEMU (the exec'd command) is gone; `down` cleans up
     elif st.get("kind") == "vm" or links.ready(ls, str(st.get("wait") or "global")):
         out["state"] = "up"
     else:
         out["state"] = "degraded"
-    pid = st.get("pid")
-    out["running"] = bool(isinstance(pid, int) and _alive(pid))
+    out["running"] = _alive_pid(st)
+    if out["kind"] == "vm" and out["state"] == "up" and out["mac"]:
+        out["guest"] = guest_addresses(host, name, str(out["mac"]))
     return out
 
 
@@ -876,6 +867,23 @@ def _processes(
             continue
         out.append({"pid": pid, "command": comm})
     return out
+
+
+def guest_addresses(host: HostConfig, name: str, mac: str) -> list[str]:
+    """A running VM's addresses as netmux sees them from outside: those phonebookd learned
+    from the guest's neighbour discovery, and mux's neighbour entries with the guest's MAC
+    (whatever mux has talked to)."""
+    found = set(phonebook.published_addresses(name))
+    if links.netns_exists(host.mux.netns):
+        with contextlib.suppress(OSError), links.iproute(host.mux.netns) as mipr:
+            found |= {str(a) for a in links.neighbours_with_mac(mipr, host.mux.gateway, mac)}
+    return sorted(found, key=ipaddress.ip_address)
+
+
+def _alive_pid(st: Mapping[str, Any]) -> bool:
+    """Whether the process recorded by `up` (after exec: the command itself) still runs."""
+    pid = st.get("pid")
+    return bool(isinstance(pid, int) and _alive(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -925,6 +933,8 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
     rc = up(host, wl, cmd)
     if not cmd:
         _print_status(status(host, wl.name))
+        if holds_unit():
+            hold_unit(wl.name)
     return rc
 
 
@@ -938,7 +948,15 @@ def cmd_exec(args: argparse.Namespace, host: HostConfig) -> int:
     if not args.cmd:
         raise UsageError("exec: a command is needed: netmux exec NAME -- CMD [ARG ...]")
     user = lookup_user(args.user, "exec --user") if getattr(args, "user", None) else None
-    exec_in(args.name, list(args.cmd), user, None)
+    argv = list(args.cmd)
+    fds: tuple[int, ...] = ()
+    st = read_state(host, args.name) or {}
+    if st.get("kind") == "vm" and any(TAPFD in a or MAC in a for a in argv):
+        # QEMU joining a VM workload from a unit of its own: the same tap and MAC as `up`.
+        ifname = str(st.get("ifname") or host.workload.ifname)
+        fd = tap.open_tap(args.name, ifname, f"workload {args.name}")
+        argv, fds = tap.substitute(argv, fd, str(st.get("mac", ""))), (fd,)
+    exec_in(args.name, argv, user, None, pass_fds=fds)
     return 127  # not reached
 
 
@@ -955,8 +973,8 @@ def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
         return 0
     print(f"{'NAME':15} {'STATE':9} {'KIND':7} {'MAC':17} ADDRESSES")
     for r in rows:
-        addrs = " ".join(r["addresses"]["global"] + r["addresses"]["ula"]) or "-"
-        print(f"{r['name']:15} {r['state']:9} {r['kind']:7} {r['mac'] or '-':17} {addrs}")
+        addrs = " ".join(r["addresses"]["global"] + r["addresses"]["ula"] + r.get("guest", []))
+        print(f"{r['name']:15} {r['state']:9} {r['kind']:7} {r['mac'] or '-':17} {addrs or '-'}")
     return 0
 
 
@@ -987,6 +1005,8 @@ def _print_status(r: dict[str, Any]) -> None:
     for key in ("global", "ula"):
         for a in r["addresses"][key]:
             print(f"  {key:6} {a}")
+    for a in r.get("guest", []):
+        print(f"  guest  {a}")
     if r.get("dns"):
         print("  dns    " + " ".join(r["dns"]))
     for proc in r.get("processes", []):
