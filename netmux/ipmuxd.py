@@ -46,15 +46,12 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, journal, names, nsutil
+from . import config, journal, links, names, nsutil, tap
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -286,7 +283,7 @@ class Daemon:
         )
         out: dict[str, Any] = {"ok": True, **c.device}
         if req.kind == "macvtap":
-            out["_tap_fd"] = open_tap(fds[0], req.ifname, c.device["ifindex"])
+            out["_tap_fd"] = tap.open_tap(fds[0], req.ifname, f"ipmuxd: {req.name}", False)
         return out
 
     def close(self, fd: int) -> None:
@@ -361,6 +358,7 @@ def create_device(
     else:
         kw[f"{req.kind}_mode"] = "bridge"
         kw["address"] = mac
+    kw.update(links.child_link_flags(req.kind))
     if not nsutil.netns_path(host.mux.netns).exists():
         raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
     ipr = _ipr_in(host.mux.netns)
@@ -403,39 +401,6 @@ def create_device(
     finally:
         tipr.close()
     return {"name": req.name, "kind": req.kind, "ifname": req.ifname, "ifindex": idx, "mac": mac}
-
-
-def open_tap(netns_fd: int, ifname: str, ifindex: int) -> int:
-    """Open a macvtap's character device, for a caller that cannot mknod (QEMU's fd=).
-
-    Its major:minor is in the sysfs of the device's namespace, which needs a sysfs mounted
-    from inside that namespace: a short child (nsenter + a private mount namespace) reads
-    it. devtmpfs names the node /dev/tapIFINDEX (used when its numbers match); otherwise a
-    node is made in a private directory under /dev and removed once open.
-    """
-    script = f"mount -t sysfs sysfs /sys && cat /sys/class/net/{ifname}/macvtap/*/dev"
-    r = subprocess.run(
-        ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "unshare", "--mount",
-         "--propagation", "private", "sh", "-c", script],
-        pass_fds=[netns_fd], capture_output=True, text=True, check=False, timeout=10,
-    )  # fmt: skip
-    try:
-        major, minor = (int(x) for x in r.stdout.strip().split(":"))
-    except ValueError:
-        raise StateError(f"cannot find the tap device of {ifname}: {r.stderr.strip()}") from None
-    dev = os.makedev(major, minor)
-    node = Path(f"/dev/tap{ifindex}")
-    for _ in range(50):  # devtmpfs creates it asynchronously
-        with contextlib.suppress(OSError):
-            st = node.stat()
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == dev:
-                return os.open(node, os.O_RDWR | os.O_CLOEXEC)
-        time.sleep(0.01)
-    # /dev: /run and /tmp are usually mounted nodev (a node there cannot be opened).
-    with tempfile.TemporaryDirectory(prefix=".ipmuxd-tap.", dir="/dev") as d:
-        own = Path(d) / "tap"
-        os.mknod(own, 0o600 | stat.S_IFCHR, dev)
-        return os.open(own, os.O_RDWR | os.O_CLOEXEC)
 
 
 def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
@@ -607,6 +572,7 @@ def cmd_ipmux(args: argparse.Namespace, host: HostConfig) -> int:
         os.set_inheritable(reply["tap_fd"], True)
         os.environ[ENV_TAP_FD] = str(reply["tap_fd"])
     journal.debug(f"ipmux: {reply}")
+    cmd = tap.substitute(cmd, reply.get("tap_fd"), str(reply.get("mac", "")))
     try:
         os.execvp(cmd[0], cmd)
     except OSError as e:

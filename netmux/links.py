@@ -187,6 +187,24 @@ def set_up(ipr: Any, ifname: str) -> None:
 # --- workload links ---------------------------------------------------------------------
 
 
+IFF_ALLMULTI = 0x200
+
+
+def child_link_flags(kind: str) -> dict[str, int]:
+    """Link flags a new child link is created with (pyroute2 `flags`/`change`). Pure.
+
+    A macvtap gets allmulticast: its host side has IPv6 disabled, so the kernel's multicast
+    filter lists only all-nodes, and the neighbour solicitations for the guest's
+    solicited-node groups are dropped (the guest is unreachable). The guest's groups cannot
+    be mirrored from outside (every address it makes, stable-privacy and temporary ones
+    included, adds one) and the guest's NIC filters what it does not want, so all multicast
+    goes through: on a home LAN that is a few frames a second.
+    """
+    if kind == "macvtap":
+        return {"flags": IFF_ALLMULTI, "change": IFF_ALLMULTI}
+    return {}
+
+
 def create_child_link(
     mux_ipr: Any,
     parent: str,
@@ -208,6 +226,7 @@ def create_child_link(
         "link": parent_idx,
         f"{kind}_mode": "bridge",
         "address": mac,
+        **child_link_flags(kind),
     }
     by_name = isinstance(target_netns, str)
     fd = nsutil.open_netns(target_netns) if isinstance(target_netns, str) else target_netns

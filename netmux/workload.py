@@ -13,8 +13,8 @@ namespace (same PID, so systemd's Type=notify main process is the workload itsel
 
 VMs (`--vm`): the macvtap lives in the workload's own namespace /run/netns/NAME, like a
 macvlan, so `down`, `status` and the firewall treat both kinds alike; QEMU only needs the
-tap's file descriptor, which is opened here (/dev/tapIFINDEX, or a node made with mknod
-in a private directory when /dev lacks it) and inherited across exec as {tapfd}. QEMU
+tap's file descriptor, which is opened here by its own major:minor (tap.py) and
+inherited across exec as {tapfd}. QEMU
 itself is exec'd inside the namespace too, so nothing of the VM is in the root namespace.
 The host side of the macvtap gets no IPv6 of its own (disable_ipv6): the guest does SLAAC
 with the MAC netmux gives it ({mac}).
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil
+from . import config, firewall, journal, links, mux, names, nsutil, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
 
-TAPFD = "{tapfd}"
-MAC = "{mac}"
+TAPFD = tap.TAPFD
+MAC = tap.MAC
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,9 @@ def up(
     elapsed = time.monotonic() - t0
     try:
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
-        tap_fd = _open_tap(host, p) if vm_exec else None  # for the exec'd QEMU only
+        tap_fd = _open_tap(p) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
+        dns = dns_names(host, wl) if publishes(wl) else []
         record = {
             "name": p.name,
             "phase": "up",
@@ -327,14 +328,14 @@ def up(
             "started": time.time(),
             "up_seconds": round(elapsed, 4),
             "addresses": addrs,
-            "dns": dns_names(host, wl),
+            "dns": dns,
         }
         if nsutil.netns_id(p.name) != nsutil.netns_id(inst.fd):
             raise StateError(f"workload {p.name}: replaced by another `up` while this one built")
         _write_state(host, p.name, record)
         # phonebook: DNS records while the lifeline lives (CMD inherits it; see client.py).
         pub = None
-        if wl.publish:
+        if publishes(wl):
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
     except BaseException:
@@ -353,15 +354,33 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(host, wl, addrs), ready="1")
-    if not p.cmd:
+    mux.notify(status=_status_line(addrs, dns), ready="1")
+    if not p.cmd or not exec_cmd:
         return 0
-    if not exec_cmd:
-        return 0
-    argv = _substitute(p.cmd, tap_fd, p.mac)
+    argv = tap.substitute(p.cmd, tap_fd, p.mac)
     fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
     exec_in(p.name, argv, p.user, p.gid, pass_fds=fds)
     return 127  # not reached
+
+
+def holds_unit(env: Mapping[str, str] = os.environ) -> bool:
+    """True when this process is a Type=notify unit's main process (netmux@.service): then
+    a command-less `netmux up` must stay, or the unit would end and tear the namespace down.
+    The unit does not use RemainAfterExit=yes because then a command's (a VM's) clean exit
+    would leave it "active (exited)" with nothing cleaned up."""
+    return bool(env.get("NOTIFY_SOCKET") and env.get("INVOCATION_ID"))
+
+
+def hold_unit(name: str) -> None:
+    """Become `sleep infinity` (same PID, ~1 MB, no netmux code resident) until the unit
+    stops; its SIGTERM counts as a clean stop."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sleep, [f"netmux-hold-{name}", "infinity"])
+    except OSError as e:
+        raise StateError(f"workload {name}: cannot hold the unit with {sleep}: {e.strerror}") from e
 
 
 def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
@@ -371,66 +390,29 @@ def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
     return out
 
 
-def _status_line(host: HostConfig, wl: WorkloadConfig, addrs: dict[str, list[str]]) -> str:
+def publishes(wl: WorkloadConfig) -> bool:
+    """Whether `up` asks phonebookd for records: not for a VM, whose addresses live in the
+    guest (the host side of its macvtap has none for phonebookd to follow)."""
+    return wl.publish and wl.kind != "vm"
+
+
+def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
     parts = []
     if addrs["global"]:
         parts.append("global " + " ".join(addrs["global"]))
     if addrs["ula"]:
         parts.append("ula " + " ".join(addrs["ula"]))
-    return "; ".join([*parts, "dns " + " ".join(dns_names(host, wl))])
-
-
-def _substitute(cmd: tuple[str, ...], tap_fd: int | None, mac: str) -> list[str]:
-    out = []
-    for a in cmd:
-        if tap_fd is not None:
-            a = a.replace(TAPFD, str(tap_fd))
-        out.append(a.replace(MAC, mac))
-    return out
+    if dns:
+        parts.append("dns " + " ".join(dns))
+    return "; ".join(parts)
 
 
 # --- macvtap ------------------------------------------------------------------------------
 
 
-def _open_tap(host: HostConfig, p: Plan) -> int:
-    """Open the macvtap's character device; the fd is inheritable (for QEMU)."""
-    with links.iproute(p.name) as ipr:
-        idx = links.link_index(ipr, p.ifname)
-    if idx is None:
-        raise StateError(f"workload {p.name}: macvtap {p.ifname} vanished")
-    node = Path(f"/dev/tap{idx}")
-    deadline = time.monotonic() + 1.0
-    while not node.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)  # devtmpfs creates it asynchronously
-    fd = os.open(node, os.O_RDWR) if node.exists() else _mknod_tap(host, p, idx)
-    os.set_inheritable(fd, True)
-    return fd
-
-
-def _mknod_tap(host: HostConfig, p: Plan, idx: int) -> int:
-    """/dev has no node (no devtmpfs): read major:minor from the namespace's sysfs."""
-    out = subprocess.run(
-        ["ip", "netns", "exec", p.name, "sh", "-c", f"cat /sys/class/net/{p.ifname}/macvtap/*/dev"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        major, minor = (int(x) for x in out.stdout.strip().split(":"))
-    except ValueError:
-        raise StateError(f"workload {p.name}: cannot find the tap device of {p.ifname}") from None
-    d = host.paths.run_dir / "tap" / p.name
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    node = d / f"tap{idx}"
-    with contextlib.suppress(FileNotFoundError):
-        node.unlink()
-    os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))
-    try:
-        return os.open(node, os.O_RDWR)
-    finally:
-        node.unlink()
-        with contextlib.suppress(OSError):
-            d.rmdir()
+def _open_tap(p: Plan) -> int:
+    """The macvtap's character device for QEMU (tap.open_tap); the fd is inheritable."""
+    return tap.open_tap(p.name, p.ifname, f"workload {p.name}")
 
 
 # --- becoming the workload ----------------------------------------------------------------
@@ -614,9 +596,6 @@ def _teardown(
         for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
             if tmp.name[len(name) + 2 : -4].isdigit():
                 tmp.unlink(missing_ok=True)
-        tapdir = host.paths.run_dir / "tap" / name
-        if tapdir.exists():
-            shutil.rmtree(tapdir, ignore_errors=True)
         return False
 
     step("temporary files", scraps)
@@ -722,10 +701,10 @@ def run(
     try:
         up(host, wl, (), exec_cmd=False)
         created = True
-        tap_fd = _open_tap(host, p) if p.kind == "macvtap" else None
+        tap_fd = _open_tap(p) if p.kind == "macvtap" else None
         if pending:
             return 128 + pending[0]
-        argv = _substitute(p.cmd, tap_fd, p.mac)
+        argv = tap.substitute(p.cmd, tap_fd, p.mac)
 
         def pre() -> None:
             nsutil.enter_netns(p.name)
@@ -853,12 +832,13 @@ def status(
         out["state"] = "building" if isinstance(pid, int) and _alive(pid) else "half-built"
     elif not ls.up:
         out["state"] = "down"
+    elif st.get("kind") == "vm" and st.get("command") and not _alive_pid(st):
+        out["state"] = "exited"  # QEMU (the exec'd command) is gone; `down` cleans up
     elif st.get("kind") == "vm" or links.ready(ls, str(st.get("wait") or "global")):
         out["state"] = "up"
     else:
         out["state"] = "degraded"
-    pid = st.get("pid")
-    out["running"] = bool(isinstance(pid, int) and _alive(pid))
+    out["running"] = _alive_pid(st)
     return out
 
 
@@ -876,6 +856,12 @@ def _processes(
             continue
         out.append({"pid": pid, "command": comm})
     return out
+
+
+def _alive_pid(st: Mapping[str, Any]) -> bool:
+    """Whether the process recorded by `up` (after exec: the command itself) still runs."""
+    pid = st.get("pid")
+    return bool(isinstance(pid, int) and _alive(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -925,6 +911,8 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
     rc = up(host, wl, cmd)
     if not cmd:
         _print_status(status(host, wl.name))
+        if holds_unit():
+            hold_unit(wl.name)
     return rc
 
 
