@@ -13,7 +13,11 @@ PYTEST_ARGS ?=
 APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftables \
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
-	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git groff-base
+	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git groff-base \
+	qemu-system-x86 cpio
+# The vm tier's guest (tests/guest.py) is made of these, fetched with `apt-get download` and
+# unpacked into its cache, never installed: the host's kernel and busybox stay as they are.
+APT_GUEST := linux-image-cloud-amd64 busybox-static
 APT_OPTIONAL := tayga tinydns udev
 # debian/ packaging (make package) needs these on top; APT_WHERE_PRESENT are installed on
 # the releases that have them (systemd-dev: Debian 13's home of the unit directory
@@ -45,6 +49,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  rc=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
+	@for p in $(APT_GUEST); do apt-cache show $$p >/dev/null 2>&1 || { apt-get update -qq; break; }; done
 	@$(MAKE) --no-print-directory venv
 
 # The venv sees Debian's python3-nftables and python3-systemd; pyroute2 0.9 comes from PyPI.
@@ -59,7 +64,7 @@ $(VENV)/.installed: pyproject.toml
 # fails its test (tests/conftest.py, the `requires` marker).
 test: deps
 	@test "$$(id -u)" = 0 || { echo "make test: run as root (netns and system tiers need it)"; exit 1; }
-	NETMUX_OPTIONAL="$(APT_OPTIONAL)" $(PY) -m pytest -m "unit or netns or system" $(PYTEST_ARGS)
+	NETMUX_OPTIONAL="$(APT_OPTIONAL)" $(PY) -m pytest -m "unit or netns or system or vm" $(PYTEST_ARGS)
 
 # The README's two commands, exactly as written, on a fresh minimal Debian root of RELEASE
 # (bookworm or trixie) in a container (tests/fresh_root.py): the proof that the set-up is

@@ -188,6 +188,7 @@ def set_up(ipr: Any, ifname: str) -> None:
 
 
 IFF_ALLMULTI = 0x200
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 
 def child_link_flags(kind: str) -> dict[str, int]:
@@ -593,6 +594,24 @@ def sysctl_write(netns: str | int | None, items: list[tuple[str, str]]) -> None:
                 raise StateError(f"cannot set {key}={value}: {e.strerror}") from e
 
     nsutil.run_in_netns(netns, apply)
+
+
+def neighbours_with_mac(ipr: Any, ifname: str, mac: str) -> list[IPv6Address]:
+    """IPv6 neighbours of `ifname` whose link-layer address is `mac` and that answered
+    (not FAILED/INCOMPLETE): in mux, the addresses a VM guest has been seen using."""
+    idx = link_index(ipr, ifname)
+    if idx is None:
+        return []
+    out = []
+    for n in ipr.get_neighbours(family=socket.AF_INET6, ifindex=idx):
+        if (n.get_attr("NDA_LLADDR") or "").lower() != mac.lower():
+            continue
+        if n["state"] & (NUD_FAILED | NUD_INCOMPLETE):
+            continue
+        ip = IPv6Address(n.get_attr("NDA_DST"))
+        if not (ip.is_link_local or ip.is_multicast):
+            out.append(ip)
+    return sorted(out)
 
 
 def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:

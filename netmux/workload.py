@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -310,7 +311,7 @@ def up(
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
         tap_fd = _open_tap(p) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
-        dns = dns_names(host, wl) if publishes(wl) else []
+        dns = dns_names(host, wl) if wl.publish and wl.kind != "vm" else []
         record = {
             "name": p.name,
             "phase": "up",
@@ -335,9 +336,14 @@ def up(
         _write_state(host, p.name, record)
         # phonebook: DNS records while the lifeline lives (CMD inherits it; see client.py).
         pub = None
-        if publishes(wl):
+        if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
+        if pub is not None and p.kind == "macvtap":
+            # phonebookd learns the guest's addresses from its NDP (phonebook/follow.py):
+            # a VM's names are shown only when phonebookd has taken them.
+            dns = record["dns"] = dns_names(host, wl)
+            _write_state(host, p.name, record)
     except BaseException:
         _rollback(host, inst, p.ifname)
         raise
@@ -388,12 +394,6 @@ def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
     out = [f"{lab}.{host.public_zone}" for lab in labels]
     out += [f"{lab}.{host.dns.internal_zone.rstrip('.')}" for lab in labels]
     return out
-
-
-def publishes(wl: WorkloadConfig) -> bool:
-    """Whether `up` asks phonebookd for records: not for a VM, whose addresses live in the
-    guest (the host side of its macvtap has none for phonebookd to follow)."""
-    return wl.publish and wl.kind != "vm"
 
 
 def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
@@ -839,6 +839,8 @@ def status(
     else:
         out["state"] = "degraded"
     out["running"] = _alive_pid(st)
+    if out["kind"] == "vm" and out["state"] == "up" and out["mac"]:
+        out["guest"] = guest_addresses(host, name, str(out["mac"]))
     return out
 
 
@@ -856,6 +858,17 @@ def _processes(
             continue
         out.append({"pid": pid, "command": comm})
     return out
+
+
+def guest_addresses(host: HostConfig, name: str, mac: str) -> list[str]:
+    """A running VM's addresses as netmux sees them from outside: those phonebookd learned
+    from the guest's neighbour discovery, and mux's neighbour entries with the guest's MAC
+    (whatever mux has talked to)."""
+    found = set(phonebook.published_addresses(name))
+    if links.netns_exists(host.mux.netns):
+        with contextlib.suppress(OSError), links.iproute(host.mux.netns) as mipr:
+            found |= {str(a) for a in links.neighbours_with_mac(mipr, host.mux.gateway, mac)}
+    return sorted(found, key=ipaddress.ip_address)
 
 
 def _alive_pid(st: Mapping[str, Any]) -> bool:
@@ -943,8 +956,8 @@ def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
         return 0
     print(f"{'NAME':15} {'STATE':9} {'KIND':7} {'MAC':17} ADDRESSES")
     for r in rows:
-        addrs = " ".join(r["addresses"]["global"] + r["addresses"]["ula"]) or "-"
-        print(f"{r['name']:15} {r['state']:9} {r['kind']:7} {r['mac'] or '-':17} {addrs}")
+        addrs = " ".join(r["addresses"]["global"] + r["addresses"]["ula"] + r.get("guest", []))
+        print(f"{r['name']:15} {r['state']:9} {r['kind']:7} {r['mac'] or '-':17} {addrs or '-'}")
     return 0
 
 
@@ -975,6 +988,8 @@ def _print_status(r: dict[str, Any]) -> None:
     for key in ("global", "ula"):
         for a in r["addresses"][key]:
             print(f"  {key:6} {a}")
+    for a in r.get("guest", []):
+        print(f"  guest  {a}")
     if r.get("dns"):
         print("  dns    " + " ".join(r["dns"]))
     for proc in r.get("processes", []):

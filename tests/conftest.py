@@ -2,7 +2,7 @@
 
 Every namespace, link, mount and cgroup a test creates carries the per-run prefix RUN
 (e.g. "n3fa2"), so that parallel runs on a shared machine never touch each other's
-objects. Tests marked netns or system get a leak check: anything with the run prefix, or
+objects. Tests marked netns, system or vm get a leak check: anything with the run prefix, or
 any child process, that outlives the test fails it. The pytest process is made a child
 subreaper so that daemons which double-fork are still seen (and reaped) here.
 """
@@ -96,11 +96,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        tiers = {m.name for m in item.iter_markers()} & {"unit", "netns", "system"}
+        tiers = {m.name for m in item.iter_markers()} & {"unit", "netns", "system", "vm"}
         if not tiers:
-            raise pytest.UsageError(f"{item.nodeid}: mark it unit, netns or system")
-        if tiers & {"netns", "system"} and not IS_ROOT:
-            item.add_marker(pytest.mark.skip(reason="needs root (netns/system tier)"))
+            raise pytest.UsageError(f"{item.nodeid}: mark it unit, netns, system or vm")
+        if tiers & {"netns", "system", "vm"} and not IS_ROOT:
+            item.add_marker(pytest.mark.skip(reason="needs root (netns/system/vm tier)"))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -130,7 +130,8 @@ def uname() -> Callable[[str], str]:
 @pytest.fixture(autouse=True)
 def _leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail netns/system tests that leave namespaces, links, mounts, cgroups or processes."""
-    if not IS_ROOT or not ({"netns", "system"} & {m.name for m in request.node.iter_markers()}):
+    tiers = {m.name for m in request.node.iter_markers()}
+    if not IS_ROOT or not ({"netns", "system", "vm"} & tiers):
         yield
         return
     before = leaks.snapshot(RUN)

@@ -169,6 +169,20 @@ def records(address: str | None = None, timeout: float = 3.0) -> list[tuple[str,
     return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
 
+def published_addresses(name: str, address: str | None = None, timeout: float = 2.0) -> list[str]:
+    """The usable addresses phonebookd publishes for `name` (for a VM: what it learned from
+    the guest); [] when phonebookd is not there or does not publish it."""
+    try:
+        out = _run("Publications", "", [], (), address, timeout)
+    except Unavailable:
+        return []
+    rows = out[0] if out and isinstance(out[0], list) else []
+    for r in rows:
+        if r[0] == name and isinstance(r[5], list):
+            return [str(a) for a in r[5]]
+    return []
+
+
 def hand_to_unit(pub: Published) -> bool:
     """No command will inherit the lifeline (`netmux up NAME` without CMD): give it to our
     own unit's fd store, so the record lives as long as the unit. False outside systemd."""

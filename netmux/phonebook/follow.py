@@ -5,17 +5,27 @@ socket belongs to it), subscribed to link and address events, dumped once, then 
 event loop. pyroute2's marshal parses the messages; the socket is ours so that every
 namespace costs one file descriptor and no thread. A namespace is identified by its inode,
 so /run/netns/NAME and /proc/PID/ns/net of the same namespace share one socket.
+
+A VM's interface is a macvtap whose host side has no addresses: the guest's live inside
+the guest. For it the watcher learns them from the guest's own neighbour discovery, which
+the macvtap carries with the guest's MAC (netmux's, from the name): the duplicate address
+detection every SLAAC address starts with (the target of an NS from ::), and the guest's
+later NS/NA. A packet socket on the macvtap with a BPF filter passes only those frames, so a
+busy guest costs phonebookd nothing. Learned addresses stay until the publication ends (the
+VM stops): a guest does not announce that an address is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import socket
+import struct
 from collections.abc import Callable
-from ipaddress import ip_address
+from ipaddress import IPv6Address, ip_address
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -31,6 +41,24 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RCVBUF = 4 << 20
 
+ETH_P_IPV6 = 0x86DD
+ETH_P_ALL = 0x0003
+ETH_P_ALL_N = socket.htons(ETH_P_ALL)
+SO_ATTACH_FILTER = 26
+ND_NS, ND_NA = 135, 136
+# Classic BPF: IPv6, next header ICMPv6 (no extension headers: NDP has none), type NS or NA.
+NDP_FILTER = (
+    (0x28, 0, 0, 12),  # ldh [12]          ethertype
+    (0x15, 0, 6, ETH_P_IPV6),  # jeq IPv6 else drop
+    (0x30, 0, 0, 20),  # ldb [20]          next header
+    (0x15, 0, 4, 58),  # jeq ICMPv6 else drop
+    (0x30, 0, 0, 54),  # ldb [54]          ICMPv6 type
+    (0x15, 1, 0, ND_NS),  # NS: accept
+    (0x15, 0, 1, ND_NA),  # NA: accept, else drop
+    (0x06, 0, 0, 0xFFFF),  # accept
+    (0x06, 0, 0, 0),  # drop
+)
+
 NsKey = tuple[int, int]
 Callback = Callable[[tuple[Address, ...]], None]
 
@@ -40,14 +68,92 @@ def ns_key(fd: int) -> NsKey:
     return (st.st_dev, st.st_ino)
 
 
+def guest_ndp_addresses(frame: bytes, mac: bytes) -> set[IPv6Address]:
+    """The guest addresses an NDP frame sent by `mac` shows (DAD target, NS/NA source, NA
+    target); link-local, multicast and :: are left out. Pure."""
+    if len(frame) < 78 or frame[6:12] != mac or frame[12:14] != b"\x86\xdd" or frame[20] != 58:
+        return set()
+    kind = frame[54]
+    src = IPv6Address(frame[22:38])
+    target = IPv6Address(frame[62:78])
+    found: set[IPv6Address] = set()
+    if kind == ND_NS:
+        found.add(target if src.is_unspecified else src)
+    elif kind == ND_NA:
+        found |= {src, target}
+    return {a for a in found if not (a.is_link_local or a.is_multicast or a.is_unspecified)}
+
+
+def _ndp_socket(ifname: str) -> socket.socket:
+    """A packet socket on `ifname` (in the calling thread's namespace) passing only NDP.
+
+    ETH_P_ALL: a protocol-specific packet socket sees only received frames, and what the
+    guest sends is, on the host side of its macvtap, transmitted.
+    """
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, ETH_P_ALL_N)
+    try:
+        prog = b"".join(struct.pack("HBBI", *ins) for ins in NDP_FILTER)
+        buf = ctypes.create_string_buffer(prog)
+        fprog = struct.pack("HL", len(NDP_FILTER), ctypes.addressof(buf))
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        s.bind((ifname, ETH_P_ALL))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class GuestSniffer:
+    """The guest addresses behind one macvtap, learned from the guest's NDP frames."""
+
+    def __init__(self, nsfd: int, ifname: str, mac: str, changed: Callable[[], None]) -> None:
+        self.ifname = ifname
+        self.mac = bytes.fromhex(mac.replace(":", ""))
+        self.changed = changed
+        self.found: dict[IPv6Address, Address] = {}
+        self.sock = nsutil.run_in_netns(nsfd, lambda: _ndp_socket(ifname))
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        new = False
+        while True:
+            try:
+                frame, where = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                journal.warning(f"phonebook: guest on {self.ifname}: {e}")
+                break
+            if where[0] != self.ifname:
+                continue  # queued before bind() narrowed the socket to the macvtap
+            for ip in guest_ndp_addresses(frame, self.mac):
+                if ip not in self.found:
+                    self.found[ip] = Address(ip, 64, 0)  # the guest's prefix length is its own
+                    new = True
+        if new:
+            self.changed()
+
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(self.found[k] for k in sorted(self.found))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
 class NetnsWatcher:
     """Links and addresses of one namespace, kept current from netlink events."""
 
     def __init__(self, nsfd: int) -> None:
         self.key = ns_key(nsfd)
+        self.nsfd = nsfd
         self.sock = nsutil.run_in_netns(nsfd, self._open)
         self.marshal = MarshalRtnl()
         self.links: dict[int, str] = {}
+        self.macvtaps: dict[str, str] = {}  # ifname -> MAC, the VM links
+        self.guests: dict[str, GuestSniffer] = {}
         self.addrs: dict[int, dict[tuple[str, int], Address]] = {}
         self.subscribers: dict[str, dict[int, Callback]] = {}
         self.last: dict[str, tuple[Address, ...]] = {}
@@ -66,6 +172,9 @@ class NetnsWatcher:
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
         self.sock.close()
+        for g in self.guests.values():
+            g.close()
+        self.guests.clear()
 
     # -- netlink ----------------------------------------------------------------------
 
@@ -106,6 +215,11 @@ class NetnsWatcher:
             name = m.get_attr("IFLA_IFNAME")
             if name:
                 self.links[m["index"]] = name
+                info = m.get_attr("IFLA_LINKINFO")
+                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+                mac = m.get_attr("IFLA_ADDRESS")
+                if kind == "macvtap" and mac:
+                    self.macvtaps[name] = mac
         elif mt == RTM_DELLINK:
             self.links.pop(m["index"], None)
             self.addrs.pop(m["index"], None)
@@ -142,6 +256,8 @@ class NetnsWatcher:
     # -- subscribers ------------------------------------------------------------------
 
     def addresses(self, ifname: str) -> tuple[Address, ...]:
+        if ifname in self.guests:
+            return self.guests[ifname].addresses()
         for index, name in self.links.items():
             if name == ifname:
                 per = self.addrs.get(index, {})
@@ -149,6 +265,9 @@ class NetnsWatcher:
         return ()
 
     def subscribe(self, ifname: str, token: int, cb: Callback) -> tuple[Address, ...]:
+        if ifname in self.macvtaps and ifname not in self.guests:
+            mac = self.macvtaps[ifname]
+            self.guests[ifname] = GuestSniffer(self.nsfd, ifname, mac, self._notify)
         self.subscribers.setdefault(ifname, {})[token] = cb
         self.last[ifname] = self.addresses(ifname)
         return self.last[ifname]
@@ -160,6 +279,9 @@ class NetnsWatcher:
         if not subs:
             self.subscribers.pop(ifname, None)
             self.last.pop(ifname, None)
+            g = self.guests.pop(ifname, None)
+            if g is not None:
+                g.close()
         return not self.subscribers
 
     def _notify(self) -> None:
