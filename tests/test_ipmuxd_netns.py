@@ -157,17 +157,19 @@ def test_group_member_gets_a_device_removed_when_it_goes(daemon: Env, how: str) 
 def test_macvtap_comes_with_its_tap_fd(daemon: Env) -> None:
     """An unprivileged caller cannot mknod the tap device: ipmuxd passes it an open fd."""
     check = (
-        "import os, stat; fd = int(os.environ['NETMUX_TAP_FD']); "
-        "print('tap', stat.S_ISCHR(os.fstat(fd).st_mode), os.environ['NETMUX_MAC'])"
+        "import os, stat, sys; fd = int(os.environ['NETMUX_TAP_FD']); "
+        "print('tap', stat.S_ISCHR(os.fstat(fd).st_mode), os.environ['NETMUX_MAC']); "
+        "print('args', sys.argv[1] == str(fd), sys.argv[2] == os.environ['NETMUX_MAC'])"
     )
-    cmd = [daemon.py.python, "-c", check]
+    cmd = [daemon.py.python, "-c", check, "{tapfd}", "{mac}"]  # substituted as by `up --vm`
     p = daemon.client(f"{RUN}vm", ["sh", "-c", 'ip -d link show eth0; exec "$@"', "-", *cmd],
                       kind="macvtap")  # fmt: skip
     out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     key = names.load_host_key(daemon.host.paths.host_key, create=False)
     assert f"tap True {ipmuxd.identity(key, NOBODY, f'{RUN}vm')[0]}" in out
-    assert "macvtap" in out
+    assert "macvtap" in out and "args True True" in out
+    assert "ALLMULTI" in out  # the guest's solicited-node groups pass the macvtap
 
 
 def test_outsider_is_refused_by_socket_permissions(daemon: Env) -> None:

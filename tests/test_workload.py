@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import links, names, workload
+from netmux import links, names, tap, workload
 from tests import muxfix
-from tests.conftest import RUN, wait_for
+from tests.conftest import RUN, stop_process, wait_for
 from tests.muxfix import MuxEnv
 
 pytestmark = pytest.mark.netns
@@ -244,6 +244,80 @@ def test_vm_gets_a_macvtap_fd_and_mac(env: MuxEnv, wname: Callable[[], str]) -> 
     r = env.netmux("up", n, "--vm", "--", "sh", "-c", "readlink /proc/self/fd/{tapfd}")
     assert r.stdout.startswith("/dev/tap"), r.stdout
     assert workload.status(env.host, n)["kind"] == "vm"
+    env.netmux("down", n)
+    assert_gone(env, n)
+
+
+def _in_private_dev(env: MuxEnv, dev_opts: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`netmux ARGS` in a private mount namespace whose /dev is a fresh tmpfs: no /dev/tapN
+    node at all, and with "nodev" no node made there can be opened either."""
+    script = f'mount -t tmpfs -o {dev_opts} netmuxtest /dev && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "-",
+         *env.argv(*args)],
+        env=env.env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_vm_tap_is_its_own_device_without_dev_nodes(env: MuxEnv, wname: Callable[[], str]) -> None:
+    """Without /dev/tapN the tap is opened through a node of its own numbers; on a nodev /dev
+    that cannot work: one line, nothing left. Every VM has ifindex 2: each gets its own."""
+    a, b = wname(), wname()
+    probe = "stat -L -c %t:%T /proc/self/fd/{tapfd}; cat /sys/class/net/eth0/macvtap/tap*/dev"
+    for n in (a, b):
+        r = _in_private_dev(env, "mode=755", "run", n, "--vm", "--",
+                            "ip", "netns", "exec", n, "sh", "-c", probe)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        held, own = r.stdout.split()
+        major, minor = (int(x) for x in own.split(":"))
+        assert held == f"{major:x}:{minor:x}", r.stdout
+        assert_gone(env, n)
+    r = _in_private_dev(env, "mode=755,nodev", "run", a, "--vm", "--", "echo", "{tapfd}")
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("netmux run:")]
+    assert len(errors) == 1 and "cannot open tap device" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert_gone(env, a)
+
+
+def test_vm_taps_of_two_vms_differ(env: MuxEnv, wname: Callable[[], str]) -> None:
+    """Both macvtaps are tap2 (ifindex 2 in fresh namespaces); each fd is its own device."""
+    a, b = wname(), wname()
+    for n in (a, b):
+        env.netmux("up", n, "--vm")
+    fds = [tap.open_tap(n, "eth0", "test") for n in (a, b)]
+    try:
+        devs = [tap.find_device(n, "eth0", "test") for n in (a, b)]
+        assert devs[0].name == devs[1].name == "tap2" and devs[0].rdev != devs[1].rdev
+        assert [os.fstat(fd).st_rdev for fd in fds] == [d.rdev for d in devs]
+        flags = _ip("-n", a, "-d", "link", "show", "eth0")
+        assert "ALLMULTI" in flags, flags  # the guest's solicited-node groups pass
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for n in (a, b):
+        env.netmux("down", n)
+
+
+def test_commandless_up_holds_a_notify_unit(
+    env: MuxEnv, wname: Callable[[], str], tmp_path: Path
+) -> None:
+    """As a Type=notify unit's main process without a command, `netmux up` stays (as
+    sleep, same PID) so that the unit, with RemainAfterExit=no, keeps the namespace."""
+    n = wname()
+    path = tmp_path / "notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    e = env.env()
+    e.update(NOTIFY_SOCKET=str(path), INVOCATION_ID="0123456789abcdef0123456789abcdef")
+    p = subprocess.Popen(env.argv("up", n), env=e, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep", timeout=20)
+        assert p.poll() is None and links.netns_exists(n)
+        assert workload.status(env.host, n)["state"] == "up"
+    finally:
+        stop_process(p)
+        s.close()
     env.netmux("down", n)
     assert_gone(env, n)
 
