@@ -267,7 +267,10 @@ class NetnsWatcher:
     def subscribe(self, ifname: str, token: int, cb: Callback) -> tuple[Address, ...]:
         if ifname in self.macvtaps and ifname not in self.guests:
             mac = self.macvtaps[ifname]
-            self.guests[ifname] = GuestSniffer(self.nsfd, ifname, mac, self._notify)
+            try:
+                self.guests[ifname] = GuestSniffer(self.nsfd, ifname, mac, self._notify)
+            except OSError as e:  # published all the same, with no address until fixed
+                journal.warning(f"phonebook: cannot learn the guest's addresses on {ifname}: {e}")
         self.subscribers.setdefault(ifname, {})[token] = cb
         self.last[ifname] = self.addresses(ifname)
         return self.last[ifname]
