@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
 
-from netmux import lab, tap
+from netmux import config, lab, tap
 from netmux.config import HostConfig
 from tests import guest, labfix
-from tests.conftest import stop_process, wait_for
+from tests.conftest import RUN, stop_process, wait_for
 from tests.phonebookfix import PUBLIC, Stack, nsrun
 
 pytestmark = pytest.mark.vm
@@ -32,6 +34,8 @@ pytestmark = pytest.mark.vm
 lab_host = labfix.lab_host  # fixture
 BOOT = 90.0  # TCG on two busy cores: kernel to SLAAC address in 3-15 s, give it room
 SECRET = "2001:db8::5ec:2e7"  # the stable-privacy guest's stable_secret
+REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +198,46 @@ def test_two_guests_reachable_published_and_gone_when_they_stop(
     assert vms.addresses(stable) == a_stable
     assert vms.status(stable)["mac"] == mac_stable
     assert http(host.lab.router_netns, a_stable[0]) == f"hello from {stable}\n"
+
+
+def test_guest_through_ipmuxd_as_an_unprivileged_member(
+    tmp_config: Callable[..., Path],
+    uname: Callable[[str], str],
+    image: guest.Guest,
+    tmp_path: Path,
+    procs: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """nobody, in the socket's group, boots a guest on a macvtap from ipmuxd: {tapfd} and
+    {mac} are filled in, the guest does SLAAC and the lab router reaches it."""
+    gid = 200000 + int(RUN[1:], 16)  # unnamed: only this run's socket has it
+    d = Path(tempfile.mkdtemp(prefix=f"{RUN}ipm."))  # nobody reaches it (unlike tmp_path)
+    d.chmod(0o777)  # and writes the console log there
+    made = tmp_config(
+        f'[lab]\nrouter_netns = "{uname("rt")}"\nuplink = "{RUN}ulab"\n'
+        f'[ipmux]\nsocket = "{d}/ipmuxd.sock"\ngroup = "{gid}"\n'
+    )
+    path = d / "netmux.toml"
+    shutil.copyfile(made, path)
+    path.chmod(0o644)
+    host = config.load_host(path)
+    lab.up(host)
+    try:
+        procs([sys.executable, "-m", "netmux.ipmuxd", "--config", str(path)], cwd=REPO)
+        wait_for(host.ipmux.socket.exists, timeout=10)
+        log = d / "console"
+        priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={gid}"]
+        qemu = guest.qemu_argv(image, "ipm", log)
+        argv = [*priv, sys.executable, "-m", "netmux.cli", "--config", str(path), "ipmux",
+                "--kind", "macvtap", uname("g"), "--", *qemu]  # fmt: skip
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
+        q = procs(argv, env=env)
+
+        def seen() -> list[str]:
+            assert q.poll() is None, f"ipmux/QEMU exited {q.returncode}"
+            return [a for a in guest.addresses(log) if IPv6Address(a) in host.lab.prefix]
+
+        addrs: list[str] = wait_for(seen, timeout=BOOT, step=0.2)  # type: ignore[assignment]
+        assert http(host.lab.router_netns, addrs[0]) == "hello from ipm\n"
+    finally:
+        lab.down(host)
+        shutil.rmtree(d, ignore_errors=True)
