@@ -939,7 +939,15 @@ def cmd_exec(args: argparse.Namespace, host: HostConfig) -> int:
     if not args.cmd:
         raise UsageError("exec: a command is needed: netmux exec NAME -- CMD [ARG ...]")
     user = lookup_user(args.user, "exec --user") if getattr(args, "user", None) else None
-    exec_in(args.name, list(args.cmd), user, None)
+    argv = list(args.cmd)
+    fds: tuple[int, ...] = ()
+    st = read_state(host, args.name) or {}
+    if st.get("kind") == "vm" and any(TAPFD in a or MAC in a for a in argv):
+        # QEMU joining a VM workload from a unit of its own: the same tap and MAC as `up`.
+        ifname = str(st.get("ifname") or host.workload.ifname)
+        fd = tap.open_tap(args.name, ifname, f"workload {args.name}")
+        argv, fds = tap.substitute(argv, fd, str(st.get("mac", ""))), (fd,)
+    exec_in(args.name, argv, user, None, pass_fds=fds)
     return 127  # not reached
 
 

@@ -299,6 +299,19 @@ def test_vm_taps_of_two_vms_differ(env: MuxEnv, wname: Callable[[], str]) -> Non
         env.netmux("down", n)
 
 
+def test_exec_joins_a_vm_with_its_tap_and_mac(env: MuxEnv, wname: Callable[[], str]) -> None:
+    """A QEMU started on its own (`netmux exec NAME -- ...`) gets the same tap and MAC."""
+    n = wname()
+    env.netmux("up", n, "--vm")
+    probe = "stat -L -c %t:%T /proc/self/fd/{tapfd}; cat /sys/class/net/eth0/macvtap/tap*/dev"
+    r = env.netmux("exec", n, "--", "sh", "-c", f"echo {{mac}}; ip netns exec {n} sh -c '{probe}'")
+    mac, held, own = r.stdout.split()
+    assert mac == workload.status(env.host, n)["mac"]
+    major, minor = (int(x) for x in own.split(":"))
+    assert held == f"{major:x}:{minor:x}", r.stdout
+    env.netmux("down", n)
+
+
 def test_commandless_up_holds_a_notify_unit(
     env: MuxEnv, wname: Callable[[], str], tmp_path: Path
 ) -> None:
