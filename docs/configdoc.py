@@ -77,7 +77,8 @@ DESCRIPTIONS: dict[str, str] = {
     "command": "The command the workload runs (a list, or one shell-split string).",
     "user": "Run the command as this user (name or uid).",
     "group": "Run the command as this group (name or gid).",
-    "kind": "`process` gets a macvlan; `vm` gets a macvtap whose fd QEMU inherits.",
+    "kind": "`process` gets a macvlan; `vm` gets a macvtap (allmulticast) whose fd replaces "
+    "`{tapfd}` and whose MAC replaces `{mac}` in the command.",
     "ports": "Inbound ports the firewall opens: PROTO/PORT or PROTO/FIRST-LAST.",
     "publish": "Publish the workload's addresses in DNS while it runs.",
     "wait": "What `netmux up` waits for: `global`, `ula` or `none` (default: workload.wait).",

@@ -16,8 +16,10 @@ macvlan, so `down`, `status` and the firewall treat both kinds alike; QEMU only 
 tap's file descriptor, which is opened here by its own major:minor (tap.py) and
 inherited across exec as {tapfd}. QEMU
 itself is exec'd inside the namespace too, so nothing of the VM is in the root namespace.
-The host side of the macvtap gets no IPv6 of its own (disable_ipv6): the guest does SLAAC
-with the MAC netmux gives it ({mac}).
+The host side of the macvtap gets no IPv6 of its own (disable_ipv6) and allmulticast
+(links.child_link_flags): the guest does SLAAC with the MAC netmux gives it ({mac}), and
+phonebookd learns the guest's addresses from its neighbour discovery (phonebook/follow.py).
+A VM's QEMU is the unit's main process, so its end ends the unit.
 """
 
 from __future__ import annotations
