@@ -25,6 +25,7 @@ import pytest
 
 from netmux import config, lab, tap
 from netmux.config import HostConfig
+from netmux.phonebook import client as phonebook
 from tests import guest, labfix
 from tests.conftest import RUN, stop_process, wait_for
 from tests.phonebookfix import PUBLIC, Stack, nsrun
@@ -179,6 +180,17 @@ def test_two_guests_reachable_published_and_gone_when_they_stop(
         internal = nsrun(stack.ns, ["dig", "+short", "@::1", f"{name}.internal", "AAAA"]).stdout
         assert ula and ula[0] in internal.split(), internal  # the internal zone has the ULA
     assert a_eui[0] in vms.netmux("ls").stdout
+
+    # phonebookd restarts (fd store): the learned addresses come back with the records,
+    # although an idle guest does no NDP with them.
+    assert stack.systemd is not None
+    stack.stop_phonebookd()
+    with stack.systemd.lock:
+        stored = list(stack.systemd.store)
+    stack.start_phonebookd(stored)
+    for name, addrs in ((eui, a_eui), (stable, a_stable)):
+        assert addrs[0] in phonebook.published_addresses(name, address=stack.bus), stack.log()
+        assert addrs[0] in stack.dig(f"{name}.{PUBLIC}").split()
 
     # The guest powers itself off: QEMU exits 0, the workload says so, the records go.
     assert http(client, a_eui[0], "/cgi-bin/poweroff").strip() == "bye"

@@ -27,6 +27,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv6Address
 from pathlib import Path
 
 from .. import journal, names, nsutil
@@ -324,6 +325,11 @@ class Phonebook:
         pub.addresses = addrs
         pub.records = None
         new = {a.ip for a in addrs if a.usable}
+        if old != new and pub.state_fd >= 0 and self.follower.guest(pub.nskey, pub.ifname):
+            # A VM guest's addresses are learned, not read back: keep them for a restart.
+            data = json.dumps({**pub.state(), "guest": sorted(map(str, new))}).encode()
+            os.ftruncate(pub.state_fd, 0)
+            os.pwrite(pub.state_fd, data, 0)
         if old != new:
             journal.info(
                 f"{pub.name}: addresses now {', '.join(sorted(map(str, new))) or 'none'}",
@@ -401,6 +407,9 @@ class Phonebook:
                     if pub.name in self.pubs:
                         raise StateError("duplicate")
                     self._start(pub)
+                    learned = self.follower.guest(pub.nskey, pub.ifname)
+                    if learned and st.get("guest"):
+                        learned.seed([IPv6Address(a) for a in st["guest"]])
                 except (NetmuxError, ValueError, KeyError, TypeError, OSError) as e:
                     journal.warning(f"phonebook: dropping stored publication {pid}: {e}")
                     pub = None

@@ -137,6 +137,15 @@ class GuestSniffer:
     def addresses(self) -> tuple[Address, ...]:
         return tuple(self.found[k] for k in sorted(self.found))
 
+    def seed(self, ips: list[IPv6Address]) -> None:
+        """Addresses learned before a restart of phonebookd (kept in its fd store): an idle
+        guest may not do NDP with them again for a long time."""
+        new = [ip for ip in ips if ip not in self.found]
+        for ip in new:
+            self.found[ip] = Address(ip, 64, 0)
+        if new:
+            self.changed()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
@@ -317,6 +326,11 @@ class Follower:
         if w and w.unsubscribe(ifname, token):
             w.close()
             del self.watchers[key]
+
+    def guest(self, key: NsKey, ifname: str) -> GuestSniffer | None:
+        """The sniffer learning a VM guest's addresses on `ifname`, if it is a macvtap."""
+        w = self.watchers.get(key)
+        return w.guests.get(ifname) if w else None
 
     def close(self) -> None:
         for w in self.watchers.values():
