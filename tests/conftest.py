@@ -51,6 +51,10 @@ PROGRAM_PACKAGES = {
     "nft": "nftables",
     "systemd-analyze": "systemd",
     "groff": "groff-base",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "cpio": "cpio",
+    "curl": "curl",
+    "dig": "bind9-dnsutils",
 }
 
 

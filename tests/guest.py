@@ -31,6 +31,8 @@ KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
 # The modules virtio-net-pci needs; their dependencies are added from each .ko's modinfo.
 MODULES = ("virtio_pci", "virtio_net")
+# What building and booting the guest and talking to it needs (the `requires` marker).
+PROGRAMS = ("qemu-system-x86_64", "cpio", "apt-get", "apt-cache", "dpkg-deb", "curl", "dig")
 READY = "NETMUX-GUEST-READY"
 ADDR = "NETMUX-GUEST-ADDR"
 

@@ -18,7 +18,10 @@ import pytest
 from tests import guest, sysbox
 from tests.test_system_netmux import CONFIG, leftovers
 
-pytestmark = pytest.mark.vm
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.requires("qemu-system-x86_64", "cpio", "apt-get", "dpkg-deb", "curl", "dig"),
+]
 
 BOOT = 90.0
 VM = "vm1"

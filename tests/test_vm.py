@@ -27,10 +27,13 @@ from netmux import config, lab, tap
 from netmux.config import HostConfig
 from netmux.phonebook import client as phonebook
 from tests import guest, labfix
-from tests.conftest import RUN, stop_process, wait_for
+from tests.conftest import RUN, Unprivileged, stop_process, wait_for
 from tests.phonebookfix import PUBLIC, Stack, nsrun
 
-pytestmark = pytest.mark.vm
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.requires("qemu-system-x86_64", "cpio", "apt-get", "dpkg-deb", "curl", "dig"),
+]
 
 lab_host = labfix.lab_host  # fixture
 BOOT = 90.0  # TCG on two busy cores: kernel to SLAAC address in 3-15 s, give it room
@@ -216,8 +219,8 @@ def test_guest_through_ipmuxd_as_an_unprivileged_member(
     tmp_config: Callable[..., Path],
     uname: Callable[[str], str],
     image: guest.Guest,
-    tmp_path: Path,
     procs: Callable[..., subprocess.Popen[bytes]],
+    unprivileged: Unprivileged,
 ) -> None:
     """nobody, in the socket's group, boots a guest on a macvtap from ipmuxd: {tapfd} and
     {mac} are filled in, the guest does SLAAC and the lab router reaches it."""
@@ -239,10 +242,9 @@ def test_guest_through_ipmuxd_as_an_unprivileged_member(
         log = d / "console"
         priv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={gid}"]
         qemu = guest.qemu_argv(image, "ipm", log)
-        argv = [*priv, sys.executable, "-m", "netmux.cli", "--config", str(path), "ipmux",
+        argv = [*priv, unprivileged.python, "-m", "netmux.cli", "--config", str(path), "ipmux",
                 "--kind", "macvtap", uname("g"), "--", *qemu]  # fmt: skip
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
-        q = procs(argv, env=env)
+        q = procs(argv, env=unprivileged.env())
 
         def seen() -> list[str]:
             assert q.poll() is None, f"ipmux/QEMU exited {q.returncode}"
