@@ -122,12 +122,15 @@ def _module_bytes(path: Path) -> bytes:
 
 
 def _modules_in_order(moddir: Path) -> list[tuple[str, bytes]]:
-    """MODULES and their dependencies, dependencies first, decompressed."""
+    """MODULES and their dependencies, dependencies first, decompressed; those built into
+    the kernel (modules.builtin: virtio_pci on Debian 13) are left out."""
     files: dict[str, Path] = {}
     for p in moddir.rglob("*.ko*"):
         files[p.name.split(".ko")[0].replace("-", "_")] = p
+    builtin = moddir / "modules.builtin"
+    text = builtin.read_text() if builtin.exists() else ""
     order: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
+    seen: set[str] = {Path(line).name.split(".ko")[0].replace("-", "_") for line in text.split()}
 
     def visit(name: str) -> None:
         name = name.replace("-", "_")
@@ -164,7 +167,10 @@ def build(dest: Path) -> Guest:
         root = tmp / "root"
         (root / "bin").mkdir(parents=True)
         (root / "lib" / "modules").mkdir(parents=True)
-        shutil.copy2(x / "bin" / "busybox", root / "bin" / "busybox")
+        bb = [p for p in (x / "bin" / "busybox", x / "usr" / "bin" / "busybox") if p.exists()]
+        if not bb:
+            raise RuntimeError(f"{BUSYBOX}: no busybox in the package")
+        shutil.copy2(bb[0], root / "bin" / "busybox")  # /usr/bin on Debian 13 (merged /usr)
         names = []
         for name, data in _modules_in_order(mods[-1]):
             (root / "lib" / "modules" / f"{name}.ko").write_bytes(data)
