@@ -9,6 +9,7 @@ the tap is opened through a node of its own made under /dev.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -47,10 +48,10 @@ def dropin(secret: str | None, extra: str = "") -> str:
     return f"[Service]\nExecStart=\nExecStart=!@BINDIR@/netmux up %i --vm -- {cmd}\n{extra}"
 
 
-def guest_address(box: sysbox.SysBox) -> str:
+def guest_address(box: sysbox.SysBox, vm: str = VM) -> str:
     def seen() -> str | None:
         try:
-            text = box.path(f"/run/{VM}.console").read_text(errors="replace")
+            text = box.path(f"/run/{vm}.console").read_text(errors="replace")
         except FileNotFoundError:
             return None
         found = re.findall(r"^NETMUX-GUEST-ADDR .*?(2001:db8:0:1:[0-9a-f:]+)/", text, re.M)
@@ -107,3 +108,38 @@ def test_vm_unit_ends_with_qemu_and_starts_again(box: sysbox.SysBox) -> None:
         box.systemctl("stop", u, f"netmux@{CLIENT}.service", check=False)
         box.systemctl("reset-failed", u, check=False)
     box.wait_for(lambda: not leftovers(box, VM), timeout=10)
+
+
+def test_qemu_joined_from_a_unit_of_its_own(box: sysbox.SysBox) -> None:
+    """`netmux@vm2` with no command keeps the namespace; `vm2-qemu.service` starts QEMU
+    through `netmux exec`, which opens the same tap: the guest is reachable, its address
+    is in `netmux status`, and its poweroff ends only the QEMU unit."""
+    wl, q = "vm2", "vm2-qemu.service"
+    box.add_dropin(f"netmux@{wl}.service", "10-vm.conf", "[Service]\nEnvironment=NETMUX_KIND=vm\n")
+    g = guest.Guest(sysbox.Path("/guest/vmlinuz"), sysbox.Path("/guest/initrd"))
+    argv = guest.qemu_argv(g, wl, sysbox.Path(f"/run/{wl}.console"))
+    cmd = " ".join(shlex.quote(a) if " " not in a else f'"{a}"' for a in argv)
+    box.write(
+        f"/etc/systemd/system/{q}",
+        f"[Unit]\nBindsTo=netmux@{wl}.service\nAfter=netmux@{wl}.service\n"
+        f"[Service]\nExecStart={sysbox.UNIT_BIN}/netmux exec {wl} -- {cmd}\n",
+    )
+    box.daemon_reload()
+    box.systemctl("start", f"netmux@{CLIENT}.service")
+    try:
+        box.systemctl("start", q)
+        assert box.show(f"netmux@{wl}.service", "ActiveState")["ActiveState"] == "active"
+        addr = guest_address(box, wl)
+        assert http(box, addr) == f"hello from {wl}\n"
+
+        def listed() -> bool:
+            out = box.run(f"{sysbox.UNIT_BIN}/netmux", "status", wl, "--json").stdout
+            return addr in json.loads(out).get("guest", [])
+
+        box.wait_for(listed, timeout=10)
+        assert http(box, addr, "/cgi-bin/poweroff").strip() == "bye"
+        box.wait_for(lambda: box.show(q, "ActiveState")["ActiveState"] == "inactive", BOOT)
+        assert box.show(f"netmux@{wl}.service", "ActiveState")["ActiveState"] == "active"
+    finally:
+        box.systemctl("stop", q, f"netmux@{wl}.service", f"netmux@{CLIENT}.service", check=False)
+    box.wait_for(lambda: not leftovers(box, wl), timeout=10)
