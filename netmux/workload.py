@@ -259,6 +259,12 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         links.sysctl_write(fd, sysctls)
         # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
         firewall.apply_workload(host, wl, fd)
+        if p.kind == "macvtap" and wl.ports:
+            journal.warning(
+                f"workload {name}: ports do not filter a VM (a macvtap's frames bypass the "
+                "namespace's firewall): filter inside the guest",
+                workload=name,
+            )
         groups = links.RTMGRP_IPV6_IFADDR | links.RTMGRP_IPV6_ROUTE | links.RTMGRP_LINK
         events = nsutil.run_in_netns(fd, lambda: links.event_socket(groups))
         early_rs = None
