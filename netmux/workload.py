@@ -317,7 +317,7 @@ def up(
     elapsed = time.monotonic() - t0
     try:
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
-        tap_fd = _open_tap(p) if vm_exec else None  # for the exec'd QEMU only
+        tap_fd = _open_tap(p, inst.fd) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
         dns = dns_names(host, wl) if wl.publish and wl.kind != "vm" else []
         record = {
@@ -418,9 +418,10 @@ def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
 # --- macvtap ------------------------------------------------------------------------------
 
 
-def _open_tap(p: Plan) -> int:
-    """The macvtap's character device for QEMU (tap.open_tap); the fd is inheritable."""
-    return tap.open_tap(p.name, p.ifname, f"workload {p.name}")
+def _open_tap(p: Plan, netns: str | int | None = None) -> int:
+    """The macvtap's character device for QEMU (tap.open_tap); the fd is inheritable.
+    `netns`: the instance's own namespace fd where there is one (`up`), else the name."""
+    return tap.open_tap(p.name if netns is None else netns, p.ifname, f"workload {p.name}")
 
 
 # --- becoming the workload ----------------------------------------------------------------
