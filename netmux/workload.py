@@ -418,9 +418,9 @@ def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
 # --- macvtap ------------------------------------------------------------------------------
 
 
-def _open_tap(p: Plan, netns: int | None = None) -> int:
+def _open_tap(p: Plan, netns: str | int | None = None) -> int:
     """The macvtap's character device for QEMU (tap.open_tap); the fd is inheritable.
-    `netns`: the instance's namespace fd where the caller holds it (never re-opened by name)."""
+    `netns`: the instance's own namespace fd where there is one (`up`), else the name."""
     return tap.open_tap(p.name if netns is None else netns, p.ifname, f"workload {p.name}")
 
 
