@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil
+from . import config, firewall, journal, links, mux, names, nsutil, resolv
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -245,6 +245,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         raise
     inst = Instance(name, token, fd)
     try:
+        resolv.write(host, name)  # the RDNSS address for `ip netns exec` and our exec paths
         with links.iproute(host.mux.netns) as mipr:
             links.create_child_link(mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=fd)
         if p.kind == "macvtap":
@@ -466,6 +467,7 @@ def exec_in(
     """Enter NAME's namespace in this (main) thread, drop privileges, exec. No return."""
     env = _user_env(user)
     nsutil.enter_netns(name)
+    resolv.bind_for_exec(name)
     _drop_privileges(user, gid)
     if user is not None:
         with contextlib.suppress(OSError):
@@ -610,6 +612,13 @@ def _teardown(
     step(f"network namespace {nsutil.netns_path(name)}", netns_name)
     step(f"state {state_path(host, name)}", lambda: _unlink_state(host, name, token))
 
+    def resolv_conf() -> bool:
+        if os.path.lexists(nsutil.netns_path(name)):
+            return False  # another instance of NAME holds the name now: its file stays
+        return resolv.remove(name)
+
+    step(f"{resolv.path(name)}", resolv_conf)
+
     def scraps() -> bool:
         for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
             if tmp.name[len(name) + 2 : -4].isdigit():
@@ -729,6 +738,7 @@ def run(
 
         def pre() -> None:
             nsutil.enter_netns(p.name)
+            resolv.bind_for_exec(p.name)
             _drop_privileges(p.user, p.gid)
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)
