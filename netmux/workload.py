@@ -337,7 +337,9 @@ def up(
         pub = None
         if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
-            pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
+            pub = phonebook.publish_workload(
+                p.name, p.ifname, wl.dns_names, hold, host.workload.timeout
+            )
     except BaseException:
         _rollback(host, inst, p.ifname)
         raise

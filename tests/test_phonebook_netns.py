@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from netmux.errors import StateError
 from netmux.phonebook import client
 from tests.conftest import require, wait_for
-from tests.phonebookfix import PUBLIC, Stack, add_workload_link, addr, nsrun
+from tests.phonebookfix import PUBLIC, SETTLE_TIMEOUT, Stack, add_workload_link, addr, nsrun
 
 pytestmark = pytest.mark.netns
 
@@ -89,6 +90,33 @@ def test_address_to_dns_knot_and_tinydns(stack: Stack, wl: str) -> None:
     client.close(pub)
     stack.wait_dig(f"httpd.{PUBLIC}", empty, timeout=BUDGET * SLACK)
     stack.wait_dig("httpd.internal", empty, timeout=BUDGET * SLACK)
+
+
+def test_publish_returns_once_every_sink_serves_the_record(stack: Stack, wl: str) -> None:
+    """Ready means resolvable: no waiting after Publish returns, on either sink."""
+    addr(wl, "add", f"{G1}/64", "nodad")
+    pub = publish(stack, "ready", wl)
+    assert stack.dig(f"ready.{PUBLIC}") == G1
+    if stack.want_tinydns:
+        assert stack.dig(f"ready.{PUBLIC}", server="127.0.0.1") == G1
+    client.close(pub)
+    stack.wait_dig(f"ready.{PUBLIC}", empty)
+
+
+def test_a_sink_that_does_not_answer_fails_the_publish_naming_it(stack: Stack, wl: str) -> None:
+    addr(wl, "add", f"{G1}/64", "nodad")
+    knotd = stack.procs[0]  # nsenter execs knotd
+    assert Path(f"/proc/{knotd.pid}/comm").read_text().strip() == "knotd"
+    os.kill(knotd.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StateError, match=r"DNS sink rfc2136 at ::1 did not take the record"):
+            client.publish("late", "eth0", wl, address=stack.bus, timeout=SETTLE_TIMEOUT + 2)
+    finally:
+        os.kill(knotd.pid, signal.SIGCONT)
+    stack.wait_dig(f"late.{PUBLIC}", empty)  # the lifeline closed with the failure
+    pub = publish(stack, "late", wl)  # and Knot catches up
+    assert stack.dig(f"late.{PUBLIC}") == G1
+    client.close(pub)
 
 
 def test_renumbering_updates_records(stack: Stack, wl: str) -> None:

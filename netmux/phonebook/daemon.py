@@ -35,7 +35,7 @@ from ..errors import NetmuxError, StateError, UsageError
 from . import fdstore
 from .follow import Follower, NsKey, ns_key
 from .records import Address, Record, Zones, check_alias, publication_records, zone_records
-from .sinks import Sink, _Coalescer, make_sinks
+from .sinks import Rfc2136Sink, Sink, _Coalescer, make_sinks
 
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
@@ -307,6 +307,31 @@ class Phonebook:
             netns=pub.netns,
         )
         self._changed()
+
+    async def settle(self, name: str, timeout: float) -> None:
+        """Ready means resolvable: wait until every sink has the current records (Knot
+        acknowledged the update, tinydns rebuilt data.cdb). StateError naming the sinks that
+        did not within `timeout`."""
+        while self._emit_pending:
+            await asyncio.sleep(0)
+        waits = {sink: asyncio.ensure_future(sink.synced()) for sink in self.sinks}
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits.values(), timeout=timeout)
+        for t in pending:
+            t.cancel()
+        late = [sink for sink, t in waits.items() if t in pending]
+        if late:
+            parts = []
+            for sink in late:
+                where = f" at {sink.server}" if isinstance(sink, Rfc2136Sink) else ""
+                err = str(getattr(sink, "last_error", ""))
+                parts.append(f"{sink.name}{where}" + (f" ({err})" if err else ""))
+            why = "; ".join(parts)
+            raise StateError(
+                f"{name}: DNS sink {why} did not take the record within {timeout:g}s "
+                f"(journalctl -u phonebookd)"
+            )
 
     def unpublish(self, name: str) -> bool:
         pub = self.pubs.get(name)

@@ -204,6 +204,8 @@ class Adapter:
         pub = self.book.publish(name, aliases, ifname, nsfd, label, lifeline, unit, uid, "dbus")
         if pub.unit:
             await self._watch_unit(pub.unit)
+        # The reply is the caller's "ready": only once every sink serves the record.
+        await self.book.settle(pub.name, self.book.cfg.workload.timeout)
         return self.book.fqdns(pub.name, pub.aliases)
 
     async def _bus_call(self, member: str, sig: str, body: list[Any]) -> Any:

@@ -33,6 +33,10 @@ class Sink(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def synced(self) -> None:
+        """Returns once the records of the last `update` are in (served or rebuilt)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -49,6 +53,12 @@ class _Coalescer:
         self.idle = asyncio.Event()
         self.idle.set()
         self.hurried = asyncio.Event()
+        # Generations: `update` n is in once done >= n. `synced` waits for that, not for
+        # idle, so a steady stream of changes cannot starve a waiter.
+        self.gen = 0
+        self.done = 0
+        self.progress = asyncio.Condition()
+        self.last_error = ""
 
     def hurry(self) -> None:
         """No more waiting between runs (shutdown: the last state goes out now)."""
@@ -56,6 +66,7 @@ class _Coalescer:
         self.hurried.set()
 
     def kick(self) -> None:
+        self.gen += 1
         self.dirty = True
         self.idle.clear()
         if self.task is None or self.task.done():
@@ -70,9 +81,14 @@ class _Coalescer:
                         await asyncio.wait_for(self.hurried.wait(), wait)
                 self.dirty = False
                 self.last = time.monotonic()
+                gen = self.gen
                 try:
                     await self.work()
+                    self.done, self.last_error = gen, ""
+                    async with self.progress:
+                        self.progress.notify_all()
                 except Exception as e:  # a sink failing must not stop the daemon
+                    self.last_error = str(e)
                     journal.error(f"phonebook sink {self.name} failed (retrying in 1 s): {e}")
                     self.dirty = True
                     await asyncio.sleep(max(self.interval, 1.0))
@@ -84,6 +100,11 @@ class _Coalescer:
 
     async def wait_idle(self) -> None:
         await self.idle.wait()
+
+    async def synced(self) -> None:
+        gen = self.gen
+        async with self.progress:
+            await self.progress.wait_for(lambda: self.done >= gen)
 
     async def cancel(self) -> None:
         if self.task and not self.task.done():
