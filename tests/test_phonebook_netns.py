@@ -520,3 +520,42 @@ def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
     assert out.stdout.startswith(f"ok member.{PUBLIC}."), out
+
+
+def test_host_only_zones_are_not_answered_to_the_internet(
+    netns: Callable[[str], str], procs: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Real knotd on `::` as the dns recipe runs it: internal. and the ULA reverse zone only
+    for host-internal sources, the public zone for everyone."""
+    from netmux.config import parse_host
+    from netmux.phonebook import knot
+    from netmux.phonebook.records import Zones, reverse_zone
+
+    cfg = parse_host('[dns]\nhostname = "box"\ndomain = "example.org"\n')
+    zones = Zones.from_config(cfg)
+    knot.write_all(zones, tmp_path, ["::"], 53)
+    dns, inet = netns("kd"), netns("ki")
+    subprocess.run(["ip", "-n", dns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                    "eth0", "netns", inet], check=True)  # fmt: skip
+    for ns, host in ((dns, "d"), (inet, "99")):
+        addr(ns, "add", f"2001:db8:1::{host}/64", "nodad")
+        addr(ns, "add", f"fd64:cafe::{host}/64", "nodad")
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    procs(["ip", "netns", "exec", dns, "knotd", "-c", str(tmp_path / "knot.conf")],
+          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def status(name: str, server: str, source: str, tcp: bool = False) -> str:
+        argv = ["dig", "+tries=1", "+time=1", "-b", source, f"@{server}", name, "SOA"]
+        out = nsrun(inet, argv + (["+tcp"] if tcp else [])).stdout
+        m = re.search(r"status: (\w+)", out)
+        return (m.group(1) if m else "no answer") + (" answer" if "ANSWER: 1" in out else "")
+
+    ula_rev = reverse_zone(cfg.mux.ula.network)
+    wait_for(lambda: status(zones.public, "2001:db8:1::d", "2001:db8:1::99") == "NOERROR answer")
+    for tcp in (False, True):
+        for zone in ("internal", ula_rev):
+            assert status(zone, "fd64:cafe::d", "fd64:cafe::99", tcp) == "NOERROR answer"
+            got = status(zone, "2001:db8:1::d", "2001:db8:1::99", tcp)
+            assert got in ("REFUSED", "NOTAUTH"), f"{zone} from the internet: {got}"
+        assert status(zones.public, "2001:db8:1::d", "2001:db8:1::99", tcp) == "NOERROR answer"
+        assert status(zones.public, "fd64:cafe::d", "fd64:cafe::99", tcp) == "NOERROR answer"

@@ -245,6 +245,12 @@ def test_knot_conf_has_every_zone_and_the_acl(tmp_path: Path) -> None:
         assert f"  - domain: {zone}.\n" in text
     assert '"::@53", "127.0.0.1@53"' in text
     assert "action: [update, transfer]" in text
+    # host-only zones: the module on internal. and the ULA reverse zone, not the public zone
+    assert "  - domain: internal.\n    module: mod-queryacl/host-only\n" in text
+    ula_rev = r.reverse_zone(CFG.mux.ula.network)
+    assert f"  - domain: {ula_rev}.\n    module: mod-queryacl/host-only\n" in text
+    assert f"  - domain: {Z.public}.\n  - domain" in text
+    assert set(Z.host_only_zones()) == {"internal", ula_rev}
     with pytest.raises(UsageError):
         knot.render_knot_conf(Z, tmp_path, ['::"; evil'], 53)
     zone = knot.render_zone(Z, "internal")

@@ -1,7 +1,9 @@
 """Knot DNS for the netmux@dns workload: knot.conf and the zone files, from the host config.
 
 Knot serves both zones (and the reverse zones) over IPv6 — Debian's tinydns cannot bind
-an IPv6 address — and accepts RFC 2136 updates signed with phonebookd's TSIG key. Pure
+an IPv6 address — and accepts RFC 2136 updates signed with phonebookd's TSIG key. The
+host-only zones (internal., ULA reverse zones) answer host-internal sources only
+(mod-queryacl): the global address serves the public zone to the internet, nothing more. Pure
 renderers plus `write_all`, which `python -m netmux.phonebook.knot DIR` calls to create a
 ready directory (knot.conf, key file, one zone file per zone):
 
@@ -27,6 +29,7 @@ from .records import Zones, check_fqdn
 from .sinks import TsigKey, parse_tsig_key, render_tsig_key
 
 KEY_NAME = "phonebook"
+HOST_ONLY_SOURCES = ("fc00::/7", "::1/128", "127.0.0.0/8")
 
 
 def _listen(addr: str, port: int) -> str:
@@ -50,7 +53,12 @@ def render_knot_conf(
     """knot.conf: every zone of this host, updates and transfers allowed with the key only."""
     key_file = key_file or directory / "phonebook.key"
     listens = ", ".join(f'"{_listen(a, port)}"' for a in listen)
-    zone_lines = "".join(f"  - domain: {check_fqdn(z)}.\n" for z in zones.all_zones())
+    host_only = set(zones.host_only_zones())
+    zone_lines = "".join(
+        f"  - domain: {check_fqdn(z)}.\n"
+        + ("    module: mod-queryacl/host-only\n" if z in host_only else "")
+        for z in zones.all_zones()
+    )
     if user and not re.fullmatch(r"[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?", user):
         raise UsageError(f"user {user!r} is not allowed: USER or USER:GROUP")
     user_line = f"    user: {user}\n" if user else ""
@@ -77,6 +85,12 @@ acl:
 
 control:
     listen: "{directory}/run/knot.sock"
+
+# Host-only zones answer queries from host-internal sources only (ULA, loopback); anyone
+# else gets NOTAUTH. By source: Knot knows no query's local address on a wildcard listen.
+mod-queryacl:
+  - id: host-only
+    address: [ {", ".join(f'"{a}"' for a in HOST_ONLY_SOURCES)} ]
 
 template:
   - id: default

@@ -91,6 +91,11 @@ class Zones:
     def all_zones(self) -> list[str]:
         return [self.public, self.internal, *self.reverse_zones()]
 
+    def host_only_zones(self) -> list[str]:
+        """internal. and the reverse zones of ULA prefixes: for the host, never the internet."""
+        ula = IPv6Network("fc00::/7")
+        return [self.internal] + [reverse_zone(n) for n in self.reverse if n.subnet_of(ula)]
+
     def zone_of(self, fqdn: str) -> str | None:
         """The longest zone of this host that contains `fqdn` (no trailing dots)."""
         best = None
