@@ -34,7 +34,15 @@ from ..config import IFNAME_RE, HostConfig, load_host
 from ..errors import NetmuxError, StateError, UsageError
 from . import fdstore
 from .follow import Follower, NsKey, ns_key
-from .records import Address, Record, Zones, check_alias, publication_records, zone_records
+from .records import (
+    Address,
+    Record,
+    Zones,
+    check_alias,
+    in_dad,
+    publication_records,
+    zone_records,
+)
 from .sinks import Rfc2136Sink, Sink, _Coalescer, make_sinks
 
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
@@ -156,6 +164,7 @@ class Phonebook:
         # Set by the D-Bus adapter: drop a unit's records when systemd says it stopped.
         self.watch_unit: Callable[[str], Awaitable[None]] | None = None
         self._emit_pending = False
+        self._addr_event = asyncio.Event()
         self.fixed = zone_records(self.zones)
 
     # -- publishing -------------------------------------------------------------------
@@ -308,16 +317,29 @@ class Phonebook:
         )
         self._changed()
 
-    async def settle(self, name: str, timeout: float) -> None:
-        """Ready means resolvable: wait until every sink has the current records (Knot
-        acknowledged the update, tinydns rebuilt data.cdb). StateError naming the sinks that
-        did not within `timeout`."""
+    async def settle(self, pub: Publication, timeout: float) -> None:
+        """Ready means resolvable: wait until DAD of pub's addresses is over (optimistic
+        ones are not published) and every sink has the resulting records (Knot acknowledged
+        the update, tinydns rebuilt data.cdb). StateError naming what did not happen within
+        `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pubs.get(pub.name) is pub and any(in_dad(a) for a in pub.addresses):
+            try:
+                await asyncio.wait_for(self._addr_event.wait(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise StateError(
+                    f"{pub.name}: duplicate address detection of "
+                    + ", ".join(str(a.ip) for a in pub.addresses if in_dad(a))
+                    + f" did not end within {timeout:g}s"
+                ) from None
         while self._emit_pending:
             await asyncio.sleep(0)
         waits = {sink: asyncio.ensure_future(sink.synced()) for sink in self.sinks}
         if not waits:
             return
-        _, pending = await asyncio.wait(waits.values(), timeout=timeout)
+        left = max(deadline - loop.time(), 0.0)
+        _, pending = await asyncio.wait(waits.values(), timeout=left)
         for t in pending:
             t.cancel()
         late = [sink for sink, t in waits.items() if t in pending]
@@ -329,7 +351,7 @@ class Phonebook:
                 parts.append(f"{sink.name}{where}" + (f" ({err})" if err else ""))
             why = "; ".join(parts)
             raise StateError(
-                f"{name}: DNS sink {why} did not take the record within {timeout:g}s "
+                f"{pub.name}: DNS sink {why} did not take the record within {timeout:g}s "
                 f"(journalctl -u phonebookd)"
             )
 
@@ -347,6 +369,8 @@ class Phonebook:
     def _addresses(self, pub: Publication, addrs: tuple[Address, ...]) -> None:
         old = {a.ip for a in pub.addresses if a.usable}
         pub.addresses = addrs
+        self._addr_event.set()  # wakes every settle(); the next change gets a new event
+        self._addr_event = asyncio.Event()
         pub.records = None
         new = {a.ip for a in addrs if a.usable}
         if old != new:

@@ -205,7 +205,7 @@ class Adapter:
         if pub.unit:
             await self._watch_unit(pub.unit)
         # The reply is the caller's "ready": only once every sink serves the record.
-        await self.book.settle(pub.name, self.book.cfg.workload.timeout)
+        await self.book.settle(pub, self.book.cfg.workload.timeout)
         return self.book.fqdns(pub.name, pub.aliases)
 
     async def _bus_call(self, member: str, sig: str, body: list[Any]) -> Any:

@@ -57,6 +57,13 @@ class Address:
         return not (self.ip.is_link_local or self.ip.is_loopback or self.ip.is_multicast)
 
 
+def in_dad(a: Address) -> bool:
+    """Still in duplicate address detection (tentative or optimistic): published soon."""
+    return bool(a.flags & (IFA_F_TENTATIVE | IFA_F_OPTIMISTIC)) and not (
+        a.flags & IFA_F_DADFAILED or a.ip.is_link_local
+    )
+
+
 @dataclass(frozen=True)
 class Zones:
     """The zones of this host, taken from the host config (validated there and here)."""

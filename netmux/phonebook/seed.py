@@ -117,7 +117,7 @@ class SeedServer:
                                     "socket")  # fmt: skip
             if pub.unit and self.book.watch_unit is not None:
                 await self.book.watch_unit(pub.unit)
-            await self.book.settle(pub.name, self.book.cfg.workload.timeout)
+            await self.book.settle(pub, self.book.cfg.workload.timeout)
             reply = "ok " + " ".join(self.book.fqdns(pub.name, pub.aliases)) + "\n"
             await loop.sock_sendall(conn, reply.encode())
         except (NetmuxError, ValueError, PermissionError, OSError, TimeoutError) as e:
