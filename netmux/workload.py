@@ -328,7 +328,7 @@ def up(
             "started": time.time(),
             "up_seconds": round(elapsed, 4),
             "addresses": addrs,
-            "dns": dns_names(host, wl),
+            "dns": [],  # only names phonebookd really publishes (below)
         }
         if nsutil.netns_id(p.name) != nsutil.netns_id(inst.fd):
             raise StateError(f"workload {p.name}: replaced by another `up` while this one built")
@@ -340,6 +340,10 @@ def up(
             pub = phonebook.publish_workload(
                 p.name, p.ifname, wl.dns_names, hold, host.workload.timeout
             )
+        published = [n.rstrip(".") for n in pub.names] if pub is not None else []
+        if published:
+            record["dns"] = published
+            _write_state(host, p.name, record)
     except BaseException:
         _rollback(host, inst, p.ifname)
         raise
@@ -356,7 +360,7 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(host, wl, addrs), ready="1")
+    mux.notify(status=_status_line(addrs, published), ready="1")
     if not p.cmd:
         return 0
     if not exec_cmd:
@@ -367,20 +371,15 @@ def up(
     return 127  # not reached
 
 
-def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
-    labels = [wl.name, *wl.dns_names]
-    out = [f"{lab}.{host.public_zone}" for lab in labels]
-    out += [f"{lab}.{host.dns.internal_zone.rstrip('.')}" for lab in labels]
-    return out
-
-
-def _status_line(host: HostConfig, wl: WorkloadConfig, addrs: dict[str, list[str]]) -> str:
+def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
     parts = []
     if addrs["global"]:
         parts.append("global " + " ".join(addrs["global"]))
     if addrs["ula"]:
         parts.append("ula " + " ".join(addrs["ula"]))
-    return "; ".join([*parts, "dns " + " ".join(dns_names(host, wl))])
+    if dns:
+        parts.append("dns " + " ".join(dns))
+    return "; ".join(parts)
 
 
 def _substitute(cmd: tuple[str, ...], tap_fd: int | None, mac: str) -> list[str]:
