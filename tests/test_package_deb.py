@@ -239,9 +239,63 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
                 "daemons.radvd", "daemons.phonebookd"):  # fmt: skip
         assert checks[cid]["status"] == "ok", checks[cid]
 
-    # Purge: units stopped, namespaces gone, files, group and state removed.
+    # Names resolve inside: the process netmux exec'd and `ip netns exec` see the
+    # advertised resolver, the root namespace keeps its own resolv.conf.
+    want = "nameserver fd64:cafe::53"
+    pid = box.show("netmux@httpd.service", "MainPID")["MainPID"]
+    assert want in box.run("cat", f"/proc/{pid}/root/etc/resolv.conf").stdout.splitlines()
+    assert want in box.run("ip", "netns", "exec", "httpd", "cat", "/etc/resolv.conf").stdout
+    assert want not in box.run("cat", "/etc/resolv.conf", check=False).stdout
+    # STATUS= names only what is published (no DNS sink here: nothing).
+    status = box.show("netmux@httpd.service", "StatusText")["StatusText"]
+    assert "global 2001:db8:0:1:" in status and "dns" not in status, status
+
+    # The README's quick-start drop-in, as written: User= and a port >= 1024.
+    readme = (REPO / "README.md").read_text()
+    dropin = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    assert "User=www-data" in dropin
+    box.path("/etc/systemd/system/netmux@web.service.d").mkdir(parents=True)
+    box.path("/etc/systemd/system/netmux@web.service.d/override.conf").write_text(dropin)
+    box.systemctl("daemon-reload")
+    box.systemctl("enable", "--now", "netmux@web.service", timeout=60)
+    addrs = json.loads(box.run("ip", "-n", "web", "-j", "-6", "addr", "show").stdout)
+    web = [a["local"] for link in addrs for a in link.get("addr_info", [])
+           if a["local"].startswith("2001:db8:0:1:")]  # fmt: skip
+    out = box.run("ip", "netns", "exec", "mux", "python3", "-c",
+                  fetch.replace(f"[{global_addrs[0]}]/", f"[{web[0]}]:8080/"),
+                  timeout=30).stdout  # fmt: skip
+    assert out.strip() == "200"
+    assert (
+        box.run(
+            "ps", "-o", "user=", "-p", box.show("netmux@web.service", "MainPID")["MainPID"]
+        ).stdout.strip()
+        == "www-data"
+    )
+
+    # What the recipes and the TSIG key leave in /etc: copied as recipes/dns says.
+    ex = "/usr/share/doc/netmux/examples/recipes/dns"
+    box.run("cp", f"{ex}/dns.toml", "/etc/netmux/workloads/")
+    box.run("cp", "-r", f"{ex}/netmux@dns.service.d", "/etc/systemd/system/")
+    box.run("python3", "-m", "netmux.phonebook.knot", "/var/lib/netmux/knot", "--listen", "::")
+    assert box.path("/etc/netmux/phonebook.key").exists()
+
+    # remove keeps the configuration; purge removes what netmux made and keeps the rest.
     box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
-    box.run("dpkg", "--purge", "netmux", timeout=120)
+    box.path("/etc/netmux/workloads/mine.toml").write_text('ports = ["tcp/22"]\n')
+    box.run("dpkg", "--remove", "netmux", timeout=120)
+    for kept in ("/etc/netmux/netmux.toml", "/etc/netmux/phonebook.key",
+                 "/etc/netmux/workloads/dns.toml", "/var/lib/netmux/host.key"):  # fmt: skip
+        assert box.path(kept).exists(), f"remove took {kept}"
+    r = box.run("dpkg", "--purge", "netmux", timeout=120)
+    assert "keeping /etc/netmux/workloads/mine.toml (not created by netmux)" in r.stderr
+    assert "keeping /etc/systemd/system/netmux@web.service.d (drop-ins not from" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    box.path("/etc/netmux/workloads/mine.toml").unlink()
+    box.path("/etc/netmux/workloads").rmdir()
+    box.path("/etc/netmux").rmdir()
+    shutil.rmtree(box.path("/etc/systemd/system/netmux@web.service.d"))
+    box.systemctl("daemon-reload")
+    assert "not-found" not in box.systemctl("list-units", "--all", "netmux*", check=False).stdout
     assert box.run("ls", "/run/netns", check=False).stdout.split() == []
     running = box.systemctl("list-units", "--plain", "--no-legend", "netmux*", check=False)
     assert running.stdout.strip() == ""

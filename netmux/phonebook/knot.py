@@ -153,6 +153,17 @@ def write_all(
     return key
 
 
+CREATED = "created-files"
+
+
+def record_created(state_dir: Path, path: Path) -> None:
+    """Note a file netmux made outside its own directories (the TSIG key in /etc/netmux):
+    `dpkg --purge` removes what STATE_DIR/created-files lists."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / CREATED).open("a") as f:
+        f.write(f"{path}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m netmux.phonebook.knot", description=__doc__)
     ap.add_argument("directory", type=Path)
@@ -164,14 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_host(args.config)
+        key_file = args.key_file or cfg.phonebook.tsig_key
+        existed = key_file.exists()
         write_all(
             Zones.from_config(cfg),
             args.directory.absolute(),
             args.listen or ["::"],
             args.port,
-            args.key_file or cfg.phonebook.tsig_key,
+            key_file,
             args.user,
         )
+        if not existed:
+            record_created(cfg.paths.state_dir, key_file.absolute())
     except NetmuxError as e:
         print(f"netmux.phonebook.knot: {e}", file=sys.stderr)
         return 2
