@@ -265,12 +265,10 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
                   fetch.replace(f"[{global_addrs[0]}]/", f"[{web[0]}]:8080/"),
                   timeout=30).stdout  # fmt: skip
     assert out.strip() == "200"
-    assert (
-        box.run(
-            "ps", "-o", "user=", "-p", box.show("netmux@web.service", "MainPID")["MainPID"]
-        ).stdout.strip()
-        == "www-data"
-    )
+    web_pid = box.show("netmux@web.service", "MainPID")["MainPID"]
+    status_lines = box.run("cat", f"/proc/{web_pid}/status").stdout.splitlines()
+    (uid_line,) = [x for x in status_lines if x.startswith("Uid:")]
+    assert uid_line.split()[1] == box.run("id", "-u", "www-data").stdout.strip()
 
     # What the recipes and the TSIG key leave in /etc: copied as recipes/dns says.
     ex = "/usr/share/doc/netmux/examples/recipes/dns"
