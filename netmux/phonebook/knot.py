@@ -14,8 +14,10 @@ ready directory (knot.conf, key file, one zone file per zone):
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -118,6 +120,19 @@ def new_key() -> TsigKey:
     return TsigKey(KEY_NAME, "hmac-sha256", secrets.token_bytes(32))
 
 
+def _check_user(user: str) -> None:
+    """Before anything is written: knotd's user and group exist (Knot is installed)."""
+    owner, _, group = user.partition(":")
+    try:
+        pwd.getpwnam(owner)
+        if group:
+            grp.getgrnam(group)
+    except KeyError:
+        raise UsageError(
+            f"user {user!r} does not exist: is Knot installed? (apt-get install knot)"
+        ) from None
+
+
 def write_all(
     zones: Zones,
     directory: Path,
@@ -128,6 +143,8 @@ def write_all(
 ) -> TsigKey:
     """Create DIR/knot.conf, DIR/zones/*.zone, DIR/db, DIR/run and the key (kept if present)."""
     key_file = key_file or directory / "phonebook.key"
+    if user:
+        _check_user(user)
     for sub in ("zones", "db", "run"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     if key_file.exists():

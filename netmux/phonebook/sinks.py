@@ -241,15 +241,18 @@ class Rfc2136Sink(_Coalescer):
         zones: Zones,
         server: str,
         port: int,
-        key: TsigKey,
+        key: TsigKey | Path,
         interval: float = 0.0,
         timeout: float = 3.0,
     ) -> None:
+        """`key`: the key, or the path of a key file that does not exist yet (the dns
+        workload makes it when it first starts): read at the first update that needs it."""
         super().__init__(interval)
         self.zones = zones
         self.server = server
         self.port = port
-        self.key = key
+        self.key_path = key if isinstance(key, Path) else None
+        self._key = key if isinstance(key, TsigKey) else None
         self.timeout = timeout
         self.desired: dict[RRKey, frozenset[str]] = {}
         self.sent: dict[RRKey, frozenset[str]] | None = None  # None: not yet synced
@@ -264,6 +267,19 @@ class Rfc2136Sink(_Coalescer):
 
     async def close(self) -> None:
         await self.cancel()
+
+    @property
+    def key(self) -> TsigKey:
+        if self._key is None:
+            assert self.key_path is not None
+            try:
+                text = self.key_path.read_text()
+            except FileNotFoundError:
+                raise RuntimeError(
+                    f"TSIG key {self.key_path} does not exist yet (the dns workload makes it)"
+                ) from None
+            self._key = parse_tsig_key(text, str(self.key_path))
+        return self._key
 
     def _keyring(self) -> tuple[Any, Any]:
         import dns.name
@@ -338,7 +354,10 @@ class Rfc2136Sink(_Coalescer):
             self.updates += 1
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            raise RuntimeError(str(failed[0]))
+            # A timed-out update may still be applied (Knot reads it later): what the server
+            # holds is unknown now, so the retry reads it back (AXFR) first.
+            self.sent = None
+            raise RuntimeError(str(failed[0]) or type(failed[0]).__name__)
 
     async def _send(self, zone: str, items: list[tuple[RRKey, frozenset[str]]]) -> None:
         import dns.asyncquery
@@ -378,12 +397,15 @@ def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
         elif kind == "rfc2136":
             if not pb.server:
                 raise ConfigError(cfg.source, "phonebook.server", "", "the DNS server's address")
+            key: TsigKey | Path
             try:
-                text = pb.tsig_key.read_text()
+                key = parse_tsig_key(pb.tsig_key.read_text(), str(pb.tsig_key))
+            except FileNotFoundError:
+                key = pb.tsig_key  # first start: netmux@dns may start after phonebookd
+                journal.info(f"phonebook: {pb.tsig_key} does not exist yet; read when it does")
             except OSError as e:
                 raise ConfigError(
                     cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
                 ) from None
-            key = parse_tsig_key(text, str(pb.tsig_key))
             out.append(Rfc2136Sink(zones, pb.server, pb.server_port, key))
     return out
