@@ -176,6 +176,10 @@ class Phonebook:
             f"{lab}.{self.zones.internal}." for lab in labels
         ]
 
+    def published_names(self, pub: Publication) -> list[str]:
+        """The names a caller may show as published: none when no sink serves them."""
+        return self.fqdns(pub.name, pub.aliases) if self.sinks else []
+
     def publish(
         self,
         name: str,

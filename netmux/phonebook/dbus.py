@@ -206,7 +206,7 @@ class Adapter:
             await self._watch_unit(pub.unit)
         # The reply is the caller's "ready": only once every sink serves the record.
         await self.book.settle(pub, self.book.cfg.workload.timeout)
-        return self.book.fqdns(pub.name, pub.aliases)
+        return self.book.published_names(pub)
 
     async def _bus_call(self, member: str, sig: str, body: list[Any]) -> Any:
         reply = await self.bus.call(

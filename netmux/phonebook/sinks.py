@@ -391,6 +391,12 @@ def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
     out: list[Sink] = []
     for kind in dict.fromkeys(pb.sinks):
         if kind == "tinydns":
+            if not pb.tinydns_data.exists():  # nothing could serve its records: no sink
+                journal.warning(
+                    f"phonebook: no tinydns sink: {pb.tinydns_data} is missing "
+                    '(apt install tinydns, or [phonebook] sinks = ["rfc2136"])'
+                )
+                continue
             out.append(
                 TinydnsSink(pb.tinydns_dir, pb.tinydns_data, pb.sighup_pidfile, pb.rebuild_interval)
             )
