@@ -78,6 +78,7 @@ def remove(name: str, root: Path = NETNS_ETC) -> bool:
     p.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         p.parent.rmdir()  # only when empty: a user's own files there stay
+        root.rmdir()  # an empty /etc/netns means nothing
     return True
 
 

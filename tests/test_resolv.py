@@ -34,7 +34,8 @@ def test_write_and_remove_keep_a_users_own_file(tmp_path: Path) -> None:
     host = config.HostConfig()
     p = resolv.write(host, "web", tmp_path)
     assert p == tmp_path / "web" / "resolv.conf" and "fd64:cafe::53" in p.read_text()
-    assert resolv.remove("web", tmp_path) and not (tmp_path / "web").exists()
+    assert resolv.remove("web", tmp_path) and not tmp_path.exists()  # empty: gone too
+    tmp_path.mkdir()
     own = tmp_path / "db" / "resolv.conf"
     own.parent.mkdir()
     own.write_text("nameserver 2001:db8::99\n")
