@@ -62,9 +62,15 @@ def write(cfg: HostConfig, name: str, root: Path = NETNS_ETC) -> Path | None:
     if not _ours(p):
         journal.info(f"workload {name}: keeping {p}, which netmux did not write", workload=name)
         return p
-    p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     tmp = p.with_name(f".resolv.conf.{os.getpid()}")
-    tmp.write_text(text)
+    for attempt in range(3):  # a concurrent `down` may remove an empty /etc/netns meanwhile
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            tmp.write_text(text)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     tmp.chmod(0o644)
     tmp.replace(p)
     return p
