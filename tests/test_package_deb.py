@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN
+from tests.conftest import RUN, wait_for
 from tests.sysbox import SysBox
 
 pytestmark = pytest.mark.system
@@ -47,8 +47,9 @@ OTHER = next(r for r in RELEASES if r != SUITE)
 ROOT_PACKAGES = (
     "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
     "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,procps,bind9-dnsutils,"
-    "ndisc6"
+    "ndisc6,knot"  # knot: the dns recipe
 )
+ZONE = "debroot.example.org"
 STATIC = "2001:db8:0:1::1/64"
 # What may differ after install + purge: logs, dpkg's and apt's own books, systemd state.
 VOLATILE = (
@@ -61,6 +62,7 @@ VOLATILE = (
     "run/",
     "etc/group-",
     "etc/gshadow-",
+    "var/lib/knot/",  # Debian's own knot.service ran at boot, before the recipe disabled it
 )
 
 
@@ -129,6 +131,12 @@ class RootBox(SysBox):
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
+
+
+def want_resolver(box: RootBox, name: str) -> bool:
+    """`ip netns exec NAME` sees the resolver netmux advertises."""
+    out = box.run("ip", "netns", "exec", name, "cat", "/etc/resolv.conf").stdout
+    return "nameserver fd64:cafe::53" in out.splitlines()
 
 
 def files(root: Path) -> dict[str, str]:
@@ -203,12 +211,24 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     where = box.run("python3", "-c", "import netmux, pyroute2; print(pyroute2.__file__)").stdout
     assert where.startswith("/usr/lib/netmux/vendor/"), where
 
-    # A static prefix on gw0, and a workload that serves HTTP.
-    box.path("/etc/netmux/netmux.toml").write_text(f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+    # A static prefix on gw0, the dns recipe as its README says (Knot, RFC 2136), and a
+    # workload that serves HTTP.
+    ex = "/usr/share/doc/netmux/examples/recipes/dns"
+    example = box.path(f"{ex}/netmux.toml.example").read_text()
+    box.path("/etc/netmux/netmux.toml").write_text(
+        example.replace("[mux]\n", f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+    )
+    box.systemctl("disable", "--now", "knot.service")  # Debian's own, in the root namespace
+    box.run("cp", f"{ex}/dns.toml", "/etc/netmux/workloads/")
+    box.run("cp", "-r", f"{ex}/netmux@dns.service.d", "/etc/systemd/system/")
+    box.systemctl("daemon-reload")
+    box.systemctl("start", "netmux-radvd.service", timeout=60)
+    r = box.systemctl("enable", "--now", "netmux@dns", "phonebookd", check=False, timeout=90)
+    assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "60").stdout
+    assert box.path("/etc/netmux/phonebook.key").exists()
     box.path("/etc/netmux/workloads/httpd.toml").write_text(
         'command = ["python3", "-m", "http.server", "--bind", "::", "80"]\nports = ["tcp/80"]\n'
     )
-    box.systemctl("start", "netmux-radvd.service", timeout=60)
     r = box.systemctl("start", "netmux@httpd.service", check=False, timeout=60)
     assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
     assert box.systemctl("is-active", "netmux@httpd.service").stdout.strip() == "active"
@@ -246,9 +266,28 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     assert want in box.run("cat", f"/proc/{pid}/root/etc/resolv.conf").stdout.splitlines()
     assert want in box.run("ip", "netns", "exec", "httpd", "cat", "/etc/resolv.conf").stdout
     assert want not in box.run("cat", "/etc/resolv.conf", check=False).stdout
-    # STATUS= names only what is published (no DNS sink here: nothing).
+
+    # Ready means resolvable: Knot answers at once, and STATUS= names what it serves.
+    def dig(name: str, source: str, rtype: str = "AAAA") -> str:
+        return box.run("ip", "netns", "exec", "mux", "dig", "+tries=1", "+time=2", "-b", source,
+                       "@fd64:cafe::d", name, rtype).stdout  # fmt: skip
+
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", "fd64:cafe::1")
     status = box.show("netmux@httpd.service", "StatusText")["StatusText"]
-    assert "global 2001:db8:0:1:" in status and "dns" not in status, status
+    assert "global 2001:db8:0:1:" in status and f"dns httpd.{ZONE} httpd.internal" in status
+    # Host-only stays host-only: internal. to a global source gets no answer, the ULA does.
+    assert "fd64:cafe:" in dig("httpd.internal", "fd64:cafe::1")
+    outside = dig("httpd.internal", STATIC.split("/")[0])
+    assert "status: NOTAUTH" in outside and "ANSWER: 0" in outside, outside
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", STATIC.split("/")[0])
+    # kill -9: the record and the namespace's resolv.conf go; a restart brings both back,
+    # with the same address, resolvable the moment start returns.
+    box.systemctl("kill", "-s", "KILL", "netmux@httpd.service")
+    wait_for(lambda: "ANSWER: 0" in dig(f"httpd.{ZONE}", "fd64:cafe::1"), timeout=10)
+    wait_for(lambda: not box.path("/etc/netns/httpd").exists(), timeout=10)
+    box.systemctl("start", "netmux@httpd.service", timeout=60)
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", "fd64:cafe::1")
+    assert want_resolver(box, "httpd")
 
     # The README's quick-start drop-in, as written: User= and a port >= 1024.
     readme = (REPO / "README.md").read_text()
@@ -270,13 +309,6 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     (uid_line,) = [x for x in status_lines if x.startswith("Uid:")]
     assert uid_line.split()[1] == box.run("id", "-u", "www-data").stdout.strip()
 
-    # What the recipes and the TSIG key leave in /etc: copied as recipes/dns says.
-    ex = "/usr/share/doc/netmux/examples/recipes/dns"
-    box.run("cp", f"{ex}/dns.toml", "/etc/netmux/workloads/")
-    box.run("cp", "-r", f"{ex}/netmux@dns.service.d", "/etc/systemd/system/")
-    box.run("python3", "-m", "netmux.phonebook.knot", "/var/lib/netmux/knot", "--listen", "::")
-    assert box.path("/etc/netmux/phonebook.key").exists()
-
     # remove keeps the configuration; purge removes what netmux made and keeps the rest.
     box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
     box.path("/etc/netmux/workloads/mine.toml").write_text('ports = ["tcp/22"]\n')
@@ -294,6 +326,7 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     shutil.rmtree(box.path("/etc/systemd/system/netmux@web.service.d"))
     box.systemctl("daemon-reload")
     assert "not-found" not in box.systemctl("list-units", "--all", "netmux*", check=False).stdout
+    box.systemctl("enable", "knot.service")  # as it was before the test
     assert box.run("ls", "/run/netns", check=False).stdout.split() == []
     running = box.systemctl("list-units", "--plain", "--no-legend", "netmux*", check=False)
     assert running.stdout.strip() == ""
