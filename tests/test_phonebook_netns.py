@@ -526,6 +526,7 @@ def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
     assert out.stdout.startswith(f"ok member.{PUBLIC}."), out
 
 
+@pytest.mark.requires("knotd", "dig")
 def test_host_only_zones_are_not_answered_to_the_internet(
     netns: Callable[[str], str], procs: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
