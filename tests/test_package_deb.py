@@ -47,7 +47,7 @@ OTHER = next(r for r in RELEASES if r != SUITE)
 ROOT_PACKAGES = (
     "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
     "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,procps,bind9-dnsutils,"
-    "ndisc6,knot"  # knot: the dns recipe
+    "ndisc6,knot,unbound"  # the dns and resolver recipes
 )
 ZONE = "debroot.example.org"
 STATIC = "2001:db8:0:1::1/64"
@@ -62,7 +62,10 @@ VOLATILE = (
     "run/",
     "etc/group-",
     "etc/gshadow-",
-    "var/lib/knot/",  # Debian's own knot.service ran at boot, before the recipe disabled it
+    # Debian's own knot.service and unbound.service ran at boot, before the recipes
+    # disabled them.
+    "var/lib/knot/",
+    "var/lib/unbound/",
 )
 
 
@@ -215,8 +218,10 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     # workload that serves HTTP.
     ex = "/usr/share/doc/netmux/examples/recipes/dns"
     example = box.path(f"{ex}/netmux.toml.example").read_text()
+    resolver_example = box.path(f"{ex}/../resolver/netmux.toml.example").read_text()
     box.path("/etc/netmux/netmux.toml").write_text(
         example.replace("[mux]\n", f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+        + resolver_example.split("[nat64]")[0]  # no tayga here: DNS64 stays off
     )
     box.systemctl("disable", "--now", "knot.service")  # Debian's own, in the root namespace
     box.run("cp", f"{ex}/dns.toml", "/etc/netmux/workloads/")
@@ -289,6 +294,23 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     assert global_addrs[0] in dig(f"httpd.{ZONE}", "fd64:cafe::1")
     assert want_resolver(box, "httpd")
 
+    # The resolver recipe: now a name resolves inside a workload, with no manual step.
+    box.systemctl("disable", "--now", "unbound.service", "unbound-resolvconf.service")
+    rex = "/usr/share/doc/netmux/examples/recipes/resolver"
+    box.run("cp", f"{rex}/resolver.toml", "/etc/netmux/workloads/")
+    box.run("install", "-d", "/etc/systemd/system/netmux@resolver.service.d")
+    box.sh(f"sed 's|@BINDIR@|/usr/bin|' '{rex}/netmux@resolver.service.d/unbound.conf' "
+           "> /etc/systemd/system/netmux@resolver.service.d/unbound.conf")  # fmt: skip
+    box.systemctl("daemon-reload")
+    r = box.systemctl("start", "netmux@resolver.service", check=False, timeout=60)
+    assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
+    # publish = false: no DNS name claimed anywhere.
+    assert "dns" not in box.show("netmux@resolver.service", "StatusText")["StatusText"]
+    assert "dns" not in box.run("netmux", "status", "resolver").stdout
+    by_name = fetch.replace(f"[{global_addrs[0]}]", f"httpd.{ZONE}")
+    out = box.run("ip", "netns", "exec", "httpd", "python3", "-c", by_name, timeout=30).stdout
+    assert out.strip() == "200", "httpd could not fetch itself by name"
+
     # The README's quick-start drop-in, as written: User= and a port >= 1024.
     readme = (REPO / "README.md").read_text()
     dropin = readme.split("```ini\n", 1)[1].split("```", 1)[0]
@@ -308,6 +330,8 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     status_lines = box.run("cat", f"/proc/{web_pid}/status").stdout.splitlines()
     (uid_line,) = [x for x in status_lines if x.startswith("Uid:")]
     assert uid_line.split()[1] == box.run("id", "-u", "www-data").stdout.strip()
+    out = box.run("netmux", "exec", "web", "--", "python3", "-c", by_name, timeout=30).stdout
+    assert out.strip() == "200", "web could not fetch httpd by name"
 
     # remove keeps the configuration; purge removes what netmux made and keeps the rest.
     box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
@@ -326,7 +350,8 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     shutil.rmtree(box.path("/etc/systemd/system/netmux@web.service.d"))
     box.systemctl("daemon-reload")
     assert "not-found" not in box.systemctl("list-units", "--all", "netmux*", check=False).stdout
-    box.systemctl("enable", "knot.service")  # as it was before the test
+    # as they were before the test
+    box.systemctl("enable", "knot.service", "unbound.service", "unbound-resolvconf.service")
     assert box.run("ls", "/run/netns", check=False).stdout.split() == []
     running = box.systemctl("list-units", "--plain", "--no-legend", "netmux*", check=False)
     assert running.stdout.strip() == ""
