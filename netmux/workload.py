@@ -605,6 +605,13 @@ def _teardown(
 
     step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
 
+    def resolv_conf() -> bool:
+        if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
+            return False  # the name is another instance's now, and so is its resolv.conf
+        return resolv.remove(name)
+
+    step(f"{resolv.path(name)}", resolv_conf)  # before the name: the state goes last
+
     def netns_name() -> bool:
         if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
             return False  # the name is another instance's now
@@ -612,13 +619,6 @@ def _teardown(
 
     step(f"network namespace {nsutil.netns_path(name)}", netns_name)
     step(f"state {state_path(host, name)}", lambda: _unlink_state(host, name, token))
-
-    def resolv_conf() -> bool:
-        if os.path.lexists(nsutil.netns_path(name)):
-            return False  # another instance of NAME holds the name now: its file stays
-        return resolv.remove(name)
-
-    step(f"{resolv.path(name)}", resolv_conf)
 
     def scraps() -> bool:
         for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
