@@ -14,6 +14,7 @@ import pytest
 
 from netmux import workload
 from tests import muxfix
+from tests.conftest import wait_for
 from tests.muxfix import MuxEnv
 from tests.phonebookfix import PUBLIC, Stack, nsrun
 
@@ -136,7 +137,9 @@ def test_down_unpublishes_even_while_the_lifeline_is_held(mux_radvd: MuxEnv, sta
     penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
     p = subprocess.Popen(env.argv("up", name, "--", "sleep", "120"), env=penv)
     try:
-        stack.wait_dig(f"{name}.internal", lambda a: a.startswith("fd64:cafe:"), timeout=20)
+        # up is done once it has exec'd CMD (it returns only once every record is served)
+        wait_for(lambda: _comm(p.pid) == "sleep" or p.poll() is not None, timeout=20)
+        assert stack.dig(f"{name}.internal").startswith("fd64:cafe:")
         r = subprocess.run(env.argv("down", name), env=penv, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert p.wait(timeout=10) < 0  # down stopped the workload too, after unpublishing
