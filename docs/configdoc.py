@@ -43,7 +43,8 @@ DESCRIPTIONS: dict[str, str] = {
     "mux.ula": "The gateway's host-internal ULA address and /64 (advertised to workloads).",
     "mux.uplinks": "Shell patterns of physical NICs that are moved into mux.",
     "workload.ifname": "The interface name inside each workload's namespace.",
-    "workload.timeout": "Seconds `netmux up` waits for the address it waits for.",
+    "workload.timeout": "Seconds `netmux up` waits for the address, and phonebookd for every "
+    "DNS sink to serve a new record (ready means resolvable).",
     "workload.optimistic_dad": "Use addresses while DAD still runs (RFC 4429): faster start.",
     "dns.hostname": "The host label in NAME.HOSTNAME.DOMAIN. (empty: the short host name).",
     "dns.domain": "The domain under which the host zone HOSTNAME.DOMAIN. lives.",

@@ -80,14 +80,30 @@ def _ours(rec: dict[str, Any] | None) -> bool:
 # --- checks -----------------------------------------------------------------------------
 
 
+DEMO_CONFIGS = (
+    Path("/usr/share/doc/netmux/examples/demo.toml"),  # the .deb
+    Path(__file__).resolve().parent.parent / "docs" / "examples" / "demo.toml",  # a checkout
+)
+
+
+def own_config_hint() -> str:
+    """What to pass instead: a config of the lab's own (its own mux, its own paths)."""
+    demo = next((p for p in DEMO_CONFIGS if p.exists()), DEMO_CONFIGS[0])
+    return (
+        f"run the lab with a config of its own: netmux --config {demo} lab up "
+        "(and the same --config for up, status and lab down)"
+    )
+
+
 def check(host: HostConfig) -> None:
     """UsageError unless this config can run a lab without touching the host's own links."""
     lab, mux = host.lab, host.mux
     src = host.source
     if not config.uplink_matches(mux, lab.uplink):
         raise UsageError(
-            f"{src}: lab.uplink {lab.uplink!r} must match mux.uplinks "
-            f"({', '.join(mux.uplinks)}): the lab's NIC is adopted like a real one"
+            f"{src}: lab.uplink {lab.uplink!r} does not match mux.uplinks "
+            f"({', '.join(mux.uplinks)}), so the lab cannot use this host's mux; "
+            + own_config_hint()
         )
     if lab.router_netns == mux.netns:
         raise UsageError(f"{src}: lab.router_netns must differ from mux.netns ({mux.netns!r})")
@@ -103,8 +119,7 @@ def check(host: HostConfig) -> None:
         if config.uplink_matches(mux, name):
             raise UsageError(
                 f"{src}: mux.uplinks ({', '.join(mux.uplinks)}) match {name!r} in the root "
-                "namespace, which the lab would move into mux: give the lab a config of its "
-                "own whose uplink patterns match only lab.uplink (see docs/examples/demo.toml)"
+                "namespace, which the lab would move into mux; " + own_config_hint()
             )
     if lab.uplink in root and not _ours(root[lab.uplink]):
         raise UsageError(f"{src}: lab.uplink {lab.uplink!r} exists and is not the lab's")

@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 MNT_DETACH = 2
+MS_BIND = 4096
+MS_REC = 16384
+MS_SLAVE = 1 << 19
 NETNS_DIR = Path("/run/netns")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -253,3 +257,17 @@ def enter_netns(name_or_path: str | os.PathLike[str]) -> None:
         setns(fd)
     finally:
         os.close(fd)
+
+
+def private_bind(source: Path, target: Path) -> None:
+    """Bind SOURCE over TARGET in a new mount namespace of this process (single-threaded,
+    right before exec): mounts of the host still propagate in, this one never out."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    if _libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"make / a slave mount: {os.strerror(err)}")
+    if _libc.mount(str(source).encode(), str(target).encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {source} over {target}: {os.strerror(err)}")

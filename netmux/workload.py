@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil, tap
+from . import config, firewall, journal, links, mux, names, nsutil, resolv, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -248,6 +248,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         raise
     inst = Instance(name, token, fd)
     try:
+        resolv.write(host, name)  # the RDNSS address for `ip netns exec` and our exec paths
         with links.iproute(host.mux.netns) as mipr:
             links.create_child_link(mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=fd)
         if p.kind == "macvtap":
@@ -319,7 +320,6 @@ def up(
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
         tap_fd = _open_tap(p, inst.fd) if vm_exec else None  # for the exec'd QEMU only
         addrs = links.split_addresses(state.addrs)
-        dns = dns_names(host, wl) if wl.publish and wl.kind != "vm" else []
         record = {
             "name": p.name,
             "phase": "up",
@@ -337,7 +337,7 @@ def up(
             "started": time.time(),
             "up_seconds": round(elapsed, 4),
             "addresses": addrs,
-            "dns": dns,
+            "dns": [],  # only names phonebookd really publishes (below)
         }
         if nsutil.netns_id(p.name) != nsutil.netns_id(inst.fd):
             raise StateError(f"workload {p.name}: replaced by another `up` while this one built")
@@ -346,11 +346,12 @@ def up(
         pub = None
         if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
-            pub = phonebook.publish_workload(p.name, p.ifname, wl.dns_names, hold)
-        if pub is not None and p.kind == "macvtap":
-            # phonebookd learns the guest's addresses from its NDP (phonebook/follow.py):
-            # a VM's names are shown only when phonebookd has taken them.
-            dns = record["dns"] = dns_names(host, wl)
+            pub = phonebook.publish_workload(
+                p.name, p.ifname, wl.dns_names, hold, host.workload.timeout
+            )
+        published = [n.rstrip(".") for n in pub.names] if pub is not None else []
+        if published:
+            record["dns"] = published
             _write_state(host, p.name, record)
     except BaseException:
         _rollback(host, inst, p.ifname)
@@ -368,7 +369,7 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(addrs, dns), ready="1")
+    mux.notify(status=_status_line(addrs, published), ready="1")
     if not p.cmd or not exec_cmd:
         return 0
     argv = tap.substitute(p.cmd, tap_fd, p.mac)
@@ -395,13 +396,6 @@ def hold_unit(name: str) -> None:
         os.execv(sleep, [f"netmux-hold-{name}", "infinity"])
     except OSError as e:
         raise StateError(f"workload {name}: cannot hold the unit with {sleep}: {e.strerror}") from e
-
-
-def dns_names(host: HostConfig, wl: WorkloadConfig) -> list[str]:
-    labels = [wl.name, *wl.dns_names]
-    out = [f"{lab}.{host.public_zone}" for lab in labels]
-    out += [f"{lab}.{host.dns.internal_zone.rstrip('.')}" for lab in labels]
-    return out
 
 
 def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
@@ -457,6 +451,7 @@ def exec_in(
     """Enter NAME's namespace in this (main) thread, drop privileges, exec. No return."""
     env = _user_env(user)
     nsutil.enter_netns(name)
+    resolv.bind_for_exec(name)
     _drop_privileges(user, gid)
     if user is not None:
         with contextlib.suppress(OSError):
@@ -593,6 +588,13 @@ def _teardown(
 
     step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
 
+    def resolv_conf() -> bool:
+        if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
+            return False  # the name is another instance's now, and so is its resolv.conf
+        return resolv.remove(name)
+
+    step(f"{resolv.path(name)}", resolv_conf)  # before the name: the state goes last
+
     def netns_name() -> bool:
         if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
             return False  # the name is another instance's now
@@ -717,6 +719,7 @@ def run(
 
         def pre() -> None:
             nsutil.enter_netns(p.name)
+            resolv.bind_for_exec(p.name)
             _drop_privileges(p.user, p.gid)
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)

@@ -31,6 +31,7 @@ POLICY = REPO / "dbus" / "org.netmux.Phonebook1.conf"
 HOST = "box"
 DOMAIN = "example.org"
 PUBLIC = f"{HOST}.{DOMAIN}"
+SETTLE_TIMEOUT = 2.5
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -172,6 +173,8 @@ class Stack:
             f'reverse = ["2001:db8:1::/64"]\ngroup = "{group}"\nwatch_units = false\n'
             f'sighup_pidfile = "{sighup_pidfile}"\n'
             f'[paths]\nstate_dir = "{self.dir}/state"\nrun_dir = "{self.dir}/run"\n'
+            # how long a Publish waits for the sinks (the start timeout)
+            f"[workload]\ntimeout = {SETTLE_TIMEOUT}\n"
         )
         self.want_tinydns = tinydns and shutil.which("tinydns") is not None
         try:

@@ -129,7 +129,7 @@ def test_refuses_uplink_patterns_matching_other_links(
 
 def test_refuses_uplink_not_matching_patterns(tmp_config: Callable[..., Path]) -> None:
     host = config.load_host(tmp_config('[lab]\nuplink = "nomatch0"\n'))
-    with pytest.raises(UsageError, match=r"lab\.uplink 'nomatch0' must match mux\.uplinks"):
+    with pytest.raises(UsageError, match=r"lab\.uplink 'nomatch0' does not match mux\.uplinks"):
         lab.check(host)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv6Interface, IPv6Network
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,15 @@ def test_check_refuses_overlapping_prefixes() -> None:
     )
     with pytest.raises(UsageError, match="must not overlap"):
         lab.check(host)
+
+
+def test_default_config_says_in_one_line_what_to_pass() -> None:
+    """The first thing tried after the demo: `netmux lab up` with the host's own config."""
+    with pytest.raises(UsageError) as e:
+        lab.check(parse_host(""))
+    msg = str(e.value)
+    assert "\n" not in msg and "netmux --config " in msg and "demo.toml lab up" in msg
+    demo = msg.split("netmux --config ")[1].split()[0]
+    assert demo.endswith("demo.toml")
+    hint_cfg = parse_host(Path(demo).read_text())
+    assert lab.config.uplink_matches(hint_cfg.mux, hint_cfg.lab.uplink)

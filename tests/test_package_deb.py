@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN
+from tests.conftest import RUN, wait_for
 from tests.sysbox import SysBox
 
 pytestmark = pytest.mark.system
@@ -47,8 +47,9 @@ OTHER = next(r for r in RELEASES if r != SUITE)
 ROOT_PACKAGES = (
     "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
     "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,procps,bind9-dnsutils,"
-    "ndisc6"
+    "ndisc6,knot,unbound"  # the dns and resolver recipes
 )
+ZONE = "debroot.example.org"
 STATIC = "2001:db8:0:1::1/64"
 # What may differ after install + purge: logs, dpkg's and apt's own books, systemd state.
 VOLATILE = (
@@ -61,6 +62,10 @@ VOLATILE = (
     "run/",
     "etc/group-",
     "etc/gshadow-",
+    # Debian's own knot.service and unbound.service ran at boot, before the recipes
+    # disabled them.
+    "var/lib/knot/",
+    "var/lib/unbound/",
 )
 
 
@@ -129,6 +134,12 @@ class RootBox(SysBox):
 
     def path(self, inside: str) -> Path:
         return self.root / inside.lstrip("/")
+
+
+def want_resolver(box: RootBox, name: str) -> bool:
+    """`ip netns exec NAME` sees the resolver netmux advertises."""
+    out = box.run("ip", "netns", "exec", name, "cat", "/etc/resolv.conf").stdout
+    return "nameserver fd64:cafe::53" in out.splitlines()
 
 
 def files(root: Path) -> dict[str, str]:
@@ -203,12 +214,26 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     where = box.run("python3", "-c", "import netmux, pyroute2; print(pyroute2.__file__)").stdout
     assert where.startswith("/usr/lib/netmux/vendor/"), where
 
-    # A static prefix on gw0, and a workload that serves HTTP.
-    box.path("/etc/netmux/netmux.toml").write_text(f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+    # A static prefix on gw0, the dns recipe as its README says (Knot, RFC 2136), and a
+    # workload that serves HTTP.
+    ex = "/usr/share/doc/netmux/examples/recipes/dns"
+    example = box.path(f"{ex}/netmux.toml.example").read_text()
+    resolver_example = box.path(f"{ex}/../resolver/netmux.toml.example").read_text()
+    box.path("/etc/netmux/netmux.toml").write_text(
+        example.replace("[mux]\n", f'[mux]\nstatic_addresses = ["{STATIC}"]\n')
+        + resolver_example.split("[nat64]")[0]  # no tayga here: DNS64 stays off
+    )
+    box.systemctl("disable", "--now", "knot.service")  # Debian's own, in the root namespace
+    box.run("cp", f"{ex}/dns.toml", "/etc/netmux/workloads/")
+    box.run("cp", "-r", f"{ex}/netmux@dns.service.d", "/etc/systemd/system/")
+    box.systemctl("daemon-reload")
+    box.systemctl("start", "netmux-radvd.service", timeout=60)
+    r = box.systemctl("enable", "--now", "netmux@dns", "phonebookd", check=False, timeout=90)
+    assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "60").stdout
+    assert box.path("/etc/netmux/phonebook.key").exists()
     box.path("/etc/netmux/workloads/httpd.toml").write_text(
         'command = ["python3", "-m", "http.server", "--bind", "::", "80"]\nports = ["tcp/80"]\n'
     )
-    box.systemctl("start", "netmux-radvd.service", timeout=60)
     r = box.systemctl("start", "netmux@httpd.service", check=False, timeout=60)
     assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
     assert box.systemctl("is-active", "netmux@httpd.service").stdout.strip() == "active"
@@ -239,9 +264,94 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
                 "daemons.radvd", "daemons.phonebookd"):  # fmt: skip
         assert checks[cid]["status"] == "ok", checks[cid]
 
-    # Purge: units stopped, namespaces gone, files, group and state removed.
+    # Names resolve inside: the process netmux exec'd and `ip netns exec` see the
+    # advertised resolver, the root namespace keeps its own resolv.conf.
+    want = "nameserver fd64:cafe::53"
+    pid = box.show("netmux@httpd.service", "MainPID")["MainPID"]
+    assert want in box.run("cat", f"/proc/{pid}/root/etc/resolv.conf").stdout.splitlines()
+    assert want in box.run("ip", "netns", "exec", "httpd", "cat", "/etc/resolv.conf").stdout
+    assert want not in box.run("cat", "/etc/resolv.conf", check=False).stdout
+
+    # Ready means resolvable: Knot answers at once, and STATUS= names what it serves.
+    def dig(name: str, source: str, rtype: str = "AAAA") -> str:
+        return box.run("ip", "netns", "exec", "mux", "dig", "+tries=1", "+time=2", "-b", source,
+                       "@fd64:cafe::d", name, rtype).stdout  # fmt: skip
+
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", "fd64:cafe::1")
+    status = box.show("netmux@httpd.service", "StatusText")["StatusText"]
+    assert "global 2001:db8:0:1:" in status and f"dns httpd.{ZONE} httpd.internal" in status
+    # Host-only stays host-only: internal. to a global source gets no answer, the ULA does.
+    assert "fd64:cafe:" in dig("httpd.internal", "fd64:cafe::1")
+    outside = dig("httpd.internal", STATIC.split("/")[0])
+    assert "status: NOTAUTH" in outside and "ANSWER: 0" in outside, outside
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", STATIC.split("/")[0])
+    # kill -9: the record and the namespace's resolv.conf go; a restart brings both back,
+    # with the same address, resolvable the moment start returns.
+    box.systemctl("kill", "-s", "KILL", "netmux@httpd.service")
+    wait_for(lambda: "ANSWER: 0" in dig(f"httpd.{ZONE}", "fd64:cafe::1"), timeout=10)
+    wait_for(lambda: not box.path("/etc/netns/httpd").exists(), timeout=10)
+    box.systemctl("start", "netmux@httpd.service", timeout=60)
+    assert global_addrs[0] in dig(f"httpd.{ZONE}", "fd64:cafe::1")
+    assert want_resolver(box, "httpd")
+
+    # The resolver recipe: now a name resolves inside a workload, with no manual step.
+    box.systemctl("disable", "--now", "unbound.service", "unbound-resolvconf.service")
+    rex = "/usr/share/doc/netmux/examples/recipes/resolver"
+    box.run("cp", f"{rex}/resolver.toml", "/etc/netmux/workloads/")
+    box.run("install", "-d", "/etc/systemd/system/netmux@resolver.service.d")
+    box.sh(f"sed 's|@BINDIR@|/usr/bin|' '{rex}/netmux@resolver.service.d/unbound.conf' "
+           "> /etc/systemd/system/netmux@resolver.service.d/unbound.conf")  # fmt: skip
+    box.systemctl("daemon-reload")
+    r = box.systemctl("start", "netmux@resolver.service", check=False, timeout=60)
+    assert r.returncode == 0, box.run("journalctl", "--no-pager", "-n", "40").stdout
+    # publish = false: no DNS name claimed anywhere.
+    assert "dns" not in box.show("netmux@resolver.service", "StatusText")["StatusText"]
+    assert "dns" not in box.run("netmux", "status", "resolver").stdout
+    by_name = fetch.replace(f"[{global_addrs[0]}]", f"httpd.{ZONE}")
+    out = box.run("ip", "netns", "exec", "httpd", "python3", "-c", by_name, timeout=30).stdout
+    assert out.strip() == "200", "httpd could not fetch itself by name"
+
+    # The README's quick-start drop-in, as written: User= and a port >= 1024.
+    readme = (REPO / "README.md").read_text()
+    dropin = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    assert "User=www-data" in dropin
+    box.path("/etc/systemd/system/netmux@web.service.d").mkdir(parents=True)
+    box.path("/etc/systemd/system/netmux@web.service.d/override.conf").write_text(dropin)
+    box.systemctl("daemon-reload")
+    box.systemctl("enable", "--now", "netmux@web.service", timeout=60)
+    addrs = json.loads(box.run("ip", "-n", "web", "-j", "-6", "addr", "show").stdout)
+    web = [a["local"] for link in addrs for a in link.get("addr_info", [])
+           if a["local"].startswith("2001:db8:0:1:")]  # fmt: skip
+    out = box.run("ip", "netns", "exec", "mux", "python3", "-c",
+                  fetch.replace(f"[{global_addrs[0]}]/", f"[{web[0]}]:8080/"),
+                  timeout=30).stdout  # fmt: skip
+    assert out.strip() == "200"
+    web_pid = box.show("netmux@web.service", "MainPID")["MainPID"]
+    status_lines = box.run("cat", f"/proc/{web_pid}/status").stdout.splitlines()
+    (uid_line,) = [x for x in status_lines if x.startswith("Uid:")]
+    assert uid_line.split()[1] == box.run("id", "-u", "www-data").stdout.strip()
+    out = box.run("netmux", "exec", "web", "--", "python3", "-c", by_name, timeout=30).stdout
+    assert out.strip() == "200", "web could not fetch httpd by name"
+
+    # remove keeps the configuration; purge removes what netmux made and keeps the rest.
     box.path("/etc/netmux/workloads/httpd.toml").unlink()  # the admin's own file
-    box.run("dpkg", "--purge", "netmux", timeout=120)
+    box.path("/etc/netmux/workloads/mine.toml").write_text('ports = ["tcp/22"]\n')
+    box.run("dpkg", "--remove", "netmux", timeout=120)
+    for kept in ("/etc/netmux/netmux.toml", "/etc/netmux/phonebook.key",
+                 "/etc/netmux/workloads/dns.toml", "/var/lib/netmux/host.key"):  # fmt: skip
+        assert box.path(kept).exists(), f"remove took {kept}"
+    r = box.run("dpkg", "--purge", "netmux", timeout=120)
+    assert "keeping /etc/netmux/workloads/mine.toml (not created by netmux)" in r.stderr
+    assert "keeping /etc/systemd/system/netmux@web.service.d (drop-ins not from" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    box.path("/etc/netmux/workloads/mine.toml").unlink()
+    box.path("/etc/netmux/workloads").rmdir()
+    box.path("/etc/netmux").rmdir()
+    shutil.rmtree(box.path("/etc/systemd/system/netmux@web.service.d"))
+    box.systemctl("daemon-reload")
+    assert "not-found" not in box.systemctl("list-units", "--all", "netmux*", check=False).stdout
+    # as they were before the test
+    box.systemctl("enable", "knot.service", "unbound.service", "unbound-resolvconf.service")
     assert box.run("ls", "/run/netns", check=False).stdout.split() == []
     running = box.systemctl("list-units", "--plain", "--no-legend", "netmux*", check=False)
     assert running.stdout.strip() == ""

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from netmux.errors import StateError
 from netmux.phonebook import client
 from tests.conftest import require, wait_for
-from tests.phonebookfix import PUBLIC, Stack, add_workload_link, addr, nsrun
+from tests.phonebookfix import PUBLIC, SETTLE_TIMEOUT, Stack, add_workload_link, addr, nsrun
 
 pytestmark = pytest.mark.netns
 
@@ -89,6 +90,37 @@ def test_address_to_dns_knot_and_tinydns(stack: Stack, wl: str) -> None:
     client.close(pub)
     stack.wait_dig(f"httpd.{PUBLIC}", empty, timeout=BUDGET * SLACK)
     stack.wait_dig("httpd.internal", empty, timeout=BUDGET * SLACK)
+
+
+def test_publish_returns_once_every_sink_serves_the_record(stack: Stack, wl: str) -> None:
+    """Ready means resolvable: no waiting after Publish returns, on either sink."""
+    addr(wl, "add", f"{G1}/64", "nodad")
+    pub = publish(stack, "ready", wl)
+    assert stack.dig(f"ready.{PUBLIC}") == G1
+    if stack.want_tinydns:
+        assert stack.dig(f"ready.{PUBLIC}", server="127.0.0.1") == G1
+    client.close(pub)
+    stack.wait_dig(f"ready.{PUBLIC}", empty)
+
+
+def test_a_sink_that_does_not_answer_fails_the_publish_naming_it(stack: Stack, wl: str) -> None:
+    addr(wl, "add", f"{G1}/64", "nodad")
+    knotd = stack.procs[0]  # nsenter execs knotd
+    assert Path(f"/proc/{knotd.pid}/comm").read_text().strip() == "knotd"
+    os.kill(knotd.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StateError, match=r"DNS sink rfc2136 at ::1 did not take the record"):
+            client.publish("late", "eth0", wl, address=stack.bus, timeout=SETTLE_TIMEOUT + 2)
+        # Knot's own workload (the server's address is its own) is not held up by Knot.
+        own = client.publish("dns", "lo", stack.ns, address=stack.bus, timeout=SETTLE_TIMEOUT + 2)
+        assert own is not None
+        client.close(own)
+    finally:
+        os.kill(knotd.pid, signal.SIGCONT)
+    stack.wait_dig(f"late.{PUBLIC}", empty, timeout=15)  # the lifeline closed with the failure
+    pub = publish(stack, "late", wl)  # and Knot catches up
+    assert stack.dig(f"late.{PUBLIC}") == G1
+    client.close(pub)
 
 
 def test_renumbering_updates_records(stack: Stack, wl: str) -> None:
@@ -492,3 +524,43 @@ def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
     assert out.stdout.startswith(f"ok member.{PUBLIC}."), out
+
+
+@pytest.mark.requires("knotd", "dig")
+def test_host_only_zones_are_not_answered_to_the_internet(
+    netns: Callable[[str], str], procs: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Real knotd on `::` as the dns recipe runs it: internal. and the ULA reverse zone only
+    for host-internal sources, the public zone for everyone."""
+    from netmux.config import parse_host
+    from netmux.phonebook import knot
+    from netmux.phonebook.records import Zones, reverse_zone
+
+    cfg = parse_host('[dns]\nhostname = "box"\ndomain = "example.org"\n')
+    zones = Zones.from_config(cfg)
+    knot.write_all(zones, tmp_path, ["::"], 53)
+    dns, inet = netns("kd"), netns("ki")
+    subprocess.run(["ip", "-n", dns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                    "eth0", "netns", inet], check=True)  # fmt: skip
+    for ns, host in ((dns, "d"), (inet, "99")):
+        addr(ns, "add", f"2001:db8:1::{host}/64", "nodad")
+        addr(ns, "add", f"fd64:cafe::{host}/64", "nodad")
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    procs(["ip", "netns", "exec", dns, "knotd", "-c", str(tmp_path / "knot.conf")],
+          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def status(name: str, server: str, source: str, tcp: bool = False) -> str:
+        argv = ["dig", "+tries=1", "+time=1", "-b", source, f"@{server}", name, "SOA"]
+        out = nsrun(inet, argv + (["+tcp"] if tcp else [])).stdout
+        m = re.search(r"status: (\w+)", out)
+        return (m.group(1) if m else "no answer") + (" answer" if "ANSWER: 1" in out else "")
+
+    ula_rev = reverse_zone(cfg.mux.ula.network)
+    wait_for(lambda: status(zones.public, "2001:db8:1::d", "2001:db8:1::99") == "NOERROR answer")
+    for tcp in (False, True):
+        for zone in ("internal", ula_rev):
+            assert status(zone, "fd64:cafe::d", "fd64:cafe::99", tcp) == "NOERROR answer"
+            got = status(zone, "2001:db8:1::d", "2001:db8:1::99", tcp)
+            assert got in ("REFUSED", "NOTAUTH"), f"{zone} from the internet: {got}"
+        assert status(zones.public, "2001:db8:1::d", "2001:db8:1::99", tcp) == "NOERROR answer"
+        assert status(zones.public, "fd64:cafe::d", "fd64:cafe::99", tcp) == "NOERROR answer"

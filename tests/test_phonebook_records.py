@@ -20,7 +20,7 @@ from netmux.errors import ConfigError, UsageError
 from netmux.phonebook import fdstore, knot, seed
 from netmux.phonebook import records as r
 from netmux.phonebook.daemon import check_ifname, check_netns_name
-from netmux.phonebook.sinks import TsigKey, parse_tsig_key, render_tsig_key
+from netmux.phonebook.sinks import Rfc2136Sink, TsigKey, parse_tsig_key, render_tsig_key
 
 pytestmark = pytest.mark.unit
 
@@ -245,6 +245,12 @@ def test_knot_conf_has_every_zone_and_the_acl(tmp_path: Path) -> None:
         assert f"  - domain: {zone}.\n" in text
     assert '"::@53", "127.0.0.1@53"' in text
     assert "action: [update, transfer]" in text
+    # host-only zones: the module on internal. and the ULA reverse zone, not the public zone
+    assert "  - domain: internal.\n    module: mod-queryacl/host-only\n" in text
+    ula_rev = r.reverse_zone(CFG.mux.ula.network)
+    assert f"  - domain: {ula_rev}.\n    module: mod-queryacl/host-only\n" in text
+    assert f"  - domain: {Z.public}.\n  - domain" in text
+    assert set(Z.host_only_zones()) == {"internal", ula_rev}
     with pytest.raises(UsageError):
         knot.render_knot_conf(Z, tmp_path, ['::"; evil'], 53)
     zone = knot.render_zone(Z, "internal")
@@ -261,6 +267,32 @@ def test_knot_accepts_generated_config(tmp_path: Path) -> None:
     assert (tmp_path / "phonebook.key").stat().st_mode & 0o077 == 0o040
     key = parse_tsig_key((tmp_path / "phonebook.key").read_text(), "k")
     assert knot.write_all(Z, tmp_path, ["::1"], 5353) == key, "an existing key is kept"
+
+
+def test_a_missing_tsig_key_is_read_once_it_exists(tmp_path: Path) -> None:
+    """First start: phonebookd may run before netmux@dns has made the key."""
+    from netmux.phonebook.sinks import make_sinks
+
+    path = tmp_path / "phonebook.key"
+    cfg = parse_host(f'[phonebook]\nsinks = ["rfc2136"]\nserver = "::1"\ntsig_key = "{path}"\n')
+    (sink,) = make_sinks(cfg, r.Zones.from_config(cfg))
+    assert isinstance(sink, Rfc2136Sink)
+    with pytest.raises(RuntimeError, match="does not exist yet"):
+        sink.key  # noqa: B018
+    key = TsigKey("phonebook", "hmac-sha256", os.urandom(32))
+    path.write_text(render_tsig_key(key))
+    assert sink.key == key
+
+
+def test_knot_dir_without_knot_installed_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "netmux.toml").write_text("")
+    rc = knot.main([str(tmp_path / "k"), "--user", "nosuchknot:nosuchknot",
+                    "--config", str(tmp_path / "netmux.toml")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and not (tmp_path / "k").exists()
+    assert err.count("\n") == 1 and "apt-get install knot" in err
 
 
 def test_phonebook_config_errors() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from netmux import journal
 from tests import sysbox
-from tests.conftest import RUN
+from tests.conftest import RUN, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -220,6 +220,15 @@ def test_second_unit_joins_the_namespace(box: sysbox.SysBox, unit: Callable[[str
         "ip", "-6", "-o", "addr", "show", "scope", "global",
     ).stdout  # fmt: skip
     assert addr in seen
+
+    # BindReadOnlyPaths= in the example: the joined service resolves through fd64:cafe::53.
+    # (Type=simple: start returns at fork, before systemd has set up the child's mounts.)
+    def joined_resolv() -> bool:
+        pid = box.show("joined-httpd@shared.service", "MainPID")["MainPID"]
+        out = box.run("cat", f"/proc/{pid}/root/etc/resolv.conf", check=False).stdout
+        return "nameserver fd64:cafe::53" in out.splitlines()
+
+    wait_for(joined_resolv, timeout=10)
     box.systemctl("start", unit("peer"))
     r = box.run(
         "ip", "netns", "exec", "peer", "curl", "-sS", "-g", "-m", "5", "-o", "/dev/null",

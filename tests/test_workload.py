@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import links, names, tap, workload
+from netmux import links, names, resolv, tap, workload
 from tests import muxfix
 from tests.conftest import RUN, stop_process, wait_for
 from tests.muxfix import MuxEnv
@@ -63,6 +63,7 @@ def assert_gone(env: MuxEnv, name: str) -> None:
     assert not workload.state_path(env.host, name).exists()
     assert names.mux_link_name(name) not in _ip("-n", env.netns, "-o", "link")
     assert workload.status(env.host, name)["state"] == "absent"
+    assert not resolv.path(name).parent.exists(), f"{resolv.path(name)} still exists"
 
 
 def test_address_stable_across_down_up_and_changes_with_host_key(
@@ -125,7 +126,7 @@ def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:
     assert row["addresses"]["global"][0].startswith("2001:db8:0:1:")
     assert row["addresses"]["ula"][0].startswith("fd64:cafe:")
     st = json.loads(env.netmux("status", n, "--json").stdout)
-    assert st["mac"] == row["mac"] and f"{n}.internal" in st["dns"]
+    assert st["mac"] == row["mac"] and st["dns"] == []  # no phonebookd here: no names
     text = env.netmux("status", n).stdout
     assert "global 2001:db8:0:1:" in text and "ula    fd64:cafe:" in text
     env.netmux("down", n)
@@ -144,6 +145,31 @@ def test_up_execs_cmd_as_user_in_the_namespace(env: MuxEnv, wname: Callable[[], 
     assert lines[0] == "65534"
     assert lines[1] == "nobody nobody"
     assert "2001:db8:0:1:" in r.stdout
+    env.netmux("down", n)
+    assert_gone(env, n)
+
+
+def test_every_exec_path_sees_the_advertised_resolver(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    """IPv6-only inside: the host's resolv.conf would not work, the RDNSS address does."""
+    want = f"nameserver {env.host.resolver.address}"
+    cat = ("cat", "/etc/resolv.conf")
+    n = wname()
+    r = env.netmux("run", n, "--user", "nobody", "--", *cat)
+    assert want in r.stdout.splitlines()
+    assert_gone(env, n)
+    r = env.netmux("up", n, "--", *cat)
+    assert want in r.stdout.splitlines()
+    env.netmux("down", n)
+    env.netmux("up", n)
+    assert want in resolv.path(n).read_text().splitlines()
+    r = subprocess.run(["ip", "netns", "exec", n, *cat], capture_output=True, text=True)
+    assert want in r.stdout.splitlines(), r.stderr
+    r = env.netmux("exec", n, "--", *cat)
+    assert want in r.stdout.splitlines()
+    host_conf = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
+    assert want not in host_conf.splitlines()  # only the exec'd process saw the bind
     env.netmux("down", n)
     assert_gone(env, n)
 
@@ -355,8 +381,7 @@ def test_notify_status_and_ready_under_systemd(
     fields = dict(line.split("=", 1) for line in msg.splitlines())
     assert fields["READY"] == "1"
     assert "global 2001:db8:0:1:" in fields["STATUS"]
-    assert f"{n}.internal" in fields["STATUS"]
-    assert f"{n}.{env.host.public_zone}" in fields["STATUS"]
+    assert "dns" not in fields["STATUS"]  # no phonebookd here: no name is published
     env.netmux("down", n)
 
 

@@ -206,8 +206,11 @@ def hand_to_unit(pub: Published) -> bool:
 _held: list[int] = []  # lifelines this process holds itself (`netmux run`)
 
 
-def publish_workload(name: str, ifname: str, aliases: Sequence[str], hold: str) -> Published | None:
-    """The phonebook step of `netmux up`, once the address is usable.
+def publish_workload(
+    name: str, ifname: str, aliases: Sequence[str], hold: str, timeout: float = 10.0
+) -> Published | None:
+    """The phonebook step of `netmux up`, once the address is usable. Returns once every
+    sink has the record (phonebookd waits up to the start timeout, `timeout`, for them).
 
     hold: "exec" — the caller passes `lifeline` to the command it execs (inheritable);
     "self" — this process keeps it (`netmux run` stays until CMD exits);
@@ -224,7 +227,7 @@ def publish_workload(name: str, ifname: str, aliases: Sequence[str], hold: str) 
             workload=name,
         )
         return None
-    pub = publish(name, ifname, name, aliases)
+    pub = publish(name, ifname, name, aliases, timeout=timeout + 2.0)
     if pub is None:
         return None
     if hold == "exec":

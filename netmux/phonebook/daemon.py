@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -35,8 +36,16 @@ from ..config import IFNAME_RE, HostConfig, load_host
 from ..errors import NetmuxError, StateError, UsageError
 from . import fdstore
 from .follow import Follower, NsKey, ns_key
-from .records import Address, Record, Zones, check_alias, publication_records, zone_records
-from .sinks import Sink, _Coalescer, make_sinks
+from .records import (
+    Address,
+    Record,
+    Zones,
+    check_alias,
+    in_dad,
+    publication_records,
+    zone_records,
+)
+from .sinks import Rfc2136Sink, Sink, _Coalescer, make_sinks
 
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
@@ -157,6 +166,7 @@ class Phonebook:
         # Set by the D-Bus adapter: drop a unit's records when systemd says it stopped.
         self.watch_unit: Callable[[str], Awaitable[None]] | None = None
         self._emit_pending = False
+        self._addr_event = asyncio.Event()
         self.fixed = zone_records(self.zones)
 
     # -- publishing -------------------------------------------------------------------
@@ -166,6 +176,10 @@ class Phonebook:
         return [f"{lab}.{self.zones.public}." for lab in labels] + [
             f"{lab}.{self.zones.internal}." for lab in labels
         ]
+
+    def published_names(self, pub: Publication) -> list[str]:
+        """The names a caller may show as published: none when no sink serves them."""
+        return self.fqdns(pub.name, pub.aliases) if self.sinks else []
 
     def publish(
         self,
@@ -309,6 +323,51 @@ class Phonebook:
         )
         self._changed()
 
+    async def settle(self, pub: Publication, timeout: float) -> None:
+        """Ready means resolvable: wait until DAD of pub's addresses is over (optimistic
+        ones are not published) and every sink has the resulting records (Knot acknowledged
+        the update, tinydns rebuilt data.cdb). StateError naming what did not happen within
+        `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pubs.get(pub.name) is pub and any(in_dad(a) for a in pub.addresses):
+            try:
+                await asyncio.wait_for(self._addr_event.wait(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise StateError(
+                    f"{pub.name}: duplicate address detection of "
+                    + ", ".join(str(a.ip) for a in pub.addresses if in_dad(a))
+                    + f" did not end within {timeout:g}s"
+                ) from None
+        while self._emit_pending:
+            await asyncio.sleep(0)
+        own = {str(a.ip) for a in pub.addresses}
+        # A server this very workload runs (netmux@dns: Knot) cannot answer before `up`
+        # execs it: not waited for.
+        waits = {
+            sink: asyncio.ensure_future(sink.synced())
+            for sink in self.sinks
+            if not (isinstance(sink, Rfc2136Sink) and _same_ip(sink.server, own))
+        }
+        if not waits:
+            return
+        left = max(deadline - loop.time(), 0.0)
+        _, pending = await asyncio.wait(waits.values(), timeout=left)
+        for t in pending:
+            t.cancel()
+        late = [sink for sink, t in waits.items() if t in pending]
+        if late:
+            parts = []
+            for sink in late:
+                where = f" at {sink.server}" if isinstance(sink, Rfc2136Sink) else ""
+                err = str(getattr(sink, "last_error", ""))
+                parts.append(f"{sink.name}{where}" + (f" ({err})" if err else ""))
+            why = "; ".join(parts)
+            raise StateError(
+                f"{pub.name}: DNS sink {why} did not take the record within {timeout:g}s "
+                f"(journalctl -u phonebookd)"
+            )
+
     def unpublish(self, name: str) -> bool:
         pub = self.pubs.get(name)
         if pub is None:
@@ -323,6 +382,8 @@ class Phonebook:
     def _addresses(self, pub: Publication, addrs: tuple[Address, ...]) -> None:
         old = {a.ip for a in pub.addresses if a.usable}
         pub.addresses = addrs
+        self._addr_event.set()  # wakes every settle(); the next change gets a new event
+        self._addr_event = asyncio.Event()
         pub.records = None
         new = {a.ip for a in addrs if a.usable}
         if old != new and pub.state_fd >= 0 and self.follower.guest(pub.nskey, pub.ifname):
@@ -431,6 +492,13 @@ class Phonebook:
         for sink in self.sinks:
             await sink.close()
         self.follower.close()
+
+
+def _same_ip(server: str, addrs: set[str]) -> bool:
+    try:
+        return str(ipaddress.ip_address(server)) in addrs
+    except ValueError:
+        return False
 
 
 # --- main --------------------------------------------------------------------------------

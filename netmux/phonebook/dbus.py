@@ -204,7 +204,9 @@ class Adapter:
         pub = self.book.publish(name, aliases, ifname, nsfd, label, lifeline, unit, uid, "dbus")
         if pub.unit:
             await self._watch_unit(pub.unit)
-        return self.book.fqdns(pub.name, pub.aliases)
+        # The reply is the caller's "ready": only once every sink serves the record.
+        await self.book.settle(pub, self.book.cfg.workload.timeout)
+        return self.book.published_names(pub)
 
     async def _bus_call(self, member: str, sig: str, body: list[Any]) -> Any:
         reply = await self.bus.call(

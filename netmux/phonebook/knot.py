@@ -1,7 +1,9 @@
 """Knot DNS for the netmux@dns workload: knot.conf and the zone files, from the host config.
 
 Knot serves both zones (and the reverse zones) over IPv6 — Debian's tinydns cannot bind
-an IPv6 address — and accepts RFC 2136 updates signed with phonebookd's TSIG key. Pure
+an IPv6 address — and accepts RFC 2136 updates signed with phonebookd's TSIG key. The
+host-only zones (internal., ULA reverse zones) answer host-internal sources only
+(mod-queryacl): the global address serves the public zone to the internet, nothing more. Pure
 renderers plus `write_all`, which `python -m netmux.phonebook.knot DIR` calls to create a
 ready directory (knot.conf, key file, one zone file per zone):
 
@@ -12,8 +14,10 @@ ready directory (knot.conf, key file, one zone file per zone):
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -27,6 +31,7 @@ from .records import Zones, check_fqdn
 from .sinks import TsigKey, parse_tsig_key, render_tsig_key
 
 KEY_NAME = "phonebook"
+HOST_ONLY_SOURCES = ("fc00::/7", "::1/128", "127.0.0.0/8")
 
 
 def _listen(addr: str, port: int) -> str:
@@ -50,7 +55,12 @@ def render_knot_conf(
     """knot.conf: every zone of this host, updates and transfers allowed with the key only."""
     key_file = key_file or directory / "phonebook.key"
     listens = ", ".join(f'"{_listen(a, port)}"' for a in listen)
-    zone_lines = "".join(f"  - domain: {check_fqdn(z)}.\n" for z in zones.all_zones())
+    host_only = set(zones.host_only_zones())
+    zone_lines = "".join(
+        f"  - domain: {check_fqdn(z)}.\n"
+        + ("    module: mod-queryacl/host-only\n" if z in host_only else "")
+        for z in zones.all_zones()
+    )
     if user and not re.fullmatch(r"[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?", user):
         raise UsageError(f"user {user!r} is not allowed: USER or USER:GROUP")
     user_line = f"    user: {user}\n" if user else ""
@@ -78,6 +88,12 @@ acl:
 control:
     listen: "{directory}/run/knot.sock"
 
+# Host-only zones answer queries from host-internal sources only (ULA, loopback); anyone
+# else gets NOTAUTH. By source: Knot knows no query's local address on a wildcard listen.
+mod-queryacl:
+  - id: host-only
+    address: [ {", ".join(f'"{a}"' for a in HOST_ONLY_SOURCES)} ]
+
 template:
   - id: default
     storage: "{directory}/zones"
@@ -104,6 +120,19 @@ def new_key() -> TsigKey:
     return TsigKey(KEY_NAME, "hmac-sha256", secrets.token_bytes(32))
 
 
+def _check_user(user: str) -> None:
+    """Before anything is written: knotd's user and group exist (Knot is installed)."""
+    owner, _, group = user.partition(":")
+    try:
+        pwd.getpwnam(owner)
+        if group:
+            grp.getgrnam(group)
+    except KeyError:
+        raise UsageError(
+            f"user {user!r} does not exist: is Knot installed? (apt-get install knot)"
+        ) from None
+
+
 def write_all(
     zones: Zones,
     directory: Path,
@@ -114,6 +143,8 @@ def write_all(
 ) -> TsigKey:
     """Create DIR/knot.conf, DIR/zones/*.zone, DIR/db, DIR/run and the key (kept if present)."""
     key_file = key_file or directory / "phonebook.key"
+    if user:
+        _check_user(user)
     for sub in ("zones", "db", "run"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     if key_file.exists():
@@ -139,6 +170,17 @@ def write_all(
     return key
 
 
+CREATED = "created-files"
+
+
+def record_created(state_dir: Path, path: Path) -> None:
+    """Note a file netmux made outside its own directories (the TSIG key in /etc/netmux):
+    `dpkg --purge` removes what STATE_DIR/created-files lists."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / CREATED).open("a") as f:
+        f.write(f"{path}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m netmux.phonebook.knot", description=__doc__)
     ap.add_argument("directory", type=Path)
@@ -150,14 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_host(args.config)
+        key_file = args.key_file or cfg.phonebook.tsig_key
+        existed = key_file.exists()
         write_all(
             Zones.from_config(cfg),
             args.directory.absolute(),
             args.listen or ["::"],
             args.port,
-            args.key_file or cfg.phonebook.tsig_key,
+            key_file,
             args.user,
         )
+        if not existed:
+            record_created(cfg.paths.state_dir, key_file.absolute())
     except NetmuxError as e:
         print(f"netmux.phonebook.knot: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,13 @@ class Address:
         return not (self.ip.is_link_local or self.ip.is_loopback or self.ip.is_multicast)
 
 
+def in_dad(a: Address) -> bool:
+    """Still in duplicate address detection (tentative or optimistic): published soon."""
+    return bool(a.flags & (IFA_F_TENTATIVE | IFA_F_OPTIMISTIC)) and not (
+        a.flags & IFA_F_DADFAILED or a.ip.is_link_local
+    )
+
+
 @dataclass(frozen=True)
 class Zones:
     """The zones of this host, taken from the host config (validated there and here)."""
@@ -90,6 +97,11 @@ class Zones:
 
     def all_zones(self) -> list[str]:
         return [self.public, self.internal, *self.reverse_zones()]
+
+    def host_only_zones(self) -> list[str]:
+        """internal. and the reverse zones of ULA prefixes: for the host, never the internet."""
+        ula = IPv6Network("fc00::/7")
+        return [self.internal] + [reverse_zone(n) for n in self.reverse if n.subnet_of(ula)]
 
     def zone_of(self, fqdn: str) -> str | None:
         """The longest zone of this host that contains `fqdn` (no trailing dots)."""

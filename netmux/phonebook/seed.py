@@ -117,7 +117,8 @@ class SeedServer:
                                     "socket")  # fmt: skip
             if pub.unit and self.book.watch_unit is not None:
                 await self.book.watch_unit(pub.unit)
-            reply = "ok " + " ".join(self.book.fqdns(pub.name, pub.aliases)) + "\n"
+            await self.book.settle(pub, self.book.cfg.workload.timeout)
+            reply = "ok " + " ".join(self.book.published_names(pub)) + "\n"
             await loop.sock_sendall(conn, reply.encode())
         except (NetmuxError, ValueError, PermissionError, OSError, TimeoutError) as e:
             msg = str(e).replace("\n", " ") or type(e).__name__

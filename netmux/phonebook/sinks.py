@@ -33,6 +33,10 @@ class Sink(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def synced(self) -> None:
+        """Returns once the records of the last `update` are in (served or rebuilt)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -49,6 +53,12 @@ class _Coalescer:
         self.idle = asyncio.Event()
         self.idle.set()
         self.hurried = asyncio.Event()
+        # Generations: `update` n is in once done >= n. `synced` waits for that, not for
+        # idle, so a steady stream of changes cannot starve a waiter.
+        self.gen = 0
+        self.done = 0
+        self.progress = asyncio.Condition()
+        self.last_error = ""
 
     def hurry(self) -> None:
         """No more waiting between runs (shutdown: the last state goes out now)."""
@@ -56,6 +66,7 @@ class _Coalescer:
         self.hurried.set()
 
     def kick(self) -> None:
+        self.gen += 1
         self.dirty = True
         self.idle.clear()
         if self.task is None or self.task.done():
@@ -70,9 +81,14 @@ class _Coalescer:
                         await asyncio.wait_for(self.hurried.wait(), wait)
                 self.dirty = False
                 self.last = time.monotonic()
+                gen = self.gen
                 try:
                     await self.work()
+                    self.done, self.last_error = gen, ""
+                    async with self.progress:
+                        self.progress.notify_all()
                 except Exception as e:  # a sink failing must not stop the daemon
+                    self.last_error = str(e)
                     journal.error(f"phonebook sink {self.name} failed (retrying in 1 s): {e}")
                     self.dirty = True
                     await asyncio.sleep(max(self.interval, 1.0))
@@ -84,6 +100,11 @@ class _Coalescer:
 
     async def wait_idle(self) -> None:
         await self.idle.wait()
+
+    async def synced(self) -> None:
+        gen = self.gen
+        async with self.progress:
+            await self.progress.wait_for(lambda: self.done >= gen)
 
     async def cancel(self) -> None:
         if self.task and not self.task.done():
@@ -220,15 +241,18 @@ class Rfc2136Sink(_Coalescer):
         zones: Zones,
         server: str,
         port: int,
-        key: TsigKey,
+        key: TsigKey | Path,
         interval: float = 0.0,
         timeout: float = 3.0,
     ) -> None:
+        """`key`: the key, or the path of a key file that does not exist yet (the dns
+        workload makes it when it first starts): read at the first update that needs it."""
         super().__init__(interval)
         self.zones = zones
         self.server = server
         self.port = port
-        self.key = key
+        self.key_path = key if isinstance(key, Path) else None
+        self._key = key if isinstance(key, TsigKey) else None
         self.timeout = timeout
         self.desired: dict[RRKey, frozenset[str]] = {}
         self.sent: dict[RRKey, frozenset[str]] | None = None  # None: not yet synced
@@ -243,6 +267,19 @@ class Rfc2136Sink(_Coalescer):
 
     async def close(self) -> None:
         await self.cancel()
+
+    @property
+    def key(self) -> TsigKey:
+        if self._key is None:
+            assert self.key_path is not None
+            try:
+                text = self.key_path.read_text()
+            except FileNotFoundError:
+                raise RuntimeError(
+                    f"TSIG key {self.key_path} does not exist yet (the dns workload makes it)"
+                ) from None
+            self._key = parse_tsig_key(text, str(self.key_path))
+        return self._key
 
     def _keyring(self) -> tuple[Any, Any]:
         import dns.name
@@ -317,7 +354,10 @@ class Rfc2136Sink(_Coalescer):
             self.updates += 1
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
-            raise RuntimeError(str(failed[0]))
+            # A timed-out update may still be applied (Knot reads it later): what the server
+            # holds is unknown now, so the retry reads it back (AXFR) first.
+            self.sent = None
+            raise RuntimeError(str(failed[0]) or type(failed[0]).__name__)
 
     async def _send(self, zone: str, items: list[tuple[RRKey, frozenset[str]]]) -> None:
         import dns.asyncquery
@@ -351,18 +391,27 @@ def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
     out: list[Sink] = []
     for kind in dict.fromkeys(pb.sinks):
         if kind == "tinydns":
+            if not pb.tinydns_data.exists():  # nothing could serve its records: no sink
+                journal.warning(
+                    f"phonebook: no tinydns sink: {pb.tinydns_data} is missing "
+                    '(apt install tinydns, or [phonebook] sinks = ["rfc2136"])'
+                )
+                continue
             out.append(
                 TinydnsSink(pb.tinydns_dir, pb.tinydns_data, pb.sighup_pidfile, pb.rebuild_interval)
             )
         elif kind == "rfc2136":
             if not pb.server:
                 raise ConfigError(cfg.source, "phonebook.server", "", "the DNS server's address")
+            key: TsigKey | Path
             try:
-                text = pb.tsig_key.read_text()
+                key = parse_tsig_key(pb.tsig_key.read_text(), str(pb.tsig_key))
+            except FileNotFoundError:
+                key = pb.tsig_key  # first start: netmux@dns may start after phonebookd
+                journal.info(f"phonebook: {pb.tsig_key} does not exist yet; read when it does")
             except OSError as e:
                 raise ConfigError(
                     cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
                 ) from None
-            key = parse_tsig_key(text, str(pb.tsig_key))
             out.append(Rfc2136Sink(zones, pb.server, pb.server_port, key))
     return out

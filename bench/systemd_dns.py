@@ -1,0 +1,150 @@
+"""`systemctl start netmux@NAME` → AAAA answered by Knot, under a real systemd.
+
+Boots a container with systemd as PID 1 (tests/sysbox.py: the project's units, launchers
+running the checkout on the system's python3 as the .deb does), with netmux-mux,
+netmux-radvd (a static prefix), phonebookd with the RFC 2136 sink and Knot as the
+workload `dns` on fd64:cafe::d — the dns recipe. Then, N times: `systemctl start
+netmux@bN`, and `dig` from mux every few ms until Knot answers bN's AAAA.
+
+Where the time goes, from the journal of each start (monotonic timestamps): systemd's
+"Starting" → phonebookd's "published" (interpreter start, imports, config, building the
+namespace, waiting for the address, the D-Bus call) → phonebookd's "addresses now" (DAD
+of the optimistic addresses over) → netmux's "up in" (Knot acknowledged the update) →
+systemd's "Started" (READY=1). Peers measured
+in the same box: `python3 -c pass` and `python3 -c 'import netmux.workload'`.
+
+Run as root: `.venv/bin/python -m bench.systemd_dns [--quick]`; writes
+bench/results/systemd_dns.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, ms, now, summary, table, write_results
+
+DOMAIN = "example.org"
+PUBLIC = f"box.{DOMAIN}"
+KNOT = "/var/lib/netmux/knot"
+CONFIG = f"""[mux]
+static_addresses = ["2001:db8:0:1::1/64"]
+root_link = "macv0"           # phonebookd (root namespace) reaches Knot at fd64:cafe::d
+[dns]
+hostname = "box"
+domain = "{DOMAIN}"
+[phonebook]
+sinks = ["rfc2136"]
+server = "fd64:cafe::d"
+tsig_key = "/etc/netmux/phonebook.key"
+ns_label = "dns"
+"""
+
+
+def _journal_times(box: Any, unit: str, name: str) -> dict[str, float]:
+    """Monotonic µs of the start's milestones, from the journal."""
+    out: dict[str, float] = {}
+    for rec in box.journal("-b", "--output-fields=MESSAGE,_SYSTEMD_UNIT,UNIT"):
+        msg = str(rec.get("MESSAGE", ""))
+        t = int(rec["__MONOTONIC_TIMESTAMP"]) / 1e6
+        if rec.get("UNIT") == unit and msg.startswith("Starting ") and "starting" not in out:
+            out["starting"] = t
+        elif rec.get("UNIT") == unit and msg.startswith("Started ") and "started" not in out:
+            out["started"] = t
+        elif msg.startswith(f"published {name} ("):
+            out["published"] = t
+        elif msg.startswith(f"workload {name} up in "):
+            out["up"] = t
+        elif msg.startswith(f"{name}: addresses now ") and "published" in out:
+            out.setdefault("dad_done", t)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from netmux.config import parse_host
+    from netmux.phonebook import knot
+    from netmux.phonebook.records import Zones
+    from tests import sysbox
+
+    runs = 5 if args.quick else 15
+    res: dict[str, list[float]] = {k: [] for k in (
+        "start_to_aaaa", "systemctl_start", "starting_to_published", "published_to_up",
+        "published_to_dad_done", "dad_done_to_up",
+        "up_to_started", "python_pass", "python_import_workload")}  # fmt: skip
+    with sysbox.boot(CONFIG, units=True) as box:
+        zones = Zones.from_config(parse_host(CONFIG))
+        knot.write_all(zones, box.path(KNOT), ["::"], 53, box.path("/etc/netmux/phonebook.key"))
+        conf = box.path(f"{KNOT}/knot.conf")
+        conf.write_text(conf.read_text().replace(str(box.path(KNOT)), KNOT).replace(
+            str(box.path("/etc/netmux/phonebook.key")), "/etc/netmux/phonebook.key"))  # fmt: skip
+        wl = box.etc / "netmux" / "workloads"
+        wl.mkdir(parents=True, exist_ok=True)
+        (wl / "dns.toml").write_text(
+            f'command = ["/usr/sbin/knotd", "-c", "{KNOT}/knot.conf"]\n'
+            'addresses = ["fd64:cafe::d/64"]\nports = ["udp/53", "tcp/53"]\n'
+        )
+        box.systemctl("start", "netmux-mux.service", "netmux-radvd.service", "phonebookd.service")
+        box.systemctl("start", "netmux@dns.service", timeout=60)
+
+        def dig(name: str) -> str:
+            return box.run("ip", "netns", "exec", "mux", "dig", "+short", "+tries=1", "+time=1",
+                           "@fd64:cafe::d", name, "AAAA", check=False).stdout.strip()  # fmt: skip
+
+        deadline = time.monotonic() + 20
+        while not dig(f"dns.{PUBLIC}"):
+            if time.monotonic() > deadline:
+                log = box.run("journalctl", "--no-pager", "-n", "40", check=False).stdout
+                raise RuntimeError(f"Knot in netmux@dns does not answer:\n{log}")
+            time.sleep(0.05)
+        for i in range(runs + 1):  # the first start warms the page cache: not counted
+            name, unit = f"b{i}", f"netmux@b{i}.service"
+            t0 = now()
+            box.systemctl("start", unit, timeout=60)
+            t1 = now()
+            while not dig(f"{name}.{PUBLIC}"):
+                if now() - t0 > 10:
+                    raise RuntimeError(f"{name}: no AAAA within 10 s")
+            t2 = now()
+            j = _journal_times(box, unit, name)
+            box.systemctl("stop", unit, timeout=60)
+            if i == 0:
+                continue
+            res["systemctl_start"].append(t1 - t0)
+            res["start_to_aaaa"].append(t2 - t0)
+            if {"starting", "published", "up", "started"} <= set(j):
+                res["starting_to_published"].append(j["published"] - j["starting"])
+                res["published_to_up"].append(j["up"] - j["published"])
+                if "dad_done" in j:
+                    res["published_to_dad_done"].append(j["dad_done"] - j["published"])
+                    res["dad_done_to_up"].append(j["up"] - j["dad_done"])
+                res["up_to_started"].append(j["started"] - j["up"])
+            time.sleep(0.3)
+        site = ["-c", f"import sys; sys.path[0:0] = ['{sysbox._OPT_SRC}', '{sysbox._OPT_SITE}']"]
+        for _ in range(runs):
+            t0 = now()
+            box.run("python3", "-c", "pass")
+            res["python_pass"].append(now() - t0)
+            t0 = now()
+            box.run("python3", site[0], site[1] + "; import netmux.workload, netmux.cli")
+            res["python_import_workload"].append(now() - t0)
+    stats = {k: summary(v) for k, v in res.items() if v}
+    rows = [[k, v["n"], ms(v["median"]), ms(v["p95"]), ms(v["max"])] for k, v in stats.items()]
+    print("systemctl start netmux@NAME -> AAAA from Knot, under systemd (ms)")
+    print(table(rows, ["what", "n", "median", "p95", "max"]))
+    path = write_results("systemd_dns", {"machine": machine(), "stats": stats,
+                                         "quick": args.quick})  # fmt: skip
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
