@@ -249,6 +249,11 @@ class PhonebookConfig:
     watch_units: bool = True
     # Besides root, members of this group may publish (seed socket; D-Bus: the policy file).
     group: str = check(_label, "netmux")
+    # Each user but root may hold at most this many publications at once.
+    user_publications: int = check(_positive, 16)
+    # ... and make phonebookd hold at most this many file descriptors for it (lifelines
+    # plus publish-socket connections that have not sent their line yet).
+    user_connections: int = check(_positive, 64)
 
 
 def _prefix64(v: IPv6Network) -> str | None:
