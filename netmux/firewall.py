@@ -149,6 +149,8 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
     ula = IPv6Network("fc00::/7")
     elements = [e.nft() for e in denied]
     auto_timeout = _seconds(deny.timeout)
+    agg = aggregate_length(host)
+    mask48 = _mask(agg) if agg else ""
     body = [
         "\tcounter denied { }",
         "\tcounter auto_denials { }",
@@ -172,10 +174,17 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
         "\t\ttimeout 60s",
         "\t\tsize 65535",
         "\t}",
+    ]
+    for name, timeout in (("auto_agg", auto_timeout), ("rate_agg", "60s")) if agg else ():
+        body += [f"\tset {name} {{", "\t\ttype ipv6_addr", "\t\tflags dynamic, timeout",
+                 f"\t\ttimeout {timeout}", "\t\tsize 65535", "\t}"]  # fmt: skip
+    body += [
         "\tchain guard {",
         '\t\tip6 saddr @deny counter name "denied" drop',
         f'\t\tip6 saddr & {mask} @auto counter name "denied" drop',
     ]
+    if agg:
+        body.append(f'\t\tip6 saddr & {mask48} @auto_agg counter name "denied" drop')
     if deny.auto:
         # Neighbour discovery from the upstream router is never rate-denied.
         body.append(f"\t\ticmpv6 type {{ {', '.join(ICMPV6_ND)} }} return")
@@ -189,6 +198,26 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
             f"add @auto {{ ip6 saddr & {mask} }} "
             f'counter name "auto_denials" drop'
         )
+        if agg:
+            body.append(
+                f"\t\t{new}update @rate_agg {{ ip6 saddr & {mask48} "
+                f"limit rate over {deny.aggregate_rate}/second "
+                f"burst {deny.aggregate_rate} packets }} "
+                f"add @auto_agg {{ ip6 saddr & {mask48} }} "
+                f'counter name "auto_denials" drop'
+            )
+        # A full meter adds no element, so its rule never matches (filling it switched
+        # auto-deny off): the sources it could not track share one bucket instead, and
+        # whoever sends while that bucket is empty is denied like a flooder. The second
+        # rule still drops when @auto is full too.
+        untracked = (
+            f"\t\t{new}ip6 saddr & {mask} != @rate "
+            f"limit rate over {deny.rate}/second burst {deny.burst} packets "
+        )
+        body.append(
+            f'{untracked}add @auto {{ ip6 saddr & {mask} }} counter name "auto_denials" drop'
+        )
+        body.append(f"{untracked}drop")
     body += [
         "\t}",
         "\tchain prerouting {",
@@ -205,6 +234,12 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
         "\t}",
     ]
     return _replace(GUARD_TABLE, body)
+
+
+def aggregate_length(host: HostConfig) -> int:
+    """The aggregate level's prefix length, 0 when it is off (or no shorter than /N)."""
+    agg = host.deny.aggregate_length
+    return agg if host.deny.auto and 0 < agg < host.deny.prefix_length else 0
 
 
 def _seconds(t: float) -> str:

@@ -190,6 +190,29 @@ def udp_flood(netns: str, src: str, dst: str, port: int, count: int, size: int =
     return nsutil.run_in_netns(netns, send)
 
 
+def raw_echo_replies(netns: str, sources: Iterable[str], dst: str, each: int = 1) -> int:
+    """`each` ICMPv6 echo replies from every source address, written whole through a raw
+    socket (any source, nothing to configure; conntrack keeps no state for them). Returns
+    how many were sent."""
+    import ipaddress
+
+    def send() -> int:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        daddr = ipaddress.IPv6Address(dst).packed
+        icmp = bytes([129, 0, 0, 0, 0, 1, 0, 1])  # echo reply, checksum left 0
+        n = 0
+        for src in sources:
+            pkt = b"\x60\0\0\0\0\x08\x3a\x40" + ipaddress.IPv6Address(src).packed + daddr + icmp
+            for _ in range(each):
+                with contextlib.suppress(OSError):  # ENOBUFS under load
+                    s.sendto(pkt, (dst, 0))
+                    n += 1
+        s.close()
+        return n
+
+    return nsutil.run_in_netns(netns, send)
+
+
 def auto_denied(host: config.HostConfig) -> list[str]:
     from netmux import denylist
 

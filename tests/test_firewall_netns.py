@@ -167,3 +167,33 @@ def test_flood_is_denied_automatically(topo: Callable[..., fwtopo.Topo]) -> None
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_full_meter_does_not_switch_auto_deny_off(topo: Callable[..., fwtopo.Topo]) -> None:
+    """One packet from each of 80,000 /64s (80 /48s, each under the /48 rate) fills the
+    per-/64 meter; a flood from a new /64 is still denied."""
+    t = topo(extra="[deny]\nrate = 200\nburst = 100\ntimeout = 30\n")
+    fill = (f"2001:db8:{0x100 + h:x}:{lo:x}::1" for h in range(80) for lo in range(1000))
+    assert fwtopo.raw_echo_replies(t.up, fill, fwtopo.WL_ADDR) > 65535
+    out = firewall.run_nft(t.mux, f"list set {firewall.FAMILY} {firewall.GUARD_TABLE} rate")
+    meter = next(i["set"] for i in out["nftables"] if "set" in i)
+    assert len(meter.get("elem", [])) == 65535  # full: it cannot track a new source
+    # (The fill's own untracked rest shared one bucket: most of it is denied already.)
+    assert "2001:db8:ff00:1::/64" not in fwtopo.auto_denied(t.host)
+    flooder = "2001:db8:ff00:1::1"
+    fwtopo.raw_echo_replies(t.up, [flooder], fwtopo.WL_ADDR, each=3000)
+    wait_for(lambda: "2001:db8:ff00:1::/64" in fwtopo.auto_denied(t.host), timeout=5)
+    assert denylist.auto_denials(t.host) >= 1
+
+
+def test_a_site_flooding_from_many_64s_is_denied_as_a_48(
+    topo: Callable[..., fwtopo.Topo],
+) -> None:
+    """Each /64 stays under its rate; together the /48 is over the aggregate rate."""
+    t = topo(extra="[deny]\nrate = 200\nburst = 100\naggregate_rate = 500\ntimeout = 30\n")
+    spread = [f"2001:db8:c:{lo:x}::1" for lo in range(100)]
+    fwtopo.raw_echo_replies(t.up, spread, fwtopo.WL_ADDR, each=20)  # 2000 packets, 20 each
+    wait_for(lambda: "2001:db8:c::/48" in fwtopo.auto_denied(t.host), timeout=5)
+    assert not any(p.endswith("/64") for p in fwtopo.auto_denied(t.host))
+    assert denylist.remove(t.host, IPv6Network("2001:db8:c::/48"))
+    assert fwtopo.auto_denied(t.host) == []

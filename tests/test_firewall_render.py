@@ -139,3 +139,14 @@ def test_entries_to_load_drops_expired() -> None:
         firewall.DenyEntry(IPv6Network("2001:db8:1::/48")),
         firewall.DenyEntry(IPv6Network("2001:db8:3::/48"), 50.0),
     ]
+
+
+def test_guard_aggregates_per_48_and_rate_limits_what_a_full_meter_cannot_track() -> None:
+    text = firewall.render_guard(config.parse_host(""))
+    assert "update @rate_agg { ip6 saddr & ffff:ffff:ffff:: limit rate over 4000/second" in text
+    assert "ip6 saddr & ffff:ffff:ffff:: @auto_agg" in text
+    assert "ip6 saddr & ffff:ffff:ffff:ffff:: != @rate limit rate over 1000/second" in text
+    off = firewall.render_guard(config.parse_host("[deny]\naggregate_length = 0\n"))
+    assert "rate_agg" not in off and "!= @rate" in off
+    same = firewall.render_guard(config.parse_host("[deny]\nprefix_length = 48\n"))
+    assert "rate_agg" not in same
