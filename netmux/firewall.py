@@ -31,6 +31,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -90,8 +91,14 @@ def _replace(table: str, body: list[str]) -> str:
     )
 
 
-def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
-    """The workload's inbound firewall as nft text (one atomic transaction). Pure."""
+def render_workload(
+    host: HostConfig, wl: WorkloadConfig, gateway: tuple[str, str] | None = None
+) -> str:
+    """The workload's inbound firewall as nft text (one atomic transaction). Pure.
+
+    gateway: (MAC, link-local address) of mux's gateway: router advertisements from
+    anyone else are dropped (RA guard), so a neighbour on the shared segment cannot become
+    this workload's router, prefix or DNS server. (Redirects are never accepted.)"""
     ports = sorted(set(wl.ports))
     icmp = list(ICMPV6_NEEDED)
     if host.firewall.echo:
@@ -102,6 +109,16 @@ def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
         "\t\ttype filter hook input priority filter; policy drop;",
         '\t\tiif "lo" accept',
         "\t\tct state established,related accept",
+    ]
+    if gateway is not None:
+        mac, lla = gateway
+        body.append(
+            f'\t\ticmpv6 type nd-router-advert ether saddr != {mac} counter drop comment "ra-guard"'
+        )
+        body.append(
+            f'\t\ticmpv6 type nd-router-advert ip6 saddr != {lla} counter drop comment "ra-guard"'
+        )
+    body += [
         # ND and router discovery are not tracked connections: accept them before any
         # ct-state verdict. Hop limit 255 proves ND came from the link (RFC 4861).
         f"\t\ticmpv6 type {{ {', '.join(icmp)} }} accept",
@@ -112,6 +129,60 @@ def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
     body += [f'\t\t{_port_match(p)} counter name "{counter_name(p)}" accept' for p in ports]
     body.append("\t}")
     return _replace(WORKLOAD_TABLE, body)
+
+
+EGRESS_TABLE = "netmux_egress"
+
+
+def render_egress(ifname: str, mac: str) -> str:
+    """What the workload's link may send, checked where the sender cannot change it. Pure.
+
+    A netdev egress chain on the link in the workload's namespace sees every frame the
+    device transmits: for a macvtap, what the VM guest writes into its tap, before it
+    reaches the macvlan bridge (where siblings would take it unfiltered). A guest, or a
+    workload whose processes are not root, cannot touch it. It drops frames with another
+    source MAC, VLAN-tagged frames (which would carry the rest past these rules), router
+    advertisements and redirects (only mux's gateway routes) and DHCPv6 server replies.
+    """
+    dev = f'"{ifname}"'
+    return "\n".join(
+        [
+            f"table netdev {EGRESS_TABLE}",
+            f"delete table netdev {EGRESS_TABLE}",
+            f"table netdev {EGRESS_TABLE} {{",
+            "\tchain egress {",
+            f"\t\ttype filter hook egress device {dev} priority filter; policy accept;",
+            f'\t\tether saddr != {mac} counter drop comment "source-mac"',
+            '\t\tether type { 8021q, 8021ad } counter drop comment "vlan"',
+            '\t\ticmpv6 type { nd-router-advert, nd-redirect } counter drop comment "router"',
+            '\t\tudp sport 547 counter drop comment "dhcpv6-server"',
+            "\t}",
+            "}",
+            "",
+        ]
+    )
+
+
+def apply_egress(host: HostConfig, netns: str | int, ifname: str, mac: str) -> None:
+    """The sending side's guard on a workload's link (see render_egress)."""
+    if host.firewall.enabled:
+        apply(netns, render_egress(ifname, mac))
+
+
+def egress_drops(netns: str | int) -> dict[str, int]:
+    """{'source-mac': packets, ...}: what the egress guard dropped ({} without one)."""
+    try:
+        out = run_nft(netns, f"list chain netdev {EGRESS_TABLE} egress")
+    except NftError:
+        return {}
+    found: dict[str, int] = {}
+    for item in (out or {}).get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment"):
+            found[rule["comment"]] = sum(
+                e["counter"]["packets"] for e in rule["expr"] if "counter" in e
+            )
+    return found
 
 
 def _mask(prefix_length: int) -> str:
@@ -316,7 +387,43 @@ def apply_subprocess(netns: str, text: str) -> None:
 def apply_workload(host: HostConfig, wl: WorkloadConfig, netns: str | int) -> None:
     """The workload's firewall, inside its namespace; call it before the link comes up."""
     if host.firewall.enabled:
-        apply(netns, render_workload(host, wl))
+        apply(netns, render_workload(host, wl, gateway_identity(host)))
+
+
+def gateway_identity(host: HostConfig) -> tuple[str, str] | None:
+    """(MAC, link-local) of mux's gateway as the kernel has them; None without one."""
+    from pyroute2 import IPRoute
+
+    def read() -> tuple[str, str] | None:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=host.mux.gateway)
+            if not idx:
+                return None
+            mac = ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS")
+            for a in ipr.get_addr(family=socket.AF_INET6, index=idx[0]):
+                ip = ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))
+                if ip.is_link_local:
+                    return str(mac), str(ip)
+            return None
+
+    try:
+        return nsutil.run_in_netns(host.mux.netns, read)
+    except OSError:
+        return None
+
+
+def ra_guard_drops(netns: str | int) -> int:
+    """Router advertisements the workload's RA guard dropped (0 without one)."""
+    try:
+        out = run_nft(netns, f"list chain {FAMILY} {WORKLOAD_TABLE} input")
+    except NftError:
+        return 0
+    n = 0
+    for item in (out or {}).get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment") == "ra-guard":
+            n += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    return n
 
 
 def apply_guard(host: HostConfig) -> None:

@@ -213,6 +213,37 @@ def raw_echo_replies(netns: str, sources: Iterable[str], dst: str, each: int = 1
     return nsutil.run_in_netns(netns, send)
 
 
+def link_local(netns: str, ifname: str) -> str:
+    """The interface's link-local address once it is usable ('' before)."""
+    out = subprocess.run(["ip", "-n", netns, "-6", "addr", "show", "dev", ifname, "scope", "link"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    if "tentative" in out:
+        return ""
+    for word in out.split():
+        if word.startswith("fe80::"):
+            return word.split("/")[0]
+    return ""
+
+
+def send_ra(netns: str, ifname: str, prefix: str, lifetime: int = 1800) -> None:
+    """One router advertisement to ff02::1 on `ifname` (router lifetime, one /64 prefix for
+    SLAAC), from the interface's link-local address, as a rogue radvd would send it."""
+    import ipaddress
+    import struct
+
+    def send() -> None:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, lifetime, 0, 0)
+        pio = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0)
+        pio += ipaddress.IPv6Address(prefix).packed
+        s.sendto(ra + pio, ("ff02::1", 0, 0, socket.if_nametoindex(ifname)))
+        s.close()
+
+    nsutil.run_in_netns(netns, send)
+
+
 def auto_denied(host: config.HostConfig) -> list[str]:
     from netmux import denylist
 
