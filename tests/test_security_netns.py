@@ -10,7 +10,6 @@ it is stopped, and that what the member may do still works.
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from netmux.phonebook import client
-from tests.conftest import RUN, wait_for
+from tests.conftest import RUN, Unprivileged, wait_for
 from tests.phonebookfix import PUBLIC, REPO, Stack, nsrun
 
 pytestmark = pytest.mark.netns
@@ -70,14 +69,13 @@ for line in sys.stdin:
 class Member:
     """`nobody` in group netmux (for ipmuxd and the phonebook) running AGENT in ipmux."""
 
-    def __init__(self, stack: Stack, name: str) -> None:
+    def __init__(self, stack: Stack, name: str, unpriv: Unprivileged) -> None:
         daemon_gid = 1  # Debian's group "daemon", the test phonebook's group
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                f"--groups={IPMUX_GID},{daemon_gid}", sys.executable, "-m", "netmux.cli",
+                f"--groups={IPMUX_GID},{daemon_gid}", unpriv.python, "-m", "netmux.cli",
                 "--config", str(stack.config), "ipmux", name, "--",
                 "python3", "-c", AGENT, str(stack.seed_sock)]  # fmt: skip
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
-        self.p = subprocess.Popen(argv, env=env, text=True, stdin=subprocess.PIPE,
+        self.p = subprocess.Popen(argv, env=unpriv.env(), text=True, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
             first = self.do("sh true")
@@ -150,8 +148,8 @@ def lab(
 
 
 @pytest.fixture
-def member(lab: tuple[Stack, str, str]) -> Iterator[Member]:
-    m = Member(lab[0], "mbr")
+def member(lab: tuple[Stack, str, str], unprivileged: Unprivileged) -> Iterator[Member]:
+    m = Member(lab[0], "mbr", unprivileged)
     try:
         yield m
     finally:
@@ -225,7 +223,9 @@ def test_forged_devices_and_addresses_are_not_published(
     client.close(vpub)
 
 
-def test_dbus_member_cannot_name_a_namespace(lab: tuple[Stack, str, str]) -> None:
+def test_dbus_member_cannot_name_a_namespace(
+    lab: tuple[Stack, str, str], unprivileged: Unprivileged
+) -> None:
     stack, mux, _ = lab
     code = (
         "import sys\nfrom netmux.phonebook import client\n"
@@ -233,10 +233,9 @@ def test_dbus_member_cannot_name_a_namespace(lab: tuple[Stack, str, str]) -> Non
         "except Exception as e:\n    print(e)\n"
     )
     out = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", "--regid=nogroup", "--groups=daemon", sys.executable,
+        ["setpriv", f"--reuid={NOBODY}", "--regid=nogroup", "--groups=daemon", unprivileged.python,
          "-c", code, mux, stack.bus],
-        capture_output=True, text=True, timeout=20, cwd=REPO,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"},
+        capture_output=True, text=True, timeout=20, cwd="/", env=unprivileged.env(),
     )  # fmt: skip
     assert "only root may name a namespace" in out.stdout, out
     assert stack.dig("gwspoof.internal") == "" and stack.dig(f"gwspoof.{PUBLIC}") == ""
