@@ -384,10 +384,16 @@ def apply_subprocess(netns: str, text: str) -> None:
         raise NftError(f"nft -f in {netns}: {r.stderr.strip()}")
 
 
-def apply_workload(host: HostConfig, wl: WorkloadConfig, netns: str | int) -> None:
-    """The workload's firewall, inside its namespace; call it before the link comes up."""
+def apply_workload(
+    host: HostConfig, wl: WorkloadConfig, netns: str | int, link: tuple[str, str] | None = None
+) -> None:
+    """The workload's firewall, inside its namespace; call it before the link comes up.
+
+    link: (ifname, MAC) of its link, for the egress guard in the same transaction (one
+    libnftables call costs more than the rules in it)."""
     if host.firewall.enabled:
-        apply(netns, render_workload(host, wl, gateway_identity(host)))
+        text = render_workload(host, wl, gateway_identity(host))
+        apply(netns, text + (render_egress(*link) if link else ""))
 
 
 def gateway_identity(host: HostConfig) -> tuple[str, str] | None:
