@@ -249,6 +249,11 @@ class PhonebookConfig:
     watch_units: bool = True
     # Besides root, members of this group may publish (seed socket; D-Bus: the policy file).
     group: str = check(_label, "netmux")
+    # Each user but root may hold at most this many publications at once.
+    user_publications: int = check(_positive, 16)
+    # ... and make phonebookd hold at most this many file descriptors for it (lifelines
+    # plus publish-socket connections that have not sent their line yet).
+    user_connections: int = check(_positive, 64)
 
 
 def _prefix64(v: IPv6Network) -> str | None:
@@ -291,6 +296,10 @@ class FirewallConfig:
     echo: bool = True
 
 
+def _aggregate_length(v: int) -> str | None:
+    return None if v == 0 or 16 <= v <= 120 else "0 (off) or a prefix length from 16 to 120"
+
+
 @dataclass(frozen=True)
 class DenyConfig:
     """mux's guard table: the source-prefix denylist and automatic flood denial."""
@@ -303,6 +312,11 @@ class DenyConfig:
     burst: int = check(_positive, 1000)
     count: Literal["packets", "connections"] = "packets"
     timeout: float = check(_positive, 600.0)
+    # The same per source prefix of this length (a site: many /64s flooding together, or
+    # filling the per-prefix meter); 0 (or not shorter than prefix_length) = off.
+    aggregate_length: int = check(_aggregate_length, 48)
+    # Packets per second (and in a burst) one aggregate prefix may send.
+    aggregate_rate: int = check(_positive, 4000)
     # `netmux deny log` (run by a timer) writes the size to the journal this often.
     log_interval: float = check(_positive, 300.0)
 

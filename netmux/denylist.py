@@ -156,6 +156,10 @@ def entries(host: HostConfig) -> list[Denied]:
     netns = ensure_guard(host)
     manual = parse_set(_list_set(netns, "deny"), "manual")
     auto = parse_set(_list_set(netns, "auto"), "auto", host.deny.prefix_length)
+    agg = firewall.aggregate_length(host)
+    if agg:
+        with contextlib.suppress(firewall.NftError):  # a guard table loaded by an older netmux
+            auto += parse_set(_list_set(netns, "auto_agg"), "auto", agg)
     return manual + auto
 
 
@@ -204,6 +208,11 @@ def remove(host: HostConfig, prefix: IPv6Network) -> bool:
     if prefix.prefixlen == host.deny.prefix_length:
         with contextlib.suppress(firewall.NftError):
             firewall.run_nft(netns, f"delete element {table} auto {{ {prefix.network_address} }}")
+            removed = True
+    if prefix.prefixlen == firewall.aggregate_length(host):
+        with contextlib.suppress(firewall.NftError):
+            elem = f"{{ {prefix.network_address} }}"
+            firewall.run_nft(netns, f"delete element {table} auto_agg {elem}")
             removed = True
     state = _read_state(host)
     if state.pop(str(prefix), "absent") != "absent":

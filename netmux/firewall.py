@@ -31,6 +31,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -90,8 +91,14 @@ def _replace(table: str, body: list[str]) -> str:
     )
 
 
-def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
-    """The workload's inbound firewall as nft text (one atomic transaction). Pure."""
+def render_workload(
+    host: HostConfig, wl: WorkloadConfig, gateway: tuple[str, str] | None = None
+) -> str:
+    """The workload's inbound firewall as nft text (one atomic transaction). Pure.
+
+    gateway: (MAC, link-local address) of mux's gateway: router advertisements from
+    anyone else are dropped (RA guard), so a neighbour on the shared segment cannot become
+    this workload's router, prefix or DNS server. (Redirects are never accepted.)"""
     ports = sorted(set(wl.ports))
     icmp = list(ICMPV6_NEEDED)
     if host.firewall.echo:
@@ -102,6 +109,16 @@ def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
         "\t\ttype filter hook input priority filter; policy drop;",
         '\t\tiif "lo" accept',
         "\t\tct state established,related accept",
+    ]
+    if gateway is not None:
+        mac, lla = gateway
+        body.append(
+            f'\t\ticmpv6 type nd-router-advert ether saddr != {mac} counter drop comment "ra-guard"'
+        )
+        body.append(
+            f'\t\ticmpv6 type nd-router-advert ip6 saddr != {lla} counter drop comment "ra-guard"'
+        )
+    body += [
         # ND and router discovery are not tracked connections: accept them before any
         # ct-state verdict. Hop limit 255 proves ND came from the link (RFC 4861).
         f"\t\ticmpv6 type {{ {', '.join(icmp)} }} accept",
@@ -112,6 +129,60 @@ def render_workload(host: HostConfig, wl: WorkloadConfig) -> str:
     body += [f'\t\t{_port_match(p)} counter name "{counter_name(p)}" accept' for p in ports]
     body.append("\t}")
     return _replace(WORKLOAD_TABLE, body)
+
+
+EGRESS_TABLE = "netmux_egress"
+
+
+def render_egress(ifname: str, mac: str) -> str:
+    """What the workload's link may send, checked where the sender cannot change it. Pure.
+
+    A netdev egress chain on the link in the workload's namespace sees every frame the
+    device transmits: for a macvtap, what the VM guest writes into its tap, before it
+    reaches the macvlan bridge (where siblings would take it unfiltered). A guest, or a
+    workload whose processes are not root, cannot touch it. It drops frames with another
+    source MAC, VLAN-tagged frames (which would carry the rest past these rules), router
+    advertisements and redirects (only mux's gateway routes) and DHCPv6 server replies.
+    """
+    dev = f'"{ifname}"'
+    return "\n".join(
+        [
+            f"table netdev {EGRESS_TABLE}",
+            f"delete table netdev {EGRESS_TABLE}",
+            f"table netdev {EGRESS_TABLE} {{",
+            "\tchain egress {",
+            f"\t\ttype filter hook egress device {dev} priority filter; policy accept;",
+            f'\t\tether saddr != {mac} counter drop comment "source-mac"',
+            '\t\tether type { 8021q, 8021ad } counter drop comment "vlan"',
+            '\t\ticmpv6 type { nd-router-advert, nd-redirect } counter drop comment "router"',
+            '\t\tudp sport 547 counter drop comment "dhcpv6-server"',
+            "\t}",
+            "}",
+            "",
+        ]
+    )
+
+
+def apply_egress(host: HostConfig, netns: str | int, ifname: str, mac: str) -> None:
+    """The sending side's guard on a workload's link (see render_egress)."""
+    if host.firewall.enabled:
+        apply(netns, render_egress(ifname, mac))
+
+
+def egress_drops(netns: str | int) -> dict[str, int]:
+    """{'source-mac': packets, ...}: what the egress guard dropped ({} without one)."""
+    try:
+        out = run_nft(netns, f"list chain netdev {EGRESS_TABLE} egress")
+    except NftError:
+        return {}
+    found: dict[str, int] = {}
+    for item in (out or {}).get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment"):
+            found[rule["comment"]] = sum(
+                e["counter"]["packets"] for e in rule["expr"] if "counter" in e
+            )
+    return found
 
 
 def _mask(prefix_length: int) -> str:
@@ -149,6 +220,8 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
     ula = IPv6Network("fc00::/7")
     elements = [e.nft() for e in denied]
     auto_timeout = _seconds(deny.timeout)
+    agg = aggregate_length(host)
+    mask48 = _mask(agg) if agg else ""
     body = [
         "\tcounter denied { }",
         "\tcounter auto_denials { }",
@@ -172,10 +245,17 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
         "\t\ttimeout 60s",
         "\t\tsize 65535",
         "\t}",
+    ]
+    for name, timeout in (("auto_agg", auto_timeout), ("rate_agg", "60s")) if agg else ():
+        body += [f"\tset {name} {{", "\t\ttype ipv6_addr", "\t\tflags dynamic, timeout",
+                 f"\t\ttimeout {timeout}", "\t\tsize 65535", "\t}"]  # fmt: skip
+    body += [
         "\tchain guard {",
         '\t\tip6 saddr @deny counter name "denied" drop',
         f'\t\tip6 saddr & {mask} @auto counter name "denied" drop',
     ]
+    if agg:
+        body.append(f'\t\tip6 saddr & {mask48} @auto_agg counter name "denied" drop')
     if deny.auto:
         # Neighbour discovery from the upstream router is never rate-denied.
         body.append(f"\t\ticmpv6 type {{ {', '.join(ICMPV6_ND)} }} return")
@@ -189,6 +269,26 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
             f"add @auto {{ ip6 saddr & {mask} }} "
             f'counter name "auto_denials" drop'
         )
+        if agg:
+            body.append(
+                f"\t\t{new}update @rate_agg {{ ip6 saddr & {mask48} "
+                f"limit rate over {deny.aggregate_rate}/second "
+                f"burst {deny.aggregate_rate} packets }} "
+                f"add @auto_agg {{ ip6 saddr & {mask48} }} "
+                f'counter name "auto_denials" drop'
+            )
+        # A full meter adds no element, so its rule never matches (filling it switched
+        # auto-deny off): the sources it could not track share one bucket instead, and
+        # whoever sends while that bucket is empty is denied like a flooder. The second
+        # rule still drops when @auto is full too.
+        untracked = (
+            f"\t\t{new}ip6 saddr & {mask} != @rate "
+            f"limit rate over {deny.rate}/second burst {deny.burst} packets "
+        )
+        body.append(
+            f'{untracked}add @auto {{ ip6 saddr & {mask} }} counter name "auto_denials" drop'
+        )
+        body.append(f"{untracked}drop")
     body += [
         "\t}",
         "\tchain prerouting {",
@@ -205,6 +305,12 @@ def render_guard(host: HostConfig, denied: Iterable[DenyEntry] = ()) -> str:
         "\t}",
     ]
     return _replace(GUARD_TABLE, body)
+
+
+def aggregate_length(host: HostConfig) -> int:
+    """The aggregate level's prefix length, 0 when it is off (or no shorter than /N)."""
+    agg = host.deny.aggregate_length
+    return agg if host.deny.auto and 0 < agg < host.deny.prefix_length else 0
 
 
 def _seconds(t: float) -> str:
@@ -278,10 +384,52 @@ def apply_subprocess(netns: str, text: str) -> None:
         raise NftError(f"nft -f in {netns}: {r.stderr.strip()}")
 
 
-def apply_workload(host: HostConfig, wl: WorkloadConfig, netns: str | int) -> None:
-    """The workload's firewall, inside its namespace; call it before the link comes up."""
+def apply_workload(
+    host: HostConfig, wl: WorkloadConfig, netns: str | int, link: tuple[str, str] | None = None
+) -> None:
+    """The workload's firewall, inside its namespace; call it before the link comes up.
+
+    link: (ifname, MAC) of its link, for the egress guard in the same transaction (one
+    libnftables call costs more than the rules in it)."""
     if host.firewall.enabled:
-        apply(netns, render_workload(host, wl))
+        text = render_workload(host, wl, gateway_identity(host))
+        apply(netns, text + (render_egress(*link) if link else ""))
+
+
+def gateway_identity(host: HostConfig) -> tuple[str, str] | None:
+    """(MAC, link-local) of mux's gateway as the kernel has them; None without one."""
+    from pyroute2 import IPRoute
+
+    def read() -> tuple[str, str] | None:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=host.mux.gateway)
+            if not idx:
+                return None
+            mac = ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS")
+            for a in ipr.get_addr(family=socket.AF_INET6, index=idx[0]):
+                ip = ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))
+                if ip.is_link_local:
+                    return str(mac), str(ip)
+            return None
+
+    try:
+        return nsutil.run_in_netns(host.mux.netns, read)
+    except OSError:
+        return None
+
+
+def ra_guard_drops(netns: str | int) -> int:
+    """Router advertisements the workload's RA guard dropped (0 without one)."""
+    try:
+        out = run_nft(netns, f"list chain {FAMILY} {WORKLOAD_TABLE} input")
+    except NftError:
+        return 0
+    n = 0
+    for item in (out or {}).get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment") == "ra-guard":
+            n += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    return n
 
 
 def apply_guard(host: HostConfig) -> None:

@@ -47,6 +47,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
 KINDS = ("macvlan", "macvtap", "ipvlan")
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
 MAX_MSG = 4096
 SD_LISTEN_FDS_START = 3
 ENV_FD = "NETMUX_IPMUX_FD"
@@ -163,6 +166,7 @@ class Daemon:
         self.conns: dict[int, Conn] = {}
         self.stopping = False
         self._key: bytes | None = None
+        self.paused_until = 0.0  # out of file descriptors: accept again after this
 
     # -- bookkeeping
     def held(self) -> dict[int, int]:
@@ -185,7 +189,11 @@ class Daemon:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ)
         while not self.stopping:
-            for skey, _ in self.sel.select(timeout=1.0):
+            if self.paused_until and time.monotonic() >= self.paused_until:
+                self.paused_until = 0.0
+                self.sel.register(self.listener, selectors.EVENT_READ)
+                journal.info("ipmuxd: accepting again")
+            for skey, _ in self.sel.select(timeout=PAUSE if self.paused_until else 1.0):
                 if skey.fileobj is self.listener:
                     self.accept()
                 else:
@@ -197,6 +205,21 @@ class Daemon:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS:
+                raise
+            # Out of descriptors: shed the connections that hold no device (they cost an fd
+            # each and may be the cause), rest the listener, and say so.
+            idle = [fd for fd, c in self.conns.items() if not c.device]
+            journal.error(
+                f"ipmuxd: out of file descriptors ({e.strerror}): closing {len(idle)} "
+                f"connection(s) without a device, not accepting for {PAUSE}s"
+            )
+            for fd in idle:
+                self.close(fd)
+            self.sel.unregister(self.listener)
+            self.paused_until = time.monotonic() + PAUSE
             return
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", creds)

@@ -259,7 +259,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
             )
         links.sysctl_write(fd, sysctls)
         # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
-        firewall.apply_workload(host, wl, fd)
+        firewall.apply_workload(host, wl, fd, (p.ifname, p.mac))  # + egress guard
         if p.kind == "macvtap" and wl.ports:
             journal.warning(
                 f"workload {name}: ports do not filter a VM (a macvtap's frames bypass the "

@@ -190,6 +190,60 @@ def udp_flood(netns: str, src: str, dst: str, port: int, count: int, size: int =
     return nsutil.run_in_netns(netns, send)
 
 
+def raw_echo_replies(netns: str, sources: Iterable[str], dst: str, each: int = 1) -> int:
+    """`each` ICMPv6 echo replies from every source address, written whole through a raw
+    socket (any source, nothing to configure; conntrack keeps no state for them). Returns
+    how many were sent."""
+    import ipaddress
+
+    def send() -> int:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        daddr = ipaddress.IPv6Address(dst).packed
+        icmp = bytes([129, 0, 0, 0, 0, 1, 0, 1])  # echo reply, checksum left 0
+        n = 0
+        for src in sources:
+            pkt = b"\x60\0\0\0\0\x08\x3a\x40" + ipaddress.IPv6Address(src).packed + daddr + icmp
+            for _ in range(each):
+                with contextlib.suppress(OSError):  # ENOBUFS under load
+                    s.sendto(pkt, (dst, 0))
+                    n += 1
+        s.close()
+        return n
+
+    return nsutil.run_in_netns(netns, send)
+
+
+def link_local(netns: str, ifname: str) -> str:
+    """The interface's link-local address once it is usable ('' before)."""
+    out = subprocess.run(["ip", "-n", netns, "-6", "addr", "show", "dev", ifname, "scope", "link"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    if "tentative" in out:
+        return ""
+    for word in out.split():
+        if word.startswith("fe80::"):
+            return word.split("/")[0]
+    return ""
+
+
+def send_ra(netns: str, ifname: str, prefix: str, lifetime: int = 1800) -> None:
+    """One router advertisement to ff02::1 on `ifname` (router lifetime, one /64 prefix for
+    SLAAC), from the interface's link-local address, as a rogue radvd would send it."""
+    import ipaddress
+    import struct
+
+    def send() -> None:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, lifetime, 0, 0)
+        pio = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0)
+        pio += ipaddress.IPv6Address(prefix).packed
+        s.sendto(ra + pio, ("ff02::1", 0, 0, socket.if_nametoindex(ifname)))
+        s.close()
+
+    nsutil.run_in_netns(netns, send)
+
+
 def auto_denied(host: config.HostConfig) -> list[str]:
     from netmux import denylist
 

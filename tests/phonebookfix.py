@@ -148,7 +148,9 @@ class Stack:
         sinks: tuple[str, ...] = ("tinydns", "rfc2136"),
         tinydns: bool = True,
         sighup_pidfile: str = "",
+        extra: dict[str, str] | None = None,
     ) -> None:
+        """`extra`: more TOML lines per section ("mux", "paths", "phonebook", "ipmux")."""
         self.ns = dns_ns
         self.dir = Path(tempfile.mkdtemp(prefix="netmux-pb-"))
         self.dir.chmod(0o755)  # the bus socket is used by nobody too
@@ -165,16 +167,19 @@ class Stack:
         if not shutil.which("tinydns-data"):  # optional package: knot alone then
             sinks = tuple(s for s in sinks if s != "tinydns")
         sink_list = ", ".join(f'"{s}"' for s in sinks)
+        more = {k: v.rstrip("\n") + "\n" for k, v in (extra or {}).items()}
         self.config.write_text(
             f'[dns]\nhostname = "{HOST}"\ndomain = "{DOMAIN}"\nttl = 5\n'
             f"[phonebook]\nsinks = [{sink_list}]\n"
             f'socket = "{self.seed_sock}"\ntinydns_dir = "{self.tinydns_dir}"\n'
             f'server = "::1"\nserver_port = 53\ntsig_key = "{self.knot_dir}/phonebook.key"\n'
             f'reverse = ["2001:db8:1::/64"]\ngroup = "{group}"\nwatch_units = false\n'
-            f'sighup_pidfile = "{sighup_pidfile}"\n'
+            f'sighup_pidfile = "{sighup_pidfile}"\n{more.pop("phonebook", "")}'
             f'[paths]\nstate_dir = "{self.dir}/state"\nrun_dir = "{self.dir}/run"\n'
+            f'workloads_dir = "{self.dir}/workloads"\n{more.pop("paths", "")}'
             # how long a Publish waits for the sinks (the start timeout)
-            f"[workload]\ntimeout = {SETTLE_TIMEOUT}\n"
+            f"[workload]\ntimeout = {SETTLE_TIMEOUT}\n{more.pop('workload', '')}"
+            + "".join(f"[{section}]\n{lines}" for section, lines in more.items())
         )
         self.want_tinydns = tinydns and shutil.which("tinydns") is not None
         try:

@@ -139,3 +139,24 @@ def test_entries_to_load_drops_expired() -> None:
         firewall.DenyEntry(IPv6Network("2001:db8:1::/48")),
         firewall.DenyEntry(IPv6Network("2001:db8:3::/48"), 50.0),
     ]
+
+
+def test_guard_aggregates_per_48_and_rate_limits_what_a_full_meter_cannot_track() -> None:
+    text = firewall.render_guard(config.parse_host(""))
+    assert "update @rate_agg { ip6 saddr & ffff:ffff:ffff:: limit rate over 4000/second" in text
+    assert "ip6 saddr & ffff:ffff:ffff:: @auto_agg" in text
+    assert "ip6 saddr & ffff:ffff:ffff:ffff:: != @rate limit rate over 1000/second" in text
+    off = firewall.render_guard(config.parse_host("[deny]\naggregate_length = 0\n"))
+    assert "rate_agg" not in off and "!= @rate" in off
+    same = firewall.render_guard(config.parse_host("[deny]\nprefix_length = 48\n"))
+    assert "rate_agg" not in same
+
+
+def test_ra_guard_only_with_a_known_gateway() -> None:
+    gw = ("02:00:00:00:00:01", "fe80::1")
+    text = firewall.render_workload(config.HostConfig(), wl(), gw)
+    assert "icmpv6 type nd-router-advert ether saddr != 02:00:00:00:00:01 counter drop" in text
+    assert "icmpv6 type nd-router-advert ip6 saddr != fe80::1 counter drop" in text
+    assert text.index("ra-guard") < text.index("nd-router-advert, nd-neighbor-solicit")
+    assert "ra-guard" not in firewall.render_workload(config.HostConfig(), wl())
+    assert "nd-redirect" not in text  # redirects are never accepted

@@ -308,3 +308,32 @@ def test_socket_activation(env: Env, procs: Callable[..., subprocess.Popen[bytes
     _, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     assert time.monotonic() - t0 < 20
+
+
+def test_daemon_survives_fd_exhaustion(
+    env: Env, procs: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """Out of file descriptors, ipmuxd says so, sheds idle connections and serves again."""
+    import resource
+
+    log = env.dir / "ipmuxd.log"
+    with open(log, "wb") as out:
+        p = procs([sys.executable, "-m", "netmux.ipmuxd", "--config", str(env.cfg)], cwd=REPO,
+                  stderr=out)  # fmt: skip
+    wait_for(env.sock.exists, timeout=10)
+    resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (40, 40))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(60):  # root: no per-user limit; ~30 fit under 40 descriptors
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.connect(str(env.sock))
+            idle.append(s)
+        wait_for(lambda: "out of file descriptors" in log.read_text(), timeout=10)
+    finally:
+        for s in idle:
+            s.close()
+    c = env.client(f"{RUN}fd", ["true"])
+    _, err = c.communicate(timeout=30)
+    assert c.returncode == 0, err
+    assert "accepting again" in log.read_text()
+    assert p.poll() is None

@@ -512,7 +512,9 @@ def test_sighup_after_each_rebuild(netns: Callable[[str], str], tmp_path: Path) 
 
 
 def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
-    """A caller that is not root but in the configured group may publish on the socket."""
+    """A caller that is not root but in the configured group is let in, and told in one line
+    why its request cannot be verified here (no mux: no device of netmux or ipmuxd to check;
+    tests/test_security_netns.py has the member that does publish)."""
     script = (
         "import socket,sys\n"
         "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'member eth0\\n')\n"
@@ -523,7 +525,7 @@ def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
          "/usr/bin/python3", "-c", script, str(stack.seed_sock)],
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
-    assert out.stdout.startswith(f"ok member.{PUBLIC}."), out
+    assert out.stdout.startswith("error mux ") and "not running" in out.stdout, out
 
 
 @pytest.mark.requires("knotd", "dig")

@@ -23,6 +23,10 @@ def test_workload_firewall_and_stats(mux_radvd: MuxEnv) -> None:
     text = json.dumps(rules)
     assert '"policy": "drop"' in text
     assert set(firewall.port_counters(name)) == {"tcp_80", "udp_53"}
+    # RA guard and egress guard are on, and radvd's advertisements from gw0 still count.
+    assert '"comment": "ra-guard"' in text
+    assert firewall.egress_drops(name) == {"source-mac": 0, "vlan": 0, "router": 0,
+                                           "dhcpv6-server": 0}  # fmt: skip
     addr = mux_radvd.global_address(name)
     r = subprocess.run(
         ["ip", "netns", "exec", mux_radvd.netns, "ping", "-6", "-c3", "-i0.05", "-W2", addr],

@@ -28,24 +28,26 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from .. import journal, names, nsutil
 from ..config import IFNAME_RE, HostConfig, load_host
 from ..errors import NetmuxError, StateError, UsageError
-from . import fdstore
+from . import fdstore, verify
 from .follow import Follower, NsKey, ns_key
 from .records import (
     Address,
     Record,
     Zones,
     check_alias,
+    first_ptr_wins,
     in_dad,
     publication_records,
     zone_records,
 )
 from .sinks import Rfc2136Sink, Sink, _Coalescer, make_sinks
+from .verify import Denied
 
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
@@ -129,6 +131,8 @@ class Publication:
     state_fd: int = -1
     next_lifeline: int = 0
     records: list[Record] | None = None  # computed from addresses when first needed
+    seen: tuple[Address, ...] = ()  # what the interface has; `addresses`: what is trusted
+    link: tuple[int, int] = (0, 0)  # unprivileged: (ifindex, birth) of the checked device
 
     @property
     def labels(self) -> set[str]:
@@ -168,6 +172,9 @@ class Phonebook:
         self._emit_pending = False
         self._addr_event = asyncio.Event()
         self.fixed = zone_records(self.zones)
+        # mux's gateway is followed once an unprivileged caller needs its prefixes.
+        self.mux: tuple[NsKey, int] | None = None
+        self.prefixes: tuple[IPv6Network, ...] = (cfg.mux.ula.network,)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -203,9 +210,15 @@ class Phonebook:
             check_lifeline(lifeline)
             key = ns_key(nsfd)
             labels = {name, *aliases}
+            if uid != 0:
+                self._check_user(uid, labels)
             for other in list(self.pubs.values()):
                 clash = labels & other.labels
                 if not clash:
+                    continue
+                if uid == 0 and other.uid != 0 and netns == name:
+                    # The workload of that name starts: whoever took its name gives it back.
+                    self.drop(other, f"name reserved for workload {name}")
                     continue
                 if other.netns == netns and other.nskey != key and not netns.startswith("pid:"):
                     # /run/netns/NAME was re-created: the old workload of that name is gone
@@ -218,6 +231,10 @@ class Phonebook:
                     and other.ifname == ifname
                     and other.aliases == aliases
                 ):
+                    if other.uid != uid:
+                        raise Denied(
+                            f"{name!r} was published by uid {other.uid}: only that user may hold it"
+                        )
                     os.close(nsfd)
                     nsfd = -1
                     self._add_lifeline(other, lifeline)
@@ -236,7 +253,11 @@ class Phonebook:
             self.next_id, name, aliases, ifname, netns, nsfd, key, unit=unit, uid=uid, via=via
         )
         self.next_id += 1
-        self._start(pub)
+        try:
+            self._start(pub)
+        except BaseException:
+            os.close(lifeline)
+            raise
         self._store_state(pub)
         self._add_lifeline(pub, lifeline)
         journal.info(
@@ -250,14 +271,91 @@ class Phonebook:
 
     def _start(self, pub: Publication) -> None:
         try:
-            pub.token, pub.addresses = self.follower.follow(
+            pub.token, pub.seen = self.follower.follow(
                 pub.nsfd, pub.ifname, functools.partial(self._addresses, pub)
             )
         except OSError as e:
             os.close(pub.nsfd)
             raise StateError(f"cannot follow {pub.ifname} in {pub.netns}: {e}") from None
+        if pub.uid != 0:
+            try:
+                self._check_device(pub)
+            except BaseException:
+                self.follower.unfollow(pub.nskey, pub.ifname, pub.token)
+                os.close(pub.nsfd)
+                raise
+        pub.addresses = self._trusted(pub, pub.seen)
         self.pubs[pub.name] = pub
         self._changed()
+
+    # -- what an unprivileged caller may publish (verify.py) ----------------------------
+
+    def held(self, uid: int) -> tuple[int, int]:
+        """(publications, lifelines) that `uid` holds."""
+        mine = [p for p in self.pubs.values() if p.uid == uid]
+        return len(mine), sum(len(p.lifelines) for p in mine)
+
+    def _check_user(self, uid: int, labels: set[str], pending: int = 0) -> None:
+        for label in sorted(labels):
+            why = verify.reserved(label, self.cfg.paths.workloads_dir)
+            if why:
+                raise Denied(f"DNS name {label!r} is reserved: {why}")
+        pubs, fds = self.held(uid)
+        limits = self.cfg.phonebook
+        why = verify.over_limit(pubs, limits.user_publications, "publications", uid)
+        why = why or verify.over_limit(fds + pending, limits.user_connections, "lifelines", uid)
+        if why:
+            raise Denied(why)
+
+    def _mux_fd(self) -> int:
+        """mux's namespace, its gateway followed for the advertised prefixes."""
+        mux = self.cfg.mux
+        try:
+            fd = nsutil.open_netns(mux.netns)
+        except OSError:
+            raise Denied(
+                f"mux (netns {mux.netns}) is not running: no device can be checked"
+            ) from None
+        key = ns_key(fd)
+        if self.mux is None or self.mux[0] != key:
+            if self.mux is not None:
+                self.follower.unfollow(self.mux[0], mux.gateway, self.mux[1])
+            try:
+                token, addrs = self.follower.follow(fd, mux.gateway, self._gateway)
+            except OSError as e:
+                os.close(fd)
+                raise StateError(f"cannot follow {mux.gateway} in {mux.netns}: {e}") from None
+            self.mux = (key, token)
+            self._gateway(addrs)
+        return fd
+
+    def _gateway(self, addrs: tuple[Address, ...]) -> None:
+        prefixes = verify.advertised([a for a in addrs if a.usable], self.cfg.mux.ula.network)
+        if prefixes == self.prefixes:
+            return
+        self.prefixes = prefixes
+        for pub in self.pubs.values():
+            if pub.uid != 0:
+                self._addresses(pub, pub.seen)
+
+    def _check_device(self, pub: Publication) -> None:
+        muxfd = self._mux_fd()
+        try:
+            index = verify.device_ifindex(pub.nsfd, pub.ifname, muxfd, self.cfg.mux.parent)
+        finally:
+            os.close(muxfd)
+        watcher = self.follower.watchers.get(pub.nskey)
+        pub.link = (index, watcher.identity(index, pub.ifname) if watcher else 0)
+
+    def _trusted(self, pub: Publication, addrs: tuple[Address, ...]) -> tuple[Address, ...]:
+        """Root's addresses as they are; others' only on the checked device, in prefixes."""
+        if pub.uid == 0:
+            return addrs
+        watcher = self.follower.watchers.get(pub.nskey)
+        index, birth = pub.link
+        if not birth or watcher is None or watcher.identity(index, pub.ifname) != birth:
+            return ()  # the checked device is gone (or was replaced): nothing to vouch for
+        return verify.trusted_addresses(addrs, self.prefixes)
 
     def _store_state(self, pub: Publication) -> None:
         if not self.notifier.enabled:
@@ -381,6 +479,8 @@ class Phonebook:
 
     def _addresses(self, pub: Publication, addrs: tuple[Address, ...]) -> None:
         old = {a.ip for a in pub.addresses if a.usable}
+        pub.seen = addrs
+        addrs = self._trusted(pub, addrs)
         pub.addresses = addrs
         self._addr_event.set()  # wakes every settle(); the next change gets a new event
         self._addr_event = asyncio.Event()
@@ -403,12 +503,12 @@ class Phonebook:
     # -- records ----------------------------------------------------------------------
 
     def records(self) -> list[Record]:
-        out = list(self.fixed)
+        """Every record; an address two publications hold gets root's PTR, else the oldest's."""
         for pub in self.pubs.values():
             if pub.records is None:
                 pub.records = publication_records(pub.name, pub.aliases, pub.addresses, self.zones)
-            out += pub.records
-        return out
+        order = sorted(self.pubs.values(), key=lambda p: (p.uid != 0, p.id))
+        return self.fixed + first_ptr_wins(p.records or [] for p in order)
 
     def refresh(self) -> None:
         self._changed()

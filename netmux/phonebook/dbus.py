@@ -24,6 +24,7 @@ from .. import journal
 from ..errors import NetmuxError, StateError, UsageError
 from .daemon import check_netns_name, unit_of
 from .sinks import TinydnsSink
+from .verify import Denied
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
@@ -36,10 +37,6 @@ ERR_INVALID = "org.netmux.Phonebook1.Error.InvalidArgument"
 ERR_FAILED = "org.netmux.Phonebook1.Error.Failed"
 ERR_DENIED = "org.netmux.Phonebook1.Error.AccessDenied"
 SYSTEMD = "org.freedesktop.systemd1"
-
-
-class Denied(NetmuxError):
-    """The caller may call, but not do this (another uid's publication)."""
 
 
 class Phonebook1(ServiceInterface):
@@ -185,6 +182,10 @@ class Adapter:
         if not isinstance(idx, int) or not 0 <= idx < len(fds):
             raise UsageError("lifeline: no file descriptor was passed")
         pid = await self._caller_pid(msg.sender)
+        uid = await self._caller_uid(msg.sender)
+        if netns and uid != 0:
+            # A name under /run/netns is any namespace, mux's included: only root may.
+            raise Denied("only root may name a namespace: publish in your own (netns '')")
         if netns:
             check_netns_name(netns)
             path = f"/run/netns/{netns}"
@@ -200,7 +201,6 @@ class Adapter:
         unit = unit_of(pid) if self.book.cfg.phonebook.watch_units else ""
         if unit == "phonebookd.service":
             unit = ""
-        uid = await self._caller_uid(msg.sender)
         pub = self.book.publish(name, aliases, ifname, nsfd, label, lifeline, unit, uid, "dbus")
         if pub.unit:
             await self._watch_unit(pub.unit)

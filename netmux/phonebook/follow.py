@@ -163,6 +163,10 @@ class NetnsWatcher:
         self.links: dict[int, str] = {}
         self.macvtaps: dict[str, str] = {}  # ifname -> MAC, the VM links
         self.guests: dict[str, GuestSniffer] = {}
+        # ifindex -> a number new for every link that appears: an index the kernel reuses
+        # for another device (`ip link add ... index N`) is not the device that was checked.
+        self.born: dict[int, int] = {}
+        self.births = 0
         self.addrs: dict[int, dict[tuple[str, int], Address]] = {}
         self.subscribers: dict[str, dict[int, Callback]] = {}
         self.last: dict[str, tuple[Address, ...]] = {}
@@ -214,6 +218,7 @@ class NetnsWatcher:
 
     def _dump(self) -> None:
         self.links.clear()
+        self.born.clear()
         self.addrs.clear()
         self._request(ifinfmsg(), RTM_GETLINK)
         self._request(ifaddrmsg(), RTM_GETADDR)
@@ -223,6 +228,9 @@ class NetnsWatcher:
         if mt == RTM_NEWLINK:
             name = m.get_attr("IFLA_IFNAME")
             if name:
+                if m["index"] not in self.links:
+                    self.births += 1
+                    self.born[m["index"]] = self.births
                 self.links[m["index"]] = name
                 info = m.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
@@ -231,6 +239,7 @@ class NetnsWatcher:
                     self.macvtaps[name] = mac
         elif mt == RTM_DELLINK:
             self.links.pop(m["index"], None)
+            self.born.pop(m["index"], None)
             self.addrs.pop(m["index"], None)
         elif mt in (RTM_NEWADDR, RTM_DELADDR):
             text = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
@@ -272,6 +281,10 @@ class NetnsWatcher:
                 per = self.addrs.get(index, {})
                 return tuple(per[k] for k in sorted(per))
         return ()
+
+    def identity(self, ifindex: int, ifname: str) -> int:
+        """The birth number of link `ifindex` if it still has `ifname` (0 if not)."""
+        return self.born.get(ifindex, 0) if self.links.get(ifindex) == ifname else 0
 
     def subscribe(self, ifname: str, token: int, cb: Callback) -> tuple[Address, ...]:
         if ifname in self.macvtaps and ifname not in self.guests:

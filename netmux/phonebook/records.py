@@ -218,6 +218,17 @@ def publication_records(
     return sorted(out)
 
 
+def first_ptr_wins(groups: Iterable[Sequence[Record]]) -> list[Record]:
+    """The records of publications given in priority order, with each PTR owner name kept
+    only from the first publication that has it: an address two publications claim is
+    named by one, and a later claimant cannot rename someone else's address."""
+    out: list[Record] = []
+    owner: dict[str, int] = {}
+    for i, recs in enumerate(groups):
+        out += [r for r in recs if r.rtype != "PTR" or owner.setdefault(r.name, i) == i]
+    return out
+
+
 def zone_records(zones: Zones) -> list[Record]:
     """SOA and NS for every zone of this host (forward and reverse)."""
     out = []

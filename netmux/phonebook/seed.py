@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import os
 import socket
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 MAX_LINE = 512
 READ_TIMEOUT = 5.0
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+BACKOFF = (0.05, 1.0)  # seconds between accept attempts while out of descriptors
 
 
 def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
@@ -84,11 +87,38 @@ class SeedServer:
         self.sock = sock
         self.task = asyncio.get_running_loop().create_task(self._accept())
         self.clients: set[asyncio.Task[None]] = set()
+        self.pending: dict[int, int] = {}  # uid -> connections that have not published yet
+        self.reading: set[asyncio.Task[None]] = set()  # those, as tasks (shed first)
+        self.starved = False
 
     async def _accept(self) -> None:
+        """Accept forever. Out of file descriptors, say so once, shed the connections that
+        have not published (they hold an fd each and may be the cause), back off, and say
+        so again when accepting works."""
         loop = asyncio.get_running_loop()
+        delay = BACKOFF[0]
         while True:
-            conn, _ = await loop.sock_accept(self.sock)
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as e:
+                if e.errno not in OUT_OF_FDS:
+                    raise
+                if not self.starved:
+                    self.starved = True
+                    journal.error(
+                        f"publish socket: out of file descriptors ({e.strerror}): dropping "
+                        f"{len(self.reading)} connection(s) that have not published, "
+                        "not accepting until descriptors are free"
+                    )
+                for t in list(self.reading):
+                    t.cancel()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF[1])
+                continue
+            if self.starved:
+                self.starved = False
+                journal.info("publish socket: accepting again")
+            delay = BACKOFF[0]
             t = loop.create_task(self._client(conn))
             self.clients.add(t)
             t.add_done_callback(self.clients.discard)
@@ -96,12 +126,26 @@ class SeedServer:
     async def _client(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         nsfd = -1
+        uid, counted = -1, False
+        me = asyncio.current_task()
         try:
             pid, uid, gid = peer_cred(conn)
             # Bind the namespace now: the PID may be gone (or reused) by the time it speaks.
             nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             if not allowed(pid, uid, gid, self.book.cfg.phonebook.group):
                 raise PermissionError(f"uid {uid} is not root or in group netmux")
+            if me is not None:
+                self.reading.add(me)
+            pending = self.pending.get(uid, 0)
+            self.pending[uid] = pending + 1
+            counted = True
+            if uid != 0:
+                held = self.book.held(uid)[1] + pending
+                limit = self.book.cfg.phonebook.user_connections
+                if held >= limit:
+                    raise PermissionError(
+                        f"too many connections: uid {uid} holds {held} (at most {limit} per user)"
+                    )
             unit = unit_of(pid) if self.book.cfg.phonebook.watch_units else ""
             data = b""
             async with asyncio.timeout(READ_TIMEOUT):
@@ -111,6 +155,7 @@ class SeedServer:
                         break
                     data += chunk
             name, ifname, aliases = parse_request(data)
+            self.reading.discard(me)  # type: ignore[arg-type]
             lifeline = os.dup(conn.fileno())
             fd, nsfd = nsfd, -1
             pub = self.book.publish(name, aliases, ifname, fd, f"pid:{pid}", lifeline, unit, uid,
@@ -126,6 +171,11 @@ class SeedServer:
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, f"error {msg}\n".encode())
         finally:
+            self.reading.discard(me)  # type: ignore[arg-type]
+            if counted:
+                self.pending[uid] -= 1
+                if not self.pending[uid]:
+                    del self.pending[uid]
             if nsfd >= 0:
                 os.close(nsfd)
             conn.close()  # the daemon keeps its dup as the lifeline

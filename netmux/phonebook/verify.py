@@ -1,0 +1,123 @@
+"""What the phonebook checks before it believes a caller that is not root.
+
+Root (netmux up, the units) is trusted. Anyone else — a member of group netmux, typically
+root only inside its own user namespace — can make its namespace say anything: interfaces
+of any kind, any address with `nodad`. So for them the phonebook publishes only what it
+can verify from outside:
+
+- the name is not reserved: not a configured workload (WORKLOADS_DIR/NAME.toml) and not a
+  namespace under /run/netns (a workload that runs or is about to);
+- the interface is one netmux or ipmuxd made: a macvlan/macvtap/ipvlan whose parent is
+  mux's parent link, in mux's namespace (nobody else can create a device there);
+- only addresses inside the prefixes mux's gateway has (what radvd advertises) and the
+  ULA, and only after DAD ran (no `nodad`), so another workload on the segment defends
+  its address;
+- limits per user on publications and on file descriptors held for it.
+
+The checks on data are pure functions; `device_ifindex` is the one netlink edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+
+from .. import nsutil
+from ..errors import NetmuxError
+from ..ifaddr import IFA_F_NODAD
+from .records import Address
+
+DEVICE_KINDS = ("macvlan", "macvtap", "ipvlan")
+
+
+class Denied(NetmuxError):
+    """The caller may publish, but not this (a reserved name, a forged device, a limit)."""
+
+
+def reserved(label: str, workloads_dir: Path, netns_dir: Path = nsutil.NETNS_DIR) -> str:
+    """Why `label` belongs to a workload ('' if it does not): its config or its netns."""
+    if (workloads_dir / f"{label}.toml").exists():
+        return f"{label!r} is a configured workload ({workloads_dir}/{label}.toml)"
+    if (netns_dir / label).exists():
+        return f"{label!r} is a workload's network namespace ({netns_dir}/{label})"
+    return ""
+
+
+def trusted_addresses(
+    addresses: Iterable[Address], prefixes: Iterable[IPv6Network]
+) -> tuple[Address, ...]:
+    """The addresses of an unprivileged publication that may be published. Pure."""
+    nets = tuple(prefixes)
+    return tuple(
+        a
+        for a in addresses
+        if isinstance(a.ip, IPv6Address)
+        and not a.flags & IFA_F_NODAD
+        and any(a.ip in net for net in nets)
+    )
+
+
+def advertised(addresses: Iterable[Address], ula: IPv6Network) -> tuple[IPv6Network, ...]:
+    """The prefixes a workload may have addresses in: the gateway's /64s and the ULA. Pure."""
+    nets = [ula]
+    for a in addresses:
+        if isinstance(a.ip, IPv6Address) and not a.ip.is_link_local and a.prefixlen >= 48:
+            nets.append(IPv6Network(f"{a.ip}/{a.prefixlen}", strict=False))
+    return tuple(dict.fromkeys(nets))
+
+
+def over_limit(held: int, limit: int, what: str, uid: int) -> str:
+    """The error for a user at its limit ('' below it). Pure."""
+    if held >= limit:
+        return f"uid {uid} already holds {held} {what} (at most {limit} per user)"
+    return ""
+
+
+def device_ifindex(nsfd: int, ifname: str, muxfd: int, parent: str) -> int:
+    """The ifindex of `ifname` in the namespace behind nsfd if mux's `parent` is its parent
+    (so netmux or ipmuxd created it); Denied otherwise."""
+    from pyroute2 import IPRoute
+
+    def parent_index() -> int:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=parent)
+            return int(found[0]) if found else -1
+
+    def link() -> tuple[int, str, int | None, int | None, int | None]:
+        with IPRoute() as ipr:
+            links = ipr.get_links(ifname=ifname)
+            if not links:
+                return -1, "", None, None, None
+            lk = links[0]
+            info = lk.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+            nsid = (ipr.get_netnsid(fd=muxfd) or {}).get("nsid")
+            return (
+                lk["index"],
+                kind or "",
+                lk.get_attr("IFLA_LINK"),
+                lk.get_attr("IFLA_LINK_NETNSID"),
+                nsid,
+            )
+
+    try:
+        want = nsutil.run_in_netns(muxfd, parent_index)
+        index, kind, parent_idx, link_nsid, mux_nsid = nsutil.run_in_netns(nsfd, link)
+    except OSError as e:
+        raise Denied(f"cannot check interface {ifname}: {e.strerror or e}") from None
+    if index < 0:
+        raise Denied(f"interface {ifname} does not exist in the caller's namespace")
+    if (
+        kind not in DEVICE_KINDS
+        or want < 0
+        or mux_nsid is None
+        or mux_nsid < 0
+        or link_nsid != mux_nsid
+        or parent_idx != want
+    ):
+        raise Denied(
+            f"interface {ifname} ({kind or 'unknown kind'}) was not made by netmux or ipmuxd: "
+            f"only a {'/'.join(DEVICE_KINDS)} on mux's {parent} may be published"
+        )
+    return int(index)
