@@ -202,6 +202,10 @@ class ResolverConfig:
     forwarders: tuple[IPv6Address, ...] = ()
 
 
+def _ra_lifetime(v: int) -> str | None:
+    return None if 1 <= v <= 0xFFFFFFFE else "seconds, 1 to 4294967294 (such as 2700)"
+
+
 @dataclass(frozen=True)
 class UplinkConfig:
     """dhcpcd on the uplinks in mux: DHCPv6-PD onto the gateway (render/dhcpcd.py)."""
@@ -213,6 +217,13 @@ class UplinkConfig:
     dhcpv4: Literal["auto", "on", "off"] = "auto"
     # dhcpcd's `script`: "" = the netmux hook written next to the rendered dhcpcd.conf.
     hook: str = ""
+    # The delegated prefix is advertised on the gateway with its remaining lease lifetimes,
+    # capped at these (RFC 9096 ND_PREFERRED_LIMIT / ND_VALID_LIMIT, in seconds): after a
+    # renumbering nobody announced, workloads stop preferring the dead prefix within
+    # `ra_preferred_limit`. A preferred limit above the valid one is cut to it.
+    ra_preferred_limit: int = check(_ra_lifetime, 2700)
+    # The cap on the advertised valid lifetime (seconds; RFC 9096 ND_VALID_LIMIT).
+    ra_valid_limit: int = check(_ra_lifetime, 5400)
 
 
 def _ip_address(v: str) -> str | None:
@@ -276,6 +287,11 @@ class LabConfig:
     router_address: IPv6Interface = IPv6Interface("2001:db8::1/64")
     # The /64 put on mux's gateway and advertised (static until DHCPv6-PD arrives).
     prefix: IPv6Network = check(_prefix64, IPv6Network("2001:db8:0:1::/64"))
+    # The preferred lifetime kea gives the delegation (seconds); above the
+    # uplink.ra_preferred_limit cap by default, shorter to test lease-bound lifetimes.
+    pd_preferred_lifetime: int = check(_positive, 7200)
+    # The valid lifetime kea gives the delegation (seconds).
+    pd_valid_lifetime: int = check(_positive, 14400)
 
 
 def _prefix_length(v: int) -> str | None:

@@ -232,7 +232,14 @@ def radvd_up(host: HostConfig) -> supervise.Daemon | None:
         return None
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "radvd.conf"
-    text = radvd_render.render(host)
+    from . import daemons, renumber
+
+    text = radvd_render.render(
+        host,
+        daemons.radvd(),
+        renumber.deprecated_prefixes(run),
+        renumber.gateway_leases(host.mux.gateway, host.mux.netns),
+    )
     if not conf.exists() or conf.read_text() != text:
         supervise.stop("radvd", run)
         conf.write_text(text)
@@ -264,13 +271,14 @@ def up(host: HostConfig) -> None:
     router_up(host)
     cable_up(host)
     router_routes(host)
-    radvd_up(host)
     from . import upstream
 
-    if upstream.available():  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
+    pd = upstream.available()
+    if not pd:
+        assign_prefix(host)  # before radvd: it advertises the prefixes gw0 has when started
+    radvd_up(host)
+    if pd:  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
         upstream.lab_up(host, daemon_dir(host))
-    else:
-        assign_prefix(host)
     journal.info(
         f"lab is up in {time.monotonic() - t0:.2f}s: router {host.lab.router_netns} "
         f"({host.lab.router_address.ip}), prefix {host.lab.prefix} on "

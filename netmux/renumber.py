@@ -1,16 +1,18 @@
-"""Renumbering: when the delegated prefix on the gateway changes, tell the workloads at once.
+"""Renumbering and lease lifetimes: keep radvd's view of the delegation current.
 
-dhcpcd runs this as its hook (`script`, see render/dhcpcd.py) inside mux after every event.
-It reads the gateway's global /64s (the truth, whatever dhcpcd's reason), compares them
-with the last ones it saw, and when they differ:
+dhcpcd runs this as its hook (`script`, see render/dhcpcd.py) inside mux when the delegated
+prefix changes and at every renewal whose lifetimes are shorter than the caps. It reads the
+gateway's global /64s with their remaining lifetimes (the truth, whatever dhcpcd's
+reason: dhcpcd sets them from the lease), compares the prefixes with the last ones it
+saw, and:
 
-- an old prefix goes on a deprecated list for 2 hours (RFC 4862 keeps addresses at least
-  that long anyway), and radvd.conf is re-rendered with it as an explicit `prefix` block
-  with AdvPreferredLifetime 0 — radvd's `prefix ::/64` ignores the addresses' own lifetimes
-  (measured: a deprecated address on gw0 is still advertised as preferred);
-- radvd gets SIGHUP: it reloads and sends an unsolicited RA at once (measured ~10 ms), so
-  workloads add the new prefix and deprecate the old without waiting for a periodic RA;
-- each change is logged with NETMUX_PREFIX and MESSAGE_ID=journal.PREFIX_CHANGED.
+- an old prefix goes on a deprecated list for 2 hours and is advertised with preferred
+  lifetime 0 (render/radvd.py: explicit blocks, each with lifetimes of its own);
+- the current prefixes are advertised with min(remaining lease, caps) (RFC 9096);
+- when radvd.conf's text changed, radvd gets SIGHUP: it reloads, resets its countdown and
+  sends an unsolicited RA at once (measured ~10 ms), so workloads follow without waiting
+  for a periodic RA;
+- each prefix change is logged with NETMUX_PREFIX and MESSAGE_ID=journal.PREFIX_CHANGED.
 
 The pure part (`plan`) is unit-tested; `main` is the thin edge.
 """
@@ -32,6 +34,7 @@ from ipaddress import IPv6Network
 from pathlib import Path
 
 from . import journal
+from .render.radvd import INFINITE, Lease
 
 STATE_FILE = "prefixes.json"
 KEEP_DEPRECATED = 7200.0
@@ -101,11 +104,12 @@ def deprecated_prefixes(state_dir: Path, now: float | None = None) -> list[IPv6N
     return sorted(p for p, until in load(state_dir).deprecated.items() if until > t)
 
 
-def gateway_prefixes(gateway: str, netns: str | None = None) -> list[IPv6Network]:
-    """Global (non-ULA) /64s on the gateway that are still preferred."""
+def gateway_leases(gateway: str, netns: str | None = None) -> list[Lease]:
+    """Global (non-ULA) /64s on the gateway that are still preferred, with their remaining
+    lifetimes (radvd.INFINITE for a static address)."""
     argv = ["ip", *(["-n", netns] if netns else []), "-j", "-6", "addr", "show", "dev", gateway]
     r = subprocess.run(argv, capture_output=True, text=True, check=False)
-    out: list[IPv6Network] = []
+    out: dict[IPv6Network, Lease] = {}
     with contextlib.suppress(ValueError, KeyError, TypeError):
         for link in json.loads(r.stdout or "[]"):
             for a in link.get("addr_info", []):
@@ -115,8 +119,28 @@ def gateway_prefixes(gateway: str, netns: str | None = None) -> list[IPv6Network
                     continue
                 net = IPv6Network(f"{a['local']}/{a['prefixlen']}", strict=False)
                 if net.prefixlen == 64 and not net.subnet_of(IPv6Network("fc00::/7")):
-                    out.append(net)
-    return out
+                    pl = int(a.get("preferred_life_time", INFINITE))
+                    vl = int(a.get("valid_life_time", INFINITE))
+                    prev = out.get(net)
+                    if prev is None or vl > prev.valid:  # two addresses: the longer lease
+                        out[net] = Lease(net, pl, vl)
+    return list(out.values())
+
+
+def current_leases(gateway: str, netns: str) -> list[Lease]:
+    """The gateway's leases from wherever this runs: inside mux (netmux-radvd's
+    ExecStartPre has no CAP_SYS_ADMIN to enter it) or outside, through /run/netns."""
+    here = subprocess.run(["ip", "link", "show", "dev", gateway], capture_output=True)
+    if here.returncode == 0:
+        return gateway_leases(gateway)
+    if Path("/run/netns", netns).exists():
+        return gateway_leases(gateway, netns)
+    return []
+
+
+def gateway_prefixes(gateway: str, netns: str | None = None) -> list[IPv6Network]:
+    """Global (non-ULA) /64s on the gateway that are still preferred."""
+    return [lease.prefix for lease in gateway_leases(gateway, netns)]
 
 
 def apply(
@@ -126,14 +150,15 @@ def apply(
     radvd_conf: Path | None,
     radvd_pid: Path | None,
     gateway: str,
+    countdown: bool = False,
 ) -> None:
-    """Write the state, re-render radvd.conf, SIGHUP radvd, log. Only when it changed."""
+    """Write the state and log prefix changes; re-render radvd.conf and SIGHUP radvd when
+    its text changed, or always under `countdown` (radvd counts a lease's lifetimes down
+    since its last reload: a renewed lease must restart the count, same text or not)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_path(state_dir).with_suffix(".tmp")
     tmp.write_text(change.state.to_json())
     tmp.replace(state_path(state_dir))
-    if not change.changed:
-        return
     for p in change.added:
         journal.info(f"prefix {p} on {gateway}", journal.PREFIX_CHANGED, prefix=p, ifname=gateway)
     for p in change.removed:
@@ -145,9 +170,14 @@ def apply(
         )
     if render_radvd and radvd_conf and radvd_conf.parent.is_dir():
         text = render_radvd(sorted(change.state.deprecated))
+        with contextlib.suppress(OSError):
+            if radvd_conf.read_text() == text and not (change.changed or countdown):
+                return
         tmp = radvd_conf.with_name(f".{radvd_conf.name}.tmp")
         tmp.write_text(text)
         tmp.replace(radvd_conf)
+    elif not (change.changed or countdown):
+        return
     if radvd_pid:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(radvd_pid.read_text().split()[0])
@@ -179,13 +209,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the lock, so the last one to finish saw the final state.
     lock = os.open(state_dir / ".renumber.lock", os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    prefixes = gateway_prefixes(gw)
+    leases = gateway_leases(gw)
+    prefixes = [lease.prefix for lease in leases]
     change = plan(load(state_dir), prefixes, time.time())
-    journal.debug(f"dhcpcd hook: reason={reason} prefixes={[str(p) for p in prefixes]}")
+    journal.debug(
+        f"dhcpcd hook: reason={reason} leases="
+        + ", ".join(f"{x.prefix} {x.preferred}/{x.valid}s" for x in leases)
+    )
 
     def render(dep: list[IPv6Network]) -> str:
-        return radvd.render(cfg, daemons.radvd(), dep)
+        return radvd.render(cfg, daemons.radvd(), dep, leases)
 
+    up = cfg.uplink
+    countdown = any(
+        radvd.advertised(x, up.ra_preferred_limit, up.ra_valid_limit).decrement for x in leases
+    )
     apply(
         change,
         state_dir,
@@ -193,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.radvd_conf) if args.radvd_conf else None,
         Path(args.radvd_pid) if args.radvd_pid else None,
         gw,
+        countdown,
     )
     return 0
 

@@ -36,11 +36,10 @@ ROUTER4 = IPv4Interface("192.0.2.1/24")
 POOL4 = (IPv4Address("192.0.2.100"), IPv4Address("192.0.2.199"))
 WEB4 = IPv4Address("203.0.113.80")
 PAGE = "hello from an IPv4-only web server\n"
-# Leases: long enough never to expire in a lab run, renewed every RENEW seconds so that a
-# new delegation (renumber) reaches mux within that time — the lab's stand-in for an ISP
-# changing the prefix at the next renewal (kea sends no Reconfigure; dhcpcd 9.4.1 renews
-# DHCPv6 neither on SIGUSR1 nor reliably on `dhcpcd -N` under privsep).
-PREFERRED, VALID = 1800, 3600
+# Leases (lab.pd_*_lifetime) are renewed every RENEW seconds so that a new delegation
+# (renumber) reaches mux within that time — the lab's stand-in for an ISP changing the
+# prefix at the next renewal (kea sends no Reconfigure; dhcpcd 9.4.1 renews DHCPv6 neither
+# on SIGUSR1 nor reliably on `dhcpcd -N` under privsep).
 RENEW, REBIND = 2, 3
 DAEMONS = ("kea6", "upstream-radvd", "udhcpd", "httpd", "upstream-dns")
 
@@ -54,6 +53,8 @@ class Plan:
     delegated: IPv6Network  # the /64 kea hands out
     lan: IPv6Network  # the router's own link prefix (router_address's network)
     mux_ll: IPv6Address  # mux's link-local on the cable: the return route's next hop
+    preferred: int = 7200  # the delegation's lifetimes (lab.pd_*_lifetime)
+    valid: int = 14400
 
     @property
     def dns6(self) -> IPv6Address:
@@ -70,6 +71,8 @@ def plan(host: HostConfig, delegated: IPv6Network | None = None) -> Plan:
         delegated=delegated or lab.prefix,
         lan=lab.router_address.network,
         mux_ll=MUX_LL.ip,
+        preferred=lab.pd_preferred_lifetime,
+        valid=lab.pd_valid_lifetime,
     )
 
 
@@ -99,8 +102,8 @@ def kea_config(p: Plan, run_dir: Path) -> str:
             },
             "lease-database": {"type": "memfile", "persist": False},
             "control-socket": {"socket-type": "unix", "socket-name": str(kea_socket(run_dir))},
-            "preferred-lifetime": PREFERRED,
-            "valid-lifetime": VALID,
+            "preferred-lifetime": p.preferred,
+            "valid-lifetime": p.valid,
             "renew-timer": RENEW,
             "rebind-timer": REBIND,
             "subnet6": [
