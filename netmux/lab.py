@@ -32,7 +32,7 @@ import json
 import shutil
 import subprocess
 import time
-from ipaddress import IPv6Interface
+from ipaddress import IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -369,5 +369,21 @@ def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
             with contextlib.suppress(Exception):
                 down(host, keep_logs=True)
             raise
+        return 0
+    if args.action == "renumber":
+        from . import upstream
+
+        new = None
+        if args.prefix:
+            try:
+                new = IPv6Network(args.prefix)
+            except ValueError:
+                raise UsageError(
+                    f"lab renumber: {args.prefix!r} is not allowed; a /64 with host bits clear, "
+                    "such as 2001:db8:0:2::/64"
+                ) from None
+        p = upstream.flash_renumber(host, daemon_dir(host), new)
+        t = upstream.wait_prefix(host, p.delegated, timeout=3 * upstream.RENEW + 5)
+        print(f"{p.delegated} on {host.mux.netns}/{host.mux.gateway} after {t:.2f}s")
         return 0
     return 1 if down(host, force=args.force) else 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import journal, supervise
 from .config import HostConfig
-from .errors import StateError
+from .errors import StateError, UsageError
 
 ZONE = "isp.test"
 DNS6 = IPv6Interface("2001:db8::53/64")
@@ -312,6 +312,40 @@ def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload"
     else:
         supervise.stop("kea6", run)
         start_kea(host, p, run)
+    return p
+
+
+def delegated(run: Path) -> IPv6Network | None:
+    """The /64 the lab's kea delegates now (its config), None when no kea was set up."""
+    try:
+        pool = json.loads((run / "kea-dhcp6.conf").read_text())["Dhcp6"]["subnet6"][0]
+        first = pool["pd-pools"][0]
+        return IPv6Network(f"{first['prefix']}/{first['prefix-len']}")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def flash_renumber(host: HostConfig, run: Path, new: IPv6Network | None = None) -> Plan:
+    """A rebooted home router: kea restarts without its (in-memory) leases and delegates
+    `new` (default: the /64 after the current one); nothing is released or reconfigured.
+    mux learns it at dhcpcd's next renewal (RENEW s in the lab, T1 on a real link): kea
+    has no binding for the old prefix and answers with the new one."""
+    old = delegated(run)
+    if old is None or supervise.status("kea6", run) is None:
+        raise StateError(f"lab renumber: no lab kea runs in {run}; run `netmux lab up` first")
+    if new is None:
+        new = IPv6Network((int(old.network_address) + (1 << 64), 64))
+    if new.prefixlen != 64 or new == old or new.overlaps(host.lab.router_address.network):
+        raise UsageError(
+            f"lab renumber: {new} is not allowed; a /64 other than the current {old} and "
+            f"the router's own {host.lab.router_address.network}"
+        )
+    p = renumber(host, run, new, mode="restart")
+    journal.info(
+        f"lab: router rebooted, delegating {new} instead of {old} (no release)",
+        netns=p.netns,
+        prefix=str(new),
+    )
     return p
 
 
