@@ -250,7 +250,10 @@ def radvd_up(host: HostConfig) -> supervise.Daemon | None:
 
 def stop_daemons(host: HostConfig) -> None:
     """Stop every daemon recorded in the lab's directory (newest first)."""
+    from . import uplink
+
     run = daemon_dir(host)
+    uplink.stop_dhcpcd(run)  # with its privsep helpers (they share its session)
     records = sorted(run.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for rec in records:
         supervise.stop(rec.stem, run)

@@ -34,6 +34,7 @@ from ipaddress import IPv6Network
 from pathlib import Path
 
 from . import journal
+from .config import HostConfig
 from .render.radvd import INFINITE, Lease
 
 STATE_FILE = "prefixes.json"
@@ -44,12 +45,14 @@ KEEP_DEPRECATED = 7200.0
 class State:
     current: tuple[IPv6Network, ...] = ()
     deprecated: Mapping[IPv6Network, float] = field(default_factory=dict)  # prefix -> until
+    since: Mapping[IPv6Network, float] = field(default_factory=dict)  # current -> first seen
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "current": [str(p) for p in self.current],
                 "deprecated": {str(p): t for p, t in self.deprecated.items()},
+                "since": {str(p): t for p, t in self.since.items()},
             },
             indent=1,
         )
@@ -60,9 +63,10 @@ class State:
             raw = json.loads(text)
             cur = tuple(IPv6Network(p) for p in raw.get("current", []))
             dep = {IPv6Network(p): float(t) for p, t in raw.get("deprecated", {}).items()}
+            since = {IPv6Network(p): float(t) for p, t in raw.get("since", {}).items()}
         except (ValueError, TypeError, AttributeError):
             return cls()
-        return cls(cur, dep)
+        return cls(cur, dep, since)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,79 @@ def plan(old: State, now_prefixes: Sequence[IPv6Network], now: float) -> Change:
     dep = {p: t for p, t in old.deprecated.items() if t > now and p not in cur}
     for p in removed:
         dep[p] = now + KEEP_DEPRECATED
-    return Change(State(cur, dep), added, removed)
+    since = {p: old.since.get(p, now) for p in cur}
+    return Change(State(cur, dep, since), added, removed)
+
+
+def renumbered(change: Change) -> bool:
+    """A new prefix replaced an old one, whichever of the two dhcpcd reported first. Pure."""
+    st = change.state
+    return bool(change.added and (change.removed or st.deprecated)) or bool(
+        change.removed and st.current
+    )
+
+
+def summary(state: State, leases: Sequence[Lease], now: float) -> dict[str, object]:
+    """The prefixes for `netmux status` and the metrics: current ones with their remaining
+    lease lifetimes and age, previous ones with when they were deprecated. Pure."""
+    remaining = {x.prefix: x for x in leases}
+    current = []
+    for p in state.current:
+        lease = remaining.get(p)
+        forever = lease is None or lease.valid >= INFINITE
+        current.append(
+            {
+                "prefix": str(p),
+                "preferred_seconds": None if forever or lease is None else lease.preferred,
+                "valid_seconds": None if forever or lease is None else lease.valid,
+                "since": state.since.get(p),
+                "age_seconds": round(now - state.since[p], 1) if p in state.since else None,
+            }
+        )
+    previous = [
+        {"prefix": str(p), "deprecated_at": until - KEEP_DEPRECATED, "advertised_until": until}
+        for p, until in sorted(state.deprecated.items(), key=lambda kv: -kv[1])
+    ]
+    return {"current": current, "previous": previous}
+
+
+def prefix_text(rep: Mapping[str, object]) -> str:
+    """`summary` for people. Pure."""
+    lines = []
+    cur = rep.get("current") or []
+    prev = rep.get("previous") or []
+    assert isinstance(cur, list) and isinstance(prev, list)
+    for c in cur:
+        life = (
+            f"preferred {c['preferred_seconds']}s, valid {c['valid_seconds']}s left"
+            if c.get("valid_seconds") is not None
+            else "static"
+        )
+        age = f", since {_when(c['since'])}" if c.get("since") else ""
+        lines.append(f"prefix {c['prefix']}: {life}{age}")
+    for p in prev:
+        lines.append(
+            f"previous {p['prefix']}: deprecated {_when(p['deprecated_at'])}, advertised "
+            f"until {_when(p['advertised_until'])}"
+        )
+    if not cur:
+        lines.append("prefix: none delegated")
+    return "\n".join(lines) + "\n"
+
+
+def _when(t: object) -> str:
+    assert isinstance(t, int | float)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def prefix_report(cfg: HostConfig) -> dict[str, object]:
+    """`summary` for this host: the hook's state (the run directory, or the lab's) and
+    the gateway's remaining lifetimes."""
+    dirs = [cfg.paths.run_dir, cfg.paths.run_dir / "lab"]
+    found = [d for d in dirs if state_path(d).exists()]
+    newest = max(found, key=lambda d: state_path(d).stat().st_mtime) if found else dirs[0]
+    leases = current_leases(cfg.mux.gateway, cfg.mux.netns)
+    return summary(load(newest), leases, time.time())
 
 
 def state_path(state_dir: Path) -> Path:
@@ -166,6 +242,15 @@ def apply(
             f"prefix {p} left {gateway}: advertised deprecated for {KEEP_DEPRECATED:.0f}s",
             journal.PREFIX_CHANGED,
             prefix=p,
+            ifname=gateway,
+        )
+    if renumbered(change):  # one event per renumbering, old -> new
+        old = change.removed or tuple(change.state.deprecated)
+        new = change.added or change.state.current
+        journal.info(
+            f"renumbered: {', '.join(map(str, old))} -> {', '.join(map(str, new))} on {gateway}",
+            journal.RENUMBERED,
+            prefix=new[0],
             ifname=gateway,
         )
     if render_radvd and radvd_conf and radvd_conf.parent.is_dir():

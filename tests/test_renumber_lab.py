@@ -140,6 +140,17 @@ def test_flash_renumbering_readdresses_a_running_workload(longlab: HostConfig, u
     assert supervise.status("kea6", run) is not None
     log = (run / "dhcpcd.log").read_text()
     assert f"prefix {old} left {host.mux.gateway}" in log
+    assert f"renumbered: {old} -> {new} on {host.mux.gateway}" in log  # one event
+    assert log.count("renumbered: ") == 1
+    # `netmux status` shows the new prefix with its lifetimes, and the old one deprecated
+    st = subprocess.run([*cli[:-2], "status", "--json"], capture_output=True, text=True)
+    assert st.returncode == 0, st.stderr
+    pre = json.loads(st.stdout)["prefixes"]
+    assert [c["prefix"] for c in pre["current"]] == [str(new)]
+    assert 0 < pre["current"][0]["valid_seconds"] <= 14400
+    assert [p["prefix"] for p in pre["previous"]] == [str(old)]
+    text = subprocess.run([*cli[:-2], "status"], capture_output=True, text=True).stdout
+    assert f"prefix {new}: preferred " in text and f"previous {old}: deprecated " in text
     # a prefix that is not a /64, or the current one: one line, exit 2
     r = subprocess.run([*cli, str(new)], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
