@@ -267,6 +267,28 @@ class PhonebookConfig:
     user_connections: int = check(_positive, 64)
 
 
+def _domain_or_empty(v: str) -> str | None:
+    return _domain(v) if v else None
+
+
+@dataclass(frozen=True)
+class DelegationConfig:
+    """The public delegation of HOSTNAME.DOMAIN: NS and glue in the parent zone, kept on
+    the DNS workload's global address by RFC 2136 updates signed with TSIG (delegation.py)."""
+
+    # The parent zone's primary server, where updates go ("" = no delegation updates).
+    server: str = check(_ip_address, "")
+    # Port of the parent's server.
+    port: int = check(_port_number, 53)
+    # The parent zone ("" = dns.domain): it must contain HOSTNAME.DOMAIN.
+    zone: str = check(_domain_or_empty, "")
+    # The TSIG key the parent accepts updates with (a Knot `key:` file: id, algorithm,
+    # secret; `tsig-keygen` output converts line for line).
+    tsig_key: Path = check(_absolute, Path("/etc/netmux/delegation.key"))
+    # TTL of the NS and glue records in the parent.
+    ttl: int = check(_positive, 300)
+
+
 def _prefix64(v: IPv6Network) -> str | None:
     return None if v.prefixlen == 64 else "a /64 prefix such as 2001:db8:0:1::/64"
 
@@ -369,6 +391,7 @@ class HostConfig:
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
+    delegation: DelegationConfig = field(default_factory=DelegationConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     deny: DenyConfig = field(default_factory=DenyConfig)
     ipmux: IpmuxConfig = field(default_factory=IpmuxConfig)
