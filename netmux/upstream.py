@@ -41,7 +41,10 @@ PAGE = "hello from an IPv4-only web server\n"
 # prefix at the next renewal (kea sends no Reconfigure; dhcpcd 9.4.1 renews DHCPv6 neither
 # on SIGUSR1 nor reliably on `dhcpcd -N` under privsep).
 RENEW, REBIND = 2, 3
-DAEMONS = ("kea6", "upstream-radvd", "udhcpd", "httpd", "upstream-dns")
+DAEMONS = ("kea6", "upstream-radvd", "udhcpd", "httpd", "upstream-dns", "public-dns")
+# The lab's "public DNS": Knot serving dns.domain as the parent zone, accepting delegation
+# updates (netmux.delegation) with the key in RUN/public-dns/delegation.key.
+PUBLIC_DNS = IPv6Interface("2001:db8::54/64")
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,14 @@ def udhcpd_config(p: Plan, run_dir: Path) -> str:
     )
 
 
-def dns_config(p: Plan, run_dir: Path) -> str:
-    """unbound answering the test zone from local data (the upstream's DNS)."""
+def dns_config(p: Plan, run_dir: Path, parent: str | None = None) -> str:
+    """unbound answering the test zone from local data (the upstream's DNS) and resolving
+    `parent` (the lab's public DNS zone) and everything delegated from it."""
     z = ZONE
+    stub = (
+        f'  local-zone: "{parent}." nodefault\n  domain-insecure: "{parent}."\n' if parent else ""
+    )
+    tail = f'stub-zone:\n  name: "{parent}."\n  stub-addr: {PUBLIC_DNS.ip}\n' if parent else ""
     return (
         "server:\n"
         f"  interface: {p.dns6}\n  interface: {ROUTER4.ip}\n"
@@ -188,7 +196,9 @@ def dns_config(p: Plan, run_dir: Path) -> str:
         f'  local-data: "v4only.{z}. 60 IN A {WEB4}"\n'
         f'  local-data: "router.{z}. 60 IN AAAA {p.lan.network_address + 1}"\n'
         f'  local-data: "router.{z}. 60 IN A {ROUTER4.ip}"\n'
-        "remote-control:\n  control-enable: no\n"
+        + stub
+        + "remote-control:\n  control-enable: no\n"
+        + tail
     )
 
 
@@ -280,8 +290,9 @@ def up(host: HostConfig, run: Path) -> Plan:
         supervise.start(
             "httpd", ["busybox", "httpd", "-f", "-p", f"{WEB4}:80", "-h", str(www)], p.netns, run
         )
+    parent = public_dns_up(host, p, run)
     dconf = run / "upstream-dns.conf"
-    if _write(dconf, dns_config(p, run)):
+    if _write(dconf, dns_config(p, run, parent)):
         supervise.stop("upstream-dns", run)
     supervise.start("upstream-dns", ["unbound", "-d", "-c", str(dconf)], p.netns, run)
     journal.info(
@@ -290,6 +301,39 @@ def up(host: HostConfig, run: Path) -> Plan:
         prefix=str(p.delegated),
     )
     return p
+
+
+def public_dns_key(run: Path) -> Path:
+    return run / "public-dns" / "delegation.key"
+
+
+def public_dns_up(host: HostConfig, p: Plan, run: Path) -> str | None:
+    """Knot in the router namespace (the lab's internet) serving dns.domain as the parent
+    of the host zone; returns that zone, or None without knotd."""
+    if not shutil.which("knotd"):
+        return None
+    import secrets
+
+    from . import delegation
+    from .phonebook.sinks import TsigKey, render_tsig_key
+
+    zone = delegation.parent_zone(host)
+    d = run / "public-dns"
+    for sub in ("zones", "db", "run"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    key = public_dns_key(run)
+    if not key.exists():
+        key.write_text(render_tsig_key(TsigKey(delegation.KEY_NAME, "hmac-sha256",
+                                               secrets.token_bytes(32))))  # fmt: skip
+        key.chmod(0o600)
+    _ip(p.netns, "-6", "addr", "replace", str(PUBLIC_DNS), "dev", p.link, "nodad")
+    conf = d / "knot.conf"
+    text = delegation.parent_knot_conf(zone, str(d), [f"{PUBLIC_DNS.ip}@53"], str(key))
+    if _write(conf, text):
+        supervise.stop("public-dns", run)
+    _write(d / "zones" / f"{zone}.zone", delegation.parent_zone_file(zone, str(PUBLIC_DNS.ip)))
+    supervise.start("public-dns", ["knotd", "-c", str(conf)], p.netns, run)
+    return zone
 
 
 def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload") -> Plan:
@@ -500,5 +544,5 @@ def lab_down(host: HostConfig, run: Path) -> None:
     uplink.stop_dhcpcd(run)
     for name in DAEMONS:
         supervise.stop(name, run)
-    for sub in ("dhcpcd-run", "dhcpcd-state", "resolver", "tayga-data", "www"):
+    for sub in ("dhcpcd-run", "dhcpcd-state", "resolver", "tayga-data", "www", "public-dns"):
         shutil.rmtree(run / sub, ignore_errors=True)

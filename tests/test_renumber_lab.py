@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, lab, supervise, workload
+from netmux import config, lab, supervise, upstream, workload
 from netmux.config import HostConfig
 from tests.conftest import RUN
 
@@ -27,14 +27,14 @@ pytestmark = [
 Up = Callable[[HostConfig, str], str]
 
 
-def lab_config(tmp: Path, tag: str, lab_extra: str = "") -> HostConfig:
+def lab_config(tmp: Path, tag: str, lab_extra: str = "", extra: str = "") -> HostConfig:
     path = tmp / "netmux.toml"
     path.write_text(
         f'[mux]\nnetns = "{RUN}{tag}mx"\nuplinks = ["{RUN}{tag}u*"]\n'
         f'[lab]\nrouter_netns = "{RUN}{tag}rt"\nuplink = "{RUN}{tag}u0"\n{lab_extra}'
         "[nat64]\nenabled = false\n"
         f'[paths]\nstate_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\n'
-        f'workloads_dir = "{tmp}/workloads"\n'
+        f'workloads_dir = "{tmp}/workloads"\n' + extra
     )
     return config.load_host(path)
 
@@ -185,3 +185,81 @@ def test_a_short_lease_is_advertised_as_it_remains_and_expires_with_an_unreachab
         wait_for("the workload's address to expire", lambda: not addrs(w, "eth0", p), 12 + 10)
         gw = host.mux.gateway
         wait_for("gw0's lease to expire", lambda: not addrs(host.mux.netns, gw, p), 5)
+
+
+def dig_short(netns: str, server: str, qname: str) -> list[str]:
+    r = subprocess.run(["ip", "netns", "exec", netns, "dig", "+short", "+time=1", "+tries=2",
+                        f"@{server}", qname, "AAAA"], capture_output=True, text=True)  # fmt: skip
+    return r.stdout.split()
+
+
+@pytest.mark.requires("knotd", "dig")
+def test_the_internet_resolves_through_a_delegation_that_follows_a_flash_renumbering(
+    tmp_path: Path, up: Up, procs: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """The lab's public DNS (Knot, parent of the host zone) gets NS + glue from the
+    delegation sink; the internet's resolver finds www.HOST.DOMAIN on the DNS workload's
+    Knot through it, before and after the router hands out another prefix. (phonebookd
+    feeds the sink the DNS workload's records; here the test does, from its address.)"""
+    import asyncio
+
+    from netmux import delegation, nsutil
+    from netmux.phonebook import knot
+    from netmux.phonebook.records import Record, Zones
+
+    key = tmp_path / "run" / "lab" / "public-dns" / "delegation.key"
+    extra = (
+        '[dns]\nhostname = "box"\ndomain = "home.arpa"\nttl = 1\n'
+        f'[delegation]\nserver = "{upstream.PUBLIC_DNS.ip}"\ntsig_key = "{key}"\nttl = 1\n'
+    )
+    with running_lab(lab_config(tmp_path, "d", extra=extra)) as host:
+        rt, resolver = host.lab.router_netns, str(upstream.DNS6.ip)
+        dns = f"{RUN}dns"
+        assert workload.up(host, config.workload_from(dns, {"ports": ["udp/53", "tcp/53"]}),
+                           exec_cmd=False) == 0  # fmt: skip
+        try:
+            zones = Zones.from_config(host)
+            kdir = tmp_path / "child"
+            knot.write_all(zones, kdir, ["::"], 53)
+            zfile = kdir / "zones" / f"{zones.public}.zone"
+            zfile.write_text(zfile.read_text() + "www AAAA 2001:db8:0:99::80\n")
+            log = (tmp_path / "child.log").open("wb")
+            procs(["ip", "netns", "exec", dns, "knotd", "-c", str(kdir / "knot.conf")],
+                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            sink = delegation.make_sink(host)
+            assert sink is not None
+            loop = asyncio.new_event_loop()  # one loop for the sink's whole life
+
+            def publish(prefix: IPv6Network) -> str:
+                (a,) = wait_for("the DNS workload's address", lambda: [
+                    x for x in addrs(dns, "eth0", prefix) if x.get("preferred_life_time")], 10)  # type: ignore[misc]  # fmt: skip
+                address = str(a["local"])
+
+                async def push() -> None:
+                    sink.update([Record(zones.ns, "AAAA", address, 1)])
+                    await asyncio.wait_for(sink.flush(), 20)
+
+                nsutil.run_in_netns(rt, lambda: loop.run_until_complete(push()))
+                return address
+
+            old = publish(host.lab.prefix)
+            www = f"www.{zones.public}"
+            wait_for("www through the delegation", lambda: dig_short(rt, resolver, www), 20)
+            assert dig_short(rt, resolver, www) == ["2001:db8:0:99::80"]
+            p = upstream.flash_renumber(host, lab.daemon_dir(host))
+            new = publish(p.delegated)
+            assert new != old and IPv6Address(new) in p.delegated
+            # the old address stops working (as at the end of its valid lifetime): only
+            # the new glue leads to the child now
+            subprocess.run(["ip", "-n", dns, "addr", "del", f"{old}/64", "dev", "eth0"],
+                           check=True)  # fmt: skip
+            glue = subprocess.run(
+                ["ip", "netns", "exec", rt, "dig", "+norec", f"@{upstream.PUBLIC_DNS.ip}",
+                 zones.ns, "AAAA"], capture_output=True, text=True).stdout  # fmt: skip
+            assert new in glue and old not in glue, glue
+            wait_for("www through the new glue", lambda: dig_short(rt, resolver, www), 20)
+            assert dig_short(rt, resolver, www) == ["2001:db8:0:99::80"]
+            nsutil.run_in_netns(rt, lambda: loop.run_until_complete(sink.close()))
+            loop.close()
+        finally:
+            workload.down(host, dns)
