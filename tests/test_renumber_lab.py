@@ -268,3 +268,31 @@ def test_the_internet_resolves_through_a_delegation_that_follows_a_flash_renumbe
             loop.close()
         finally:
             workload.down(host, dns)
+
+
+@pytest.mark.requires("knotd", "dig", "dbus-daemon")
+def test_an_unreachable_router_withdraws_the_prefix_from_dns(
+    tmp_path: Path, up: Up, netns: Callable[[str], str]
+) -> None:
+    """A lab workload published by a real phonebookd (Knot via RFC 2136): when the router
+    stops answering, the short lease runs out, the workload's address is deprecated and
+    expires with it, and its AAAA record goes."""
+    from netmux.phonebook import client
+    from tests.phonebookfix import PUBLIC, Stack
+
+    extra = "pd_preferred_lifetime = 8\npd_valid_lifetime = 12\n"
+    with running_lab(lab_config(tmp_path, "u", extra)) as host:
+        w = up(host, "pb")
+        p = host.lab.prefix
+        (a,) = wait_for("an address in the lab's prefix", lambda: addrs(w, "eth0", p), 5)  # type: ignore[misc]
+        stack = Stack(netns("dns"))
+        try:
+            pub = client.publish("web", "eth0", w, (), address=stack.bus)
+            assert pub is not None, stack.log()
+            stack.wait_dig(f"web.{PUBLIC}", lambda ans: str(a["local"]) in ans.split(), timeout=10)
+            supervise.stop("kea6", lab.daemon_dir(host))  # the router stops answering
+            stack.wait_dig(f"web.{PUBLIC}", lambda ans: ans == "", timeout=12 + 10)
+            wait_for("the workload's address to expire", lambda: not addrs(w, "eth0", p), 12 + 10)
+            client.close(pub)
+        finally:
+            stack.close()
