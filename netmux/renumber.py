@@ -204,13 +204,13 @@ def gateway_leases(gateway: str, netns: str | None = None) -> list[Lease]:
 
 
 def current_leases(gateway: str, netns: str) -> list[Lease]:
-    """The gateway's leases from wherever this runs: inside mux (netmux-radvd's
-    ExecStartPre has no CAP_SYS_ADMIN to enter it) or outside, through /run/netns."""
-    here = subprocess.run(["ip", "link", "show", "dev", gateway], capture_output=True)
-    if here.returncode == 0:
-        return gateway_leases(gateway)
-    if Path("/run/netns", netns).exists():
-        return gateway_leases(gateway, netns)
+    """The gateway's leases from wherever this runs: through /run/netns, or from inside
+    mux where entering it is not allowed (netmux-radvd's ExecStartPre has no
+    CAP_SYS_ADMIN) but the unit already runs there."""
+    for ns in (netns, None):
+        argv = ["ip", *(["-n", ns] if ns else []), "link", "show", "dev", gateway]
+        if subprocess.run(argv, capture_output=True).returncode == 0:
+            return gateway_leases(gateway, ns)
     return []
 
 
