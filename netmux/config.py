@@ -273,8 +273,11 @@ def _domain_or_empty(v: str) -> str | None:
 
 @dataclass(frozen=True)
 class DelegationConfig:
-    """The public delegation of HOSTNAME.DOMAIN: NS and glue in the parent zone, kept on
-    the DNS workload's global address by RFC 2136 updates signed with TSIG (delegation.py)."""
+    """NS + glue for HOSTNAME.DOMAIN in the parent zone, following the DNS workload.
+
+    RFC 2136 updates signed with TSIG keep the glue on the DNS workload's global address
+    across renumberings (delegation.py, docs/renumbering.md).
+    """
 
     # The parent zone's primary server, where updates go ("" = no delegation updates).
     server: str = check(_ip_address, "")
