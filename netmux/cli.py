@@ -182,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(
         sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"
     )
-    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("action", choices=["up", "down", "renumber"])
+    p.add_argument(
+        "prefix", nargs="?", help="renumber: the /64 to delegate instead (default: the next one)"
+    )
     p.add_argument(
         "--force", action="store_true", help="down: take every workload down, then mux too"
     )

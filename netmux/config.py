@@ -202,6 +202,10 @@ class ResolverConfig:
     forwarders: tuple[IPv6Address, ...] = ()
 
 
+def _ra_lifetime(v: int) -> str | None:
+    return None if 1 <= v <= 0xFFFFFFFE else "seconds, 1 to 4294967294 (such as 2700)"
+
+
 @dataclass(frozen=True)
 class UplinkConfig:
     """dhcpcd on the uplinks in mux: DHCPv6-PD onto the gateway (render/dhcpcd.py)."""
@@ -213,6 +217,13 @@ class UplinkConfig:
     dhcpv4: Literal["auto", "on", "off"] = "auto"
     # dhcpcd's `script`: "" = the netmux hook written next to the rendered dhcpcd.conf.
     hook: str = ""
+    # The delegated prefix is advertised on the gateway with its remaining lease lifetimes,
+    # capped at these (RFC 9096 ND_PREFERRED_LIMIT / ND_VALID_LIMIT, in seconds): after a
+    # renumbering nobody announced, workloads stop preferring the dead prefix within
+    # `ra_preferred_limit`. A preferred limit above the valid one is cut to it.
+    ra_preferred_limit: int = check(_ra_lifetime, 2700)
+    # The cap on the advertised valid lifetime (seconds; RFC 9096 ND_VALID_LIMIT).
+    ra_valid_limit: int = check(_ra_lifetime, 5400)
 
 
 def _ip_address(v: str) -> str | None:
@@ -256,6 +267,31 @@ class PhonebookConfig:
     user_connections: int = check(_positive, 64)
 
 
+def _domain_or_empty(v: str) -> str | None:
+    return _domain(v) if v else None
+
+
+@dataclass(frozen=True)
+class DelegationConfig:
+    """NS + glue for HOSTNAME.DOMAIN in the parent zone, following the DNS workload.
+
+    RFC 2136 updates signed with TSIG keep the glue on the DNS workload's global address
+    across renumberings (delegation.py, docs/renumbering.md).
+    """
+
+    # The parent zone's primary server, where updates go ("" = no delegation updates).
+    server: str = check(_ip_address, "")
+    # Port of the parent's server.
+    port: int = check(_port_number, 53)
+    # The parent zone ("" = dns.domain): it must contain HOSTNAME.DOMAIN.
+    zone: str = check(_domain_or_empty, "")
+    # The TSIG key the parent accepts updates with (a Knot `key:` file: id, algorithm,
+    # secret; `tsig-keygen` output converts line for line).
+    tsig_key: Path = check(_absolute, Path("/etc/netmux/delegation.key"))
+    # TTL of the NS and glue records in the parent.
+    ttl: int = check(_positive, 300)
+
+
 def _prefix64(v: IPv6Network) -> str | None:
     return None if v.prefixlen == 64 else "a /64 prefix such as 2001:db8:0:1::/64"
 
@@ -276,6 +312,11 @@ class LabConfig:
     router_address: IPv6Interface = IPv6Interface("2001:db8::1/64")
     # The /64 put on mux's gateway and advertised (static until DHCPv6-PD arrives).
     prefix: IPv6Network = check(_prefix64, IPv6Network("2001:db8:0:1::/64"))
+    # The preferred lifetime kea gives the delegation (seconds); above the
+    # uplink.ra_preferred_limit cap by default, shorter to test lease-bound lifetimes.
+    pd_preferred_lifetime: int = check(_positive, 7200)
+    # The valid lifetime kea gives the delegation (seconds).
+    pd_valid_lifetime: int = check(_positive, 14400)
 
 
 def _prefix_length(v: int) -> str | None:
@@ -353,6 +394,7 @@ class HostConfig:
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
+    delegation: DelegationConfig = field(default_factory=DelegationConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     deny: DenyConfig = field(default_factory=DenyConfig)
     ipmux: IpmuxConfig = field(default_factory=IpmuxConfig)

@@ -32,7 +32,7 @@ import json
 import shutil
 import subprocess
 import time
-from ipaddress import IPv6Interface
+from ipaddress import IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,14 @@ def radvd_up(host: HostConfig) -> supervise.Daemon | None:
         return None
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "radvd.conf"
-    text = radvd_render.render(host)
+    from . import daemons, renumber
+
+    text = radvd_render.render(
+        host,
+        daemons.radvd(),
+        renumber.deprecated_prefixes(run),
+        renumber.gateway_leases(host.mux.gateway, host.mux.netns),
+    )
     if not conf.exists() or conf.read_text() != text:
         supervise.stop("radvd", run)
         conf.write_text(text)
@@ -243,7 +250,10 @@ def radvd_up(host: HostConfig) -> supervise.Daemon | None:
 
 def stop_daemons(host: HostConfig) -> None:
     """Stop every daemon recorded in the lab's directory (newest first)."""
+    from . import uplink
+
     run = daemon_dir(host)
+    uplink.stop_dhcpcd(run)  # with its privsep helpers (they share its session)
     records = sorted(run.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for rec in records:
         supervise.stop(rec.stem, run)
@@ -264,13 +274,14 @@ def up(host: HostConfig) -> None:
     router_up(host)
     cable_up(host)
     router_routes(host)
-    radvd_up(host)
     from . import upstream
 
-    if upstream.available():  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
+    pd = upstream.available()
+    if not pd:
+        assign_prefix(host)  # before radvd: it advertises the prefixes gw0 has when started
+    radvd_up(host)
+    if pd:  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
         upstream.lab_up(host, daemon_dir(host))
-    else:
-        assign_prefix(host)
     journal.info(
         f"lab is up in {time.monotonic() - t0:.2f}s: router {host.lab.router_netns} "
         f"({host.lab.router_address.ip}), prefix {host.lab.prefix} on "
@@ -361,5 +372,21 @@ def cmd_lab(args: argparse.Namespace, host: HostConfig) -> int:
             with contextlib.suppress(Exception):
                 down(host, keep_logs=True)
             raise
+        return 0
+    if args.action == "renumber":
+        from . import upstream
+
+        new = None
+        if args.prefix:
+            try:
+                new = IPv6Network(args.prefix)
+            except ValueError:
+                raise UsageError(
+                    f"lab renumber: {args.prefix!r} is not allowed; a /64 with host bits clear, "
+                    "such as 2001:db8:0:2::/64"
+                ) from None
+        p = upstream.flash_renumber(host, daemon_dir(host), new)
+        t = upstream.wait_prefix(host, p.delegated, timeout=3 * upstream.RENEW + 5)
+        print(f"{p.delegated} on {host.mux.netns}/{host.mux.gateway} after {t:.2f}s")
         return 0
     return 1 if down(host, force=args.force) else 0

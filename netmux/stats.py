@@ -106,7 +106,10 @@ def report(host: HostConfig, interval: float = 1.0) -> dict[str, Any]:
             row.update(rates(first[name], b))
         row["ports"] = firewall.port_counters(name)
         rows.append(row)
-    return {"workloads": rows, "denylist": denylist_info(host)}
+    from . import renumber
+
+    prefixes = renumber.prefix_report(host)
+    return {"workloads": rows, "denylist": denylist_info(host), "prefixes": prefixes}
 
 
 def prometheus(rep: dict[str, Any]) -> str:
@@ -132,6 +135,23 @@ def prometheus(rep: dict[str, Any]) -> str:
             "# TYPE netmux_auto_denial_packets_total counter",
             f"netmux_auto_denial_packets_total {d['auto_denial_packets']}",
         ]
+    pre = rep.get("prefixes") or {}
+    cur, prev = pre.get("current", []), pre.get("previous", [])
+    if cur or prev:
+        lines.append("# TYPE netmux_prefix_info gauge")
+        lines += [f'netmux_prefix_info{{prefix="{c["prefix"]}"}} 1' for c in cur]
+        for key, metric in (
+            ("age_seconds", "netmux_prefix_age_seconds"),
+            ("preferred_seconds", "netmux_prefix_preferred_seconds"),
+            ("valid_seconds", "netmux_prefix_valid_seconds"),
+        ):
+            lines.append(f"# TYPE {metric} gauge")
+            lines += [
+                f'{metric}{{prefix="{c["prefix"]}"}} {c[key]}' for c in cur if c[key] is not None
+            ]
+        metric = "netmux_prefix_deprecated_timestamp_seconds"
+        lines.append(f"# TYPE {metric} gauge")
+        lines += [f'{metric}{{prefix="{p["prefix"]}"}} {p["deprecated_at"]}' for p in prev]
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,7 @@ def start_dhcpcd(
         str(run),
         str(radvd_conf) if radvd_conf else None,
         str(radvd_pid) if radvd_pid else None,
+        (host.uplink.ra_preferred_limit, host.uplink.ra_valid_limit),
     )
     hook.write_text(hook_text)
     hook.chmod(0o755)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import journal, supervise
 from .config import HostConfig
-from .errors import StateError
+from .errors import StateError, UsageError
 
 ZONE = "isp.test"
 DNS6 = IPv6Interface("2001:db8::53/64")
@@ -36,13 +36,15 @@ ROUTER4 = IPv4Interface("192.0.2.1/24")
 POOL4 = (IPv4Address("192.0.2.100"), IPv4Address("192.0.2.199"))
 WEB4 = IPv4Address("203.0.113.80")
 PAGE = "hello from an IPv4-only web server\n"
-# Leases: long enough never to expire in a lab run, renewed every RENEW seconds so that a
-# new delegation (renumber) reaches mux within that time — the lab's stand-in for an ISP
-# changing the prefix at the next renewal (kea sends no Reconfigure; dhcpcd 9.4.1 renews
-# DHCPv6 neither on SIGUSR1 nor reliably on `dhcpcd -N` under privsep).
-PREFERRED, VALID = 1800, 3600
+# Leases (lab.pd_*_lifetime) are renewed every RENEW seconds so that a new delegation
+# (renumber) reaches mux within that time — the lab's stand-in for an ISP changing the
+# prefix at the next renewal (kea sends no Reconfigure; dhcpcd 9.4.1 renews DHCPv6 neither
+# on SIGUSR1 nor reliably on `dhcpcd -N` under privsep).
 RENEW, REBIND = 2, 3
-DAEMONS = ("kea6", "upstream-radvd", "udhcpd", "httpd", "upstream-dns")
+DAEMONS = ("kea6", "upstream-radvd", "udhcpd", "httpd", "upstream-dns", "public-dns")
+# The lab's "public DNS": Knot serving dns.domain as the parent zone, accepting delegation
+# updates (netmux.delegation) with the key in RUN/public-dns/delegation.key.
+PUBLIC_DNS = IPv6Interface("2001:db8::54/64")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Plan:
     delegated: IPv6Network  # the /64 kea hands out
     lan: IPv6Network  # the router's own link prefix (router_address's network)
     mux_ll: IPv6Address  # mux's link-local on the cable: the return route's next hop
+    preferred: int = 7200  # the delegation's lifetimes (lab.pd_*_lifetime)
+    valid: int = 14400
 
     @property
     def dns6(self) -> IPv6Address:
@@ -70,6 +74,8 @@ def plan(host: HostConfig, delegated: IPv6Network | None = None) -> Plan:
         delegated=delegated or lab.prefix,
         lan=lab.router_address.network,
         mux_ll=MUX_LL.ip,
+        preferred=lab.pd_preferred_lifetime,
+        valid=lab.pd_valid_lifetime,
     )
 
 
@@ -99,8 +105,8 @@ def kea_config(p: Plan, run_dir: Path) -> str:
             },
             "lease-database": {"type": "memfile", "persist": False},
             "control-socket": {"socket-type": "unix", "socket-name": str(kea_socket(run_dir))},
-            "preferred-lifetime": PREFERRED,
-            "valid-lifetime": VALID,
+            "preferred-lifetime": p.preferred,
+            "valid-lifetime": p.valid,
             "renew-timer": RENEW,
             "rebind-timer": REBIND,
             "subnet6": [
@@ -168,9 +174,14 @@ def udhcpd_config(p: Plan, run_dir: Path) -> str:
     )
 
 
-def dns_config(p: Plan, run_dir: Path) -> str:
-    """unbound answering the test zone from local data (the upstream's DNS)."""
+def dns_config(p: Plan, run_dir: Path, parent: str | None = None) -> str:
+    """unbound answering the test zone from local data (the upstream's DNS) and resolving
+    `parent` (the lab's public DNS zone) and everything delegated from it."""
     z = ZONE
+    stub = (
+        f'  local-zone: "{parent}." nodefault\n  domain-insecure: "{parent}."\n' if parent else ""
+    )
+    tail = f'stub-zone:\n  name: "{parent}."\n  stub-addr: {PUBLIC_DNS.ip}\n' if parent else ""
     return (
         "server:\n"
         f"  interface: {p.dns6}\n  interface: {ROUTER4.ip}\n"
@@ -185,7 +196,9 @@ def dns_config(p: Plan, run_dir: Path) -> str:
         f'  local-data: "v4only.{z}. 60 IN A {WEB4}"\n'
         f'  local-data: "router.{z}. 60 IN AAAA {p.lan.network_address + 1}"\n'
         f'  local-data: "router.{z}. 60 IN A {ROUTER4.ip}"\n'
-        "remote-control:\n  control-enable: no\n"
+        + stub
+        + "remote-control:\n  control-enable: no\n"
+        + tail
     )
 
 
@@ -277,8 +290,9 @@ def up(host: HostConfig, run: Path) -> Plan:
         supervise.start(
             "httpd", ["busybox", "httpd", "-f", "-p", f"{WEB4}:80", "-h", str(www)], p.netns, run
         )
+    parent = public_dns_up(host, p, run)
     dconf = run / "upstream-dns.conf"
-    if _write(dconf, dns_config(p, run)):
+    if _write(dconf, dns_config(p, run, parent)):
         supervise.stop("upstream-dns", run)
     supervise.start("upstream-dns", ["unbound", "-d", "-c", str(dconf)], p.netns, run)
     journal.info(
@@ -287,6 +301,39 @@ def up(host: HostConfig, run: Path) -> Plan:
         prefix=str(p.delegated),
     )
     return p
+
+
+def public_dns_key(run: Path) -> Path:
+    return run / "public-dns" / "delegation.key"
+
+
+def public_dns_up(host: HostConfig, p: Plan, run: Path) -> str | None:
+    """Knot in the router namespace (the lab's internet) serving dns.domain as the parent
+    of the host zone; returns that zone, or None without knotd."""
+    if not shutil.which("knotd"):
+        return None
+    import secrets
+
+    from . import delegation
+    from .phonebook.sinks import TsigKey, render_tsig_key
+
+    zone = delegation.parent_zone(host)
+    d = run / "public-dns"
+    for sub in ("zones", "db", "run"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    key = public_dns_key(run)
+    if not key.exists():
+        key.write_text(render_tsig_key(TsigKey(delegation.KEY_NAME, "hmac-sha256",
+                                               secrets.token_bytes(32))))  # fmt: skip
+        key.chmod(0o600)
+    _ip(p.netns, "-6", "addr", "replace", str(PUBLIC_DNS), "dev", p.link, "nodad")
+    conf = d / "knot.conf"
+    text = delegation.parent_knot_conf(zone, str(d), [f"{PUBLIC_DNS.ip}@53"], str(key))
+    if _write(conf, text):
+        supervise.stop("public-dns", run)
+    _write(d / "zones" / f"{zone}.zone", delegation.parent_zone_file(zone, str(PUBLIC_DNS.ip)))
+    supervise.start("public-dns", ["knotd", "-c", str(conf)], p.netns, run)
+    return zone
 
 
 def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload") -> Plan:
@@ -309,6 +356,40 @@ def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload"
     else:
         supervise.stop("kea6", run)
         start_kea(host, p, run)
+    return p
+
+
+def delegated(run: Path) -> IPv6Network | None:
+    """The /64 the lab's kea delegates now (its config), None when no kea was set up."""
+    try:
+        pool = json.loads((run / "kea-dhcp6.conf").read_text())["Dhcp6"]["subnet6"][0]
+        first = pool["pd-pools"][0]
+        return IPv6Network(f"{first['prefix']}/{first['prefix-len']}")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def flash_renumber(host: HostConfig, run: Path, new: IPv6Network | None = None) -> Plan:
+    """A rebooted home router: kea restarts without its (in-memory) leases and delegates
+    `new` (default: the /64 after the current one); nothing is released or reconfigured.
+    mux learns it at dhcpcd's next renewal (RENEW s in the lab, T1 on a real link): kea
+    has no binding for the old prefix and answers with the new one."""
+    old = delegated(run)
+    if old is None or supervise.status("kea6", run) is None:
+        raise StateError(f"lab renumber: no lab kea runs in {run}; run `netmux lab up` first")
+    if new is None:
+        new = IPv6Network((int(old.network_address) + (1 << 64), 64))
+    if new.prefixlen != 64 or new == old or new.overlaps(host.lab.router_address.network):
+        raise UsageError(
+            f"lab renumber: {new} is not allowed; a /64 other than the current {old} and "
+            f"the router's own {host.lab.router_address.network}"
+        )
+    p = renumber(host, run, new, mode="restart")
+    journal.info(
+        f"lab: router rebooted, delegating {new} instead of {old} (no release)",
+        netns=p.netns,
+        prefix=str(new),
+    )
     return p
 
 
@@ -463,5 +544,5 @@ def lab_down(host: HostConfig, run: Path) -> None:
     uplink.stop_dhcpcd(run)
     for name in DAEMONS:
         supervise.stop(name, run)
-    for sub in ("dhcpcd-run", "dhcpcd-state", "resolver", "tayga-data", "www"):
+    for sub in ("dhcpcd-run", "dhcpcd-state", "resolver", "tayga-data", "www", "public-dns"):
         shutil.rmtree(run / sub, ignore_errors=True)

@@ -992,10 +992,17 @@ def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
                 print(f"{args.name}: not up", file=sys.stderr)
             return 3
     else:
+        from . import renumber
+
         members = nsutil.pids_by_netns()
         rows = [status(host, n, members) for n in known(host)]
+        prefixes = renumber.prefix_report(host)
+        if args.json:
+            print(json.dumps({"prefixes": prefixes, "workloads": rows}, indent=2, sort_keys=True))
+            return 0
+        sys.stdout.write(renumber.prefix_text(prefixes))
     if args.json:
-        print(json.dumps(rows[0] if args.name else rows, indent=2, sort_keys=True))
+        print(json.dumps(rows[0], indent=2, sort_keys=True))
         return 0
     for r in rows:
         _print_status(r)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, mux, workload
+from netmux import config, mux, renumber, workload
 from netmux.render import radvd as radvd_render
 from tests.conftest import RUN, stop_process
 
@@ -99,6 +100,12 @@ class MuxEnv:
         assert isinstance(addrs, dict) and addrs["global"], f"{name} has no global address"
         return str(addrs["global"][0]).split("/")[0]
 
+    def reload_radvd(self) -> None:
+        """Re-render radvd.conf from gw0's prefixes now (as the dhcpcd hook does) and HUP."""
+        assert self.radvd is not None
+        (self.tmp / "radvd.conf").write_text(radvd_conf(self.host))
+        self.radvd.send_signal(signal.SIGHUP)
+
     def down_all(self) -> None:
         for name in workload.known(self.host):
             workload.down(self.host, name)
@@ -123,10 +130,16 @@ def write_config(
     return p
 
 
+def radvd_conf(host: config.HostConfig) -> str:
+    """radvd.conf advertising the prefixes gw0 has now (radvd renders explicit blocks)."""
+    leases = renumber.gateway_leases(host.mux.gateway, host.mux.netns)
+    return radvd_render.render(host, leases=leases)
+
+
 def start_radvd(host: config.HostConfig, tmp: Path) -> subprocess.Popen[bytes]:
     """radvd in mux with the rendered config, in the foreground (its PID is ours)."""
     conf = tmp / "radvd.conf"
-    conf.write_text(radvd_render.render(host))
+    conf.write_text(radvd_conf(host))
     pidfile = tmp / "radvd.pid"
     log = (tmp / "radvd.log").open("wb")
     p = subprocess.Popen(

@@ -149,9 +149,13 @@ class Stack:
         tinydns: bool = True,
         sighup_pidfile: str = "",
         extra: dict[str, str] | None = None,
+        listen: tuple[str, ...] = ("::1",),
     ) -> None:
-        """`extra`: more TOML lines per section ("mux", "paths", "phonebook", "ipmux")."""
+        """`extra`: more TOML lines per section ("mux", "paths", "phonebook", "ipmux", or a
+        section of its own); `listen`: Knot's addresses in `dns_ns` (("::",) to serve the
+        zones to other namespaces too)."""
         self.ns = dns_ns
+        self.listen = listen
         self.dir = Path(tempfile.mkdtemp(prefix="netmux-pb-"))
         self.dir.chmod(0o755)  # the bus socket is used by nobody too
         self.group = group
@@ -201,7 +205,7 @@ class Stack:
         from netmux.phonebook.records import Zones
 
         zones = Zones.from_config(parse_host(self.config.read_text()))
-        knot.write_all(zones, self.knot_dir, ["::1"], 53)
+        knot.write_all(zones, self.knot_dir, list(self.listen), 53)
         self.knot_log = open(self.dir / "knot.log", "wb")  # noqa: SIM115
         self._spawn(
             ["nsenter", f"--net=/run/netns/{self.ns}", "knotd", "-c", f"{self.knot_dir}/knot.conf"],

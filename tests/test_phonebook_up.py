@@ -82,12 +82,11 @@ def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None
         # The exec'ed CMD holds the lifeline: netmux up is gone, the record stays.
         fds = os.listdir(f"/proc/{p.pid}/fd")
         assert any("pipe:" in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
-        # Renumbering: a new prefix on gw0 (radvd re-reads it on SIGHUP), the old one
-        # deprecated as an RA with preferred lifetime 0 would do.
+        # Renumbering: a new prefix on gw0 (radvd re-rendered and HUPed, as the dhcpcd hook
+        # does), the old one deprecated as an RA with preferred lifetime 0 would do.
         subprocess.run(["ip", "-n", env.netns, "addr", "add", "2001:db8:0:2::1/64", "dev",
                         env.host.mux.gateway], check=True)  # fmt: skip
-        assert env.radvd is not None
-        env.radvd.send_signal(signal.SIGHUP)
+        env.reload_radvd()
         new = stack.wait_dig(f"{name}.{PUBLIC}", lambda a: "2001:db8:0:2:" in a, timeout=10)
         print(f"renumbered prefix published {new:.3f}s after radvd's reload")
         subprocess.run(["ip", "-n", name, "addr", "change", f"{g}/64", "dev", "eth0",

@@ -103,3 +103,38 @@ def test_cli_writes_config_and_executable_hook(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2 and "--uplink" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def _run_hook(hook: Path, **env: str) -> str:
+    r = subprocess.run(["sh", str(hook)], env={"PATH": "/usr/bin:/bin", **env},
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    return r.stdout
+
+
+def test_hook_wakes_renumber_on_short_renewals_only(tmp_path: Path) -> None:
+    """A renewal within the caps must restart radvd's countdown; one above both caps
+    changes nothing radvd says and stops in the shell (the variables dhcpcd 9.4.1 sets)."""
+    hook = tmp_path / "hook"
+    hook.write_text(
+        dhcpcd.render_hook(["echo", "woke"], None, str(tmp_path / "st"), limits=(2700, 5400))
+    )
+    lease = {"new_dhcp6_ia_pd1_prefix1": "2001:db8:0:1::", "new_dhcp6_ia_pd1_prefix1_length": "64"}
+    long = {
+        **lease,
+        "new_dhcp6_ia_pd1_prefix1_pltime": "7200",
+        "new_dhcp6_ia_pd1_prefix1_vltime": "14400",
+    }
+    short = {
+        **lease,
+        "new_dhcp6_ia_pd1_prefix1_pltime": "40",
+        "new_dhcp6_ia_pd1_prefix1_vltime": "14400",
+    }
+    assert _run_hook(hook, reason="RENEW6", **long).startswith("woke")  # first: capped now
+    assert _run_hook(hook, reason="RENEW6", **long) == ""
+    assert _run_hook(hook, reason="RENEW6", **short).startswith("woke")
+    assert _run_hook(hook, reason="RENEW6", **short).startswith("woke")  # every time
+    assert _run_hook(hook, reason="REBIND6", **long).startswith("woke")
+    moved = {**long, "new_dhcp6_ia_pd1_prefix1": "2001:db8:0:2::"}
+    assert _run_hook(hook, reason="RENEW6", **moved).startswith("woke")
+    assert _run_hook(hook, reason="RENEW6").startswith("woke")  # no lease variables: wake
+    assert _run_hook(hook, reason="NOCARRIER") == ""

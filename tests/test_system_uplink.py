@@ -127,7 +127,12 @@ def test_pd_nat64_and_dns64_under_systemd(box: sysbox.SysBox) -> None:
     box.run(str(sysbox.VENV_BIN / "python"), "-c", RENUMBER)
     box.wait_for(lambda: json.loads(state.read_text())["current"] == [str(NEW)], timeout=10)
     conf = box.path("/run/netmux-radvd/radvd.conf")
-    box.wait_for(lambda: f"prefix {PREFIX} {{" in conf.read_text())
-    assert "AdvPreferredLifetime 0;" in conf.read_text()
+
+    def old_prefix_deprecated() -> bool:  # its own block, preferred 0 (it was a lease block)
+        text = conf.read_text()
+        i = text.find(f"prefix {PREFIX} {{")
+        return i >= 0 and "AdvPreferredLifetime 0;" in text[i : text.find("};", i)]
+
+    box.wait_for(old_prefix_deprecated)
     box.wait_for(lambda: any(a in NEW for a in global_addrs(box, "client", "eth0")), timeout=10)
     assert not sandbox_refusals(box, "netmux-dhcpcd.service")

@@ -135,3 +135,59 @@ def test_probe_tells_a_known_keyword_from_an_unknown_one() -> None:
     ok = 'server:\n  chroot: ""\n  username: ""\n  do-ip6: yes\n'
     assert daemons._accepts(["unbound-checkconf"], ok)
     assert not daemons._accepts(["unbound-checkconf"], ok + "  no-such-keyword: yes\n")
+
+
+def test_one_renumbered_event_whichever_dhcpcd_reports_first() -> None:
+    # old and new in one hook run
+    assert renumber.renumbered(renumber.plan(renumber.State((P1,)), [P2], now=100.0))
+    # the new one first (old still there), then the old one leaves: only the second counts
+    both = renumber.plan(renumber.State((P1,)), [P1, P2], now=100.0)
+    assert not renumber.renumbered(both)
+    assert renumber.renumbered(renumber.plan(both.state, [P2], now=101.0))
+    # a first delegation, or a loss without a successor, is no renumbering
+    assert not renumber.renumbered(renumber.plan(renumber.State(), [P1], now=100.0))
+    assert not renumber.renumbered(renumber.plan(renumber.State((P1,)), [], now=100.0))
+
+
+def test_summary_current_with_lifetimes_and_age_previous_with_deprecation() -> None:
+    from netmux.render.radvd import INFINITE, Lease
+
+    first = renumber.plan(renumber.State(), [P1], now=100.0).state
+    st = renumber.plan(first, [P2], now=400.0).state
+    assert st.since == {P2: 400.0}
+    rep = renumber.summary(st, [Lease(P2, 2000, 4000)], now=460.0)
+    assert rep["current"] == [
+        {"prefix": str(P2), "preferred_seconds": 2000, "valid_seconds": 4000,
+         "since": 400.0, "age_seconds": 60.0}
+    ]  # fmt: skip
+    assert rep["previous"] == [
+        {"prefix": str(P1), "deprecated_at": 400.0,
+         "advertised_until": 400.0 + renumber.KEEP_DEPRECATED}
+    ]  # fmt: skip
+    text = renumber.prefix_text(rep)
+    assert text.startswith(f"prefix {P2}: preferred 2000s, valid 4000s left, since ")
+    assert f"previous {P1}: deprecated " in text
+    static = renumber.summary(st, [Lease(P2, INFINITE, INFINITE)], now=460.0)
+    assert static["current"][0]["valid_seconds"] is None  # type: ignore[index]
+    assert "static" in renumber.prefix_text(static)
+    assert renumber.prefix_text({"current": [], "previous": []}) == "prefix: none delegated\n"
+    assert renumber.State.from_json(st.to_json()) == st
+
+
+def test_prefix_metrics() -> None:
+    from netmux import stats
+
+    rep = {
+        "workloads": [],
+        "denylist": None,
+        "prefixes": {
+            "current": [{"prefix": str(P2), "preferred_seconds": 2000, "valid_seconds": 4000,
+                         "since": 400.0, "age_seconds": 60.0}],
+            "previous": [{"prefix": str(P1), "deprecated_at": 400.0, "advertised_until": 7600.0}],
+        },
+    }  # fmt: skip
+    text = stats.prometheus(rep)
+    assert f'netmux_prefix_info{{prefix="{P2}"}} 1' in text
+    assert f'netmux_prefix_age_seconds{{prefix="{P2}"}} 60.0' in text
+    assert f'netmux_prefix_valid_seconds{{prefix="{P2}"}} 4000' in text
+    assert f'netmux_prefix_deprecated_timestamp_seconds{{prefix="{P1}"}} 400.0' in text

@@ -414,4 +414,9 @@ def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
                     cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
                 ) from None
             out.append(Rfc2136Sink(zones, pb.server, pb.server_port, key))
+    from ..delegation import make_sink  # the parent's NS + glue ([delegation])
+
+    delegation = make_sink(cfg)
+    if delegation is not None:
+        out.append(delegation)
     return out

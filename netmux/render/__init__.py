@@ -57,7 +57,8 @@ def render_text(
 
     if what == "radvd":
         deprecated = renumber.deprecated_prefixes(cfg.paths.run_dir)
-        return radvd.render(cfg, daemons.radvd(), deprecated)
+        leases = renumber.current_leases(cfg.mux.gateway, cfg.mux.netns)
+        return radvd.render(cfg, daemons.radvd(), deprecated, leases)
     if what == "dhcpcd":
         hook = cfg.uplink.hook or str(hook_path(cfg, output))
         return dhcpcd.render(cfg, uplinks if uplinks else uplinks_in_mux(cfg), hook)
@@ -112,6 +113,7 @@ def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
             str(cfg.paths.run_dir),
             str(RADVD_CONF),
             str(RADVD_PID),
+            (cfg.uplink.ra_preferred_limit, cfg.uplink.ra_valid_limit),
         )
         write_atomic(hook_path(cfg, output), hook, 0o755)
     return 0
