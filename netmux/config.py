@@ -237,7 +237,7 @@ def _ip_address(v: str) -> str | None:
 class PhonebookConfig:
     """phonebookd: where the records go (sinks) and how it is reached."""
 
-    # The seed protocol's socket: a client sends "NAME IFNAME\n" and keeps it open.
+    # The publish socket: a client sends "NAME IFNAME\n" and keeps it open.
     socket: Path = check(_absolute, Path("/run/phonebook/publish"))
     sinks: tuple[Literal["tinydns", "rfc2136"], ...] = ("tinydns",)
     # tinydns: the directory holding `data` and `data.cdb`; tinydns-data runs there.
@@ -258,7 +258,7 @@ class PhonebookConfig:
     reverse: tuple[IPv6Network, ...] = ()
     # Drop a record when the systemd unit that published it stops (besides its lifeline).
     watch_units: bool = True
-    # Besides root, members of this group may publish (seed socket; D-Bus: the policy file).
+    # Besides root, members of this group may publish (publish socket; D-Bus: the policy file).
     group: str = check(_label, "netmux")
     # Each user but root may hold at most this many publications at once.
     user_publications: int = check(_positive, 16)

@@ -252,7 +252,7 @@ def workload_sysctls(
     inherit the init namespace's `default.*`). stable_secret comes first: writing it
     switches the interface to addr_gen_mode 2 (stable privacy); setting the mode first
     fails with EINVAL. The neighbour timer paces DAD and solicitations, which is what makes
-    a workload usable in ~0.1 s instead of ~3 s (PLATFORM.md).
+    a workload usable in ~0.1 s instead of ~3 s (docs/platform.md).
     """
     conf = f"net.ipv6.conf.{ifname}"
     items = [

@@ -1,7 +1,7 @@
 """The mux namespace: parent link, gateway, forwarding, the root namespace's macvlan, NICs.
 
 `up` is idempotent and safe to repeat at any time (every step checks before it acts);
-`down` likewise. The order inside `up` is the one PLATFORM.md measured to matter:
+`down` likewise. The order inside `up` is the one docs/platform.md says matters:
 forwarding is switched on inside mux (all + default) before any uplink arrives (else the
 kernel autoconfigures SLAAC on the uplink, and a non-forwarding gw0 sends radvd's unicast
 RAs to stale MACs — the "almost a minute" delay); gw0 gets a short neighbour timer.
@@ -188,7 +188,7 @@ def _build(host: HostConfig, link_local_timeout: float) -> None:
     cfg = host.mux
     ns = cfg.netns
     _stopping_marker(host).unlink(missing_ok=True)
-    # Forwarding first: before any uplink can arrive (PLATFORM.md, "Router advertisements").
+    # Forwarding first: before any uplink can arrive (docs/platform.md, "Router advertisements").
     links.sysctl_write(
         ns,
         [
@@ -196,7 +196,7 @@ def _build(host: HostConfig, link_local_timeout: float) -> None:
             ("net.ipv6.conf.default.forwarding", "1"),
         ],
     )
-    # Guard table (issue 7): denylist and flood defence, before any uplink arrives.
+    # Guard table: denylist and flood defence, before any uplink arrives.
     denylist.guard_at_mux_up(host)
     key = names.load_host_key(host.paths.host_key)
     with links.iproute(ns) as ipr:

@@ -3,7 +3,7 @@
 Everything a home network gives mux, on documentation addresses only:
 
 - kea-dhcp6 on the router's link delegates lab.prefix (a /64 out of the router's /56,
-  the way the seed's router leases /64s from its delegation) to mux's dhcpcd;
+  the way the original author's router leases /64s from its delegation) to mux's dhcpcd;
   `renumber(host, new)` restarts kea with another /64 (renumbering, for tests/benches);
 - radvd on the router's link: M/O flags, a default route, RDNSS;
 - busybox udhcpd: IPv4 for the uplink by DHCP (192.0.2.0/24, router 192.0.2.1), so NAT64

@@ -258,7 +258,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
                 p.ifname, p.secret, host.workload.optimistic_dad, host.workload.retrans_time_ms
             )
         links.sysctl_write(fd, sysctls)
-        # firewall (issue 7): inbound default drop + declared ports, before the link goes up.
+        # firewall: inbound default drop + declared ports, before the link goes up.
         firewall.apply_workload(host, wl, fd, (p.ifname, p.mac))  # + egress guard
         if p.kind == "macvtap" and wl.ports:
             journal.warning(

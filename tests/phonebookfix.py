@@ -165,7 +165,7 @@ class Stack:
         self.bus_sock = self.dir / "bus"
         self.bus = f"unix:path={self.bus_sock}"
         self.tinydns_dir = self.dir / "tinydns"
-        self.seed_sock = self.dir / "publish"
+        self.publish_sock = self.dir / "publish"
         self.config = self.dir / "netmux.toml"
         self.knot_dir = self.dir / "knot"
         if not shutil.which("tinydns-data"):  # optional package: knot alone then
@@ -175,7 +175,7 @@ class Stack:
         self.config.write_text(
             f'[dns]\nhostname = "{HOST}"\ndomain = "{DOMAIN}"\nttl = 5\n'
             f"[phonebook]\nsinks = [{sink_list}]\n"
-            f'socket = "{self.seed_sock}"\ntinydns_dir = "{self.tinydns_dir}"\n'
+            f'socket = "{self.publish_sock}"\ntinydns_dir = "{self.tinydns_dir}"\n'
             f'server = "::1"\nserver_port = 53\ntsig_key = "{self.knot_dir}/phonebook.key"\n'
             f'reverse = ["2001:db8:1::/64"]\ngroup = "{group}"\nwatch_units = false\n'
             f'sighup_pidfile = "{sighup_pidfile}"\n{more.pop("phonebook", "")}'

@@ -1,7 +1,7 @@
 """A real systemd, booted as PID 1 in a throwaway container, for the `system` test tier.
 
 The machine's PID 1 is not systemd, so tests that need `systemctl`, journald, D-Bus and
-unit semantics boot one (PLATFORM.md, "Testing with a real systemd"):
+unit semantics boot one (docs/platform.md, "Testing with a real systemd"):
 
     systemd-nspawn --volatile=yes -D / --bind=TMP/etc:/etc --private-network -b
 

@@ -29,7 +29,7 @@ def test_kernel_probe_matches_this_kernel() -> None:
     assert set(kinds) == set(doctor.KINDS)
     assert kinds["macvlan"] and kinds["veth"]  # what netmux cannot do without
     # The same answers as iproute2 in a throwaway namespace (this kernel: no dummy, no
-    # ipvlan, PLATFORM.md); neither probe leaves anything behind.
+    # ipvlan, docs/platform.md); neither probe leaves anything behind.
     for kind, extra in (("dummy", ""), ("bridge", ""), ("ipvlan", "link p0"),
                         ("macvtap", "link p0")):  # fmt: skip
         script = f"ip link add p0 type veth peer name p1 && ip link add t0 {extra} type {kind}"

@@ -1,5 +1,5 @@
 """NAT64 pieces accepted by the real kernel and daemons, in namespaces of their own:
-the rendered nft ruleset checks and loads (the seed's `type filter` chain does not),
+the rendered nft ruleset checks and loads (the original design's `type filter` chain does not),
 and tayga runs with the rendered config (the probed pool: class E or the fallback)."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_pa
 
 @pytest.mark.requires("tayga")
 def test_tayga_probe_matches_what_tayga_accepts(tmp_path: Path) -> None:
-    """The probe's answer is what tayga itself says about the seed's class E pool."""
+    """The probe's answer is what tayga itself says about the original design's class E pool."""
     conf = tmp_path / "t.conf"
     feats = daemons.TaygaFeatures(class_e_pool=True)
     conf.write_text(tayga.render(parse_host(""), feats, tmp_path))

@@ -239,7 +239,17 @@ def test_seed_protocol(stack: Stack, wl: str) -> None:
         "print(s.recv(300).decode(), flush=True); sys.stdin.read()\n"
     )
     p = subprocess.Popen(
-        ["ip", "netns", "exec", wl, "python3", "-c", script, str(stack.seed_sock), "seed eth0\n"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            wl,
+            "python3",
+            "-c",
+            script,
+            str(stack.publish_sock),
+            "seed eth0\n",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -259,7 +269,7 @@ def test_seed_protocol(stack: Stack, wl: str) -> None:
         import socket
 
         s = socket.socket(socket.AF_UNIX)
-        s.connect(str(stack.seed_sock))
+        s.connect(str(stack.publish_sock))
         s.sendall(bad)
         ans = s.recv(300)
         s.close()
@@ -267,7 +277,7 @@ def test_seed_protocol(stack: Stack, wl: str) -> None:
     # nobody (not in the group) is refused
     out = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c",
-         script.replace("sys.stdin.read()", ""), str(stack.seed_sock), "nob eth0\n"],
+         script.replace("sys.stdin.read()", ""), str(stack.publish_sock), "nob eth0\n"],
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
     # The socket is mode 0660 in the group: connect() itself is refused (else "error ...").
@@ -370,7 +380,7 @@ def test_restart_keeps_every_record(stack: Stack, wl: str) -> None:
 
 def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: str) -> None:
     """Arbitrary names, aliases, interfaces and namespaces over D-Bus, arbitrary bytes on the
-    seed socket: whatever is accepted is a valid name; the data file stays strictly shaped."""
+    publish socket: whatever is accepted is a valid name; the data file stays strictly shaped."""
     import socket
 
     from hypothesis import HealthCheck, given, settings
@@ -409,7 +419,7 @@ def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: s
             allowed.update([name, alias] if alias else [name])
             held.append(pub.lifeline)
         s = socket.socket(socket.AF_UNIX)
-        s.connect(str(stack.seed_sock))
+        s.connect(str(stack.publish_sock))
         s.sendall(raw)
         s.shutdown(socket.SHUT_WR)
         ans = s.recv(300)
@@ -522,7 +532,7 @@ def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
     )
     out = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=daemon",
-         "/usr/bin/python3", "-c", script, str(stack.seed_sock)],
+         "/usr/bin/python3", "-c", script, str(stack.publish_sock)],
         text=True, capture_output=True, timeout=10,
     )  # fmt: skip
     assert out.stdout.startswith("error mux ") and "not running" in out.stdout, out

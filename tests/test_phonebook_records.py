@@ -1,5 +1,5 @@
 """Pure phonebook logic: records from addresses, tinydns data, Knot config, TSIG keys, the
-seed protocol's request parser, the fd store's LISTEN_FDS parsing; hypothesis throws
+publish socket's request parser, the fd store's LISTEN_FDS parsing; hypothesis throws
 arbitrary names and payloads at every entry point: nothing unvalidated gets through."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from netmux import ifaddr
 from netmux.config import parse_host
 from netmux.errors import ConfigError, UsageError
-from netmux.phonebook import fdstore, knot, seed
+from netmux.phonebook import fdstore, knot, publish_socket
 from netmux.phonebook import records as r
 from netmux.phonebook.daemon import check_ifname, check_netns_name
 from netmux.phonebook.sinks import Rfc2136Sink, TsigKey, parse_tsig_key, render_tsig_key
@@ -195,7 +195,7 @@ def test_fuzzed_publications_render_only_safe_lines(
 @given(data=st.binary(max_size=600))
 def test_fuzzed_seed_requests(data: bytes) -> None:
     try:
-        name, ifname, aliases = seed.parse_request(data)
+        name, ifname, aliases = publish_socket.parse_request(data)
     except ValueError:
         return
     for field in (name, ifname, *aliases):
@@ -220,11 +220,15 @@ def test_fuzzed_netns_and_ifnames(s: str) -> None:
 
 
 def test_seed_request_examples() -> None:
-    assert seed.parse_request(b"httpd eth0\n") == ("httpd", "eth0", [])
-    assert seed.parse_request(b"httpd eth0 www api\n") == ("httpd", "eth0", ["www", "api"])
+    assert publish_socket.parse_request(b"httpd eth0\n") == ("httpd", "eth0", [])
+    assert publish_socket.parse_request(b"httpd eth0 www api\n") == (
+        "httpd",
+        "eth0",
+        ["www", "api"],
+    )
     for bad in (b"httpd eth0", b"httpd\n", b"a  b\n", b"a b\nc d\n", b"a\tb c\n", b"\xff b\n"):
         with pytest.raises(ValueError):
-            seed.parse_request(bad)
+            publish_socket.parse_request(bad)
 
 
 # --- Knot, TSIG, config, fd store --------------------------------------------------------

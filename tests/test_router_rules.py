@@ -1,4 +1,5 @@
-"""Router-side rules: the seed's mask match, and RouterOS address lists from static bindings."""
+"""Router-side rules: the original design's mask match, and RouterOS address lists from static
+bindings."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ VICTIM = f"{PREFIX}15"
 MEMBER_OWN = f"{PREFIX}7"
 LIMIT_PUBS, LIMIT_CONNS = 2, 6
 
-# The member's side: one line in, one line out. `sh CMD`, `pub LINE` (a seed-protocol
+# The member's side: one line in, one line out. `sh CMD`, `pub LINE` (a publish-socket
 # publication, kept open), `close NAME`, `idle N` (connections that never speak), `unidle`.
 AGENT = r"""
 import socket, subprocess, sys
@@ -74,7 +74,7 @@ class Member:
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                 f"--groups={IPMUX_GID},{daemon_gid}", unpriv.python, "-m", "netmux.cli",
                 "--config", str(stack.config), "ipmux", name, "--",
-                "python3", "-c", AGENT, str(stack.seed_sock)]  # fmt: skip
+                "python3", "-c", AGENT, str(stack.publish_sock)]  # fmt: skip
         self.p = subprocess.Popen(argv, env=unpriv.env(), text=True, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
@@ -253,7 +253,7 @@ def test_no_one_joins_another_users_publication(lab: tuple[Stack, str, str]) -> 
         "s.sendall(sys.argv[2].encode()); print(s.recv(600).decode().strip())\n"
     )
     out = nsrun(victim, ["setpriv", f"--reuid={NOBODY}", "--regid=nogroup", "--groups=daemon",
-                         "/usr/bin/python3", "-c", code, str(stack.seed_sock), "svc eth0\n"],
+                         "/usr/bin/python3", "-c", code, str(stack.publish_sock), "svc eth0\n"],
                 timeout=20)  # fmt: skip
     assert "published by uid 0" in out.stdout, out
     client.close(pub)  # root lets go: nothing else holds it
@@ -282,7 +282,7 @@ def test_publish_socket_survives_fd_exhaustion(lab: tuple[Stack, str, str]) -> N
     try:
         for _ in range(150):
             s = socket.socket(socket.AF_UNIX)
-            s.connect(str(stack.seed_sock))  # the listen backlog takes what is not accepted
+            s.connect(str(stack.publish_sock))  # the listen backlog takes what is not accepted
             idle.append(s)
         wait_for(lambda: "out of file descriptors" in stack.log(), timeout=10)
     finally:
@@ -295,7 +295,7 @@ def test_publish_socket_survives_fd_exhaustion(lab: tuple[Stack, str, str]) -> N
     )
 
     def served() -> bool:
-        out = nsrun(victim, ["python3", "-c", code, str(stack.seed_sock), f"{victim} eth0\n"],
+        out = nsrun(victim, ["python3", "-c", code, str(stack.publish_sock), f"{victim} eth0\n"],
                     timeout=20)  # fmt: skip
         return out.stdout.startswith("ok ")
 

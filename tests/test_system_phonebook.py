@@ -148,7 +148,7 @@ SEED_HOLDER = (
 
 
 def test_seed_protocol_under_systemd_and_its_unit_watched(box: SysBox) -> None:
-    """The seed socket from a unit (namespace from SO_PEERCRED); the unit is watched too."""
+    """The publish socket from a unit (namespace from SO_PEERCRED); the unit is watched too."""
     box.run("systemd-run", "--unit=seedy", "--property=KillMode=none",
             f"--working-directory={sysbox.REPO}", "ip", "netns", "exec", "w",
             PY, "-c", SEED_HOLDER)  # fmt: skip

@@ -75,7 +75,7 @@ def test_only_known_placeholders() -> None:
 
 
 def test_launcher_has_no_mount_namespace_sandboxing() -> None:
-    """PLATFORM.md: a netns created in a unit with its own mount namespace is dead outside.
+    """docs/platform.md: a netns created in a unit with its own mount namespace is dead outside.
 
     PrivateIPC= counts too: it mounts a private /dev/mqueue (measured: the netns dies)."""
     mount_ns = re.compile(

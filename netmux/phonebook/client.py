@@ -1,4 +1,4 @@
-"""Clients of phonebookd: D-Bus (what `netmux up` uses) and the seed socket (for scripts).
+"""Clients of phonebookd: D-Bus (what `netmux up` uses) and the publish socket (for scripts).
 
 `publish()` makes a pipe, hands its read end to phonebookd as the lifeline and returns the
 write end: whoever holds it (the exec'ed workload inherits it) keeps the record alive.
@@ -241,13 +241,13 @@ def publish_workload(
     return pub
 
 
-# --- seed protocol -----------------------------------------------------------------------
+# --- publish socket --------------------------------------------------------------------------
 
 
 def publish_socket(
     path: Path, name: str, ifname: str, aliases: Sequence[str] = (), timeout: float = 5.0
 ) -> tuple[socket.socket, list[str]]:
-    """Connect to the seed socket and publish; keep the returned socket open (the lifeline)."""
+    """Connect to the publish socket and publish; keep the returned socket open (the lifeline)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:

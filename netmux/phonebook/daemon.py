@@ -2,7 +2,7 @@
 
 One asyncio process. A publication is a name (plus aliases), an interface and the network
 namespace it lives in, kept alive by one or more *lifelines*: file descriptors whose other
-end the workload holds (a pipe or socket it inherited, or the seed protocol's connection).
+end the workload holds (a pipe or socket it inherited, or the publish socket's connection).
 When every lifeline has been closed (the workload exited, was killed, or its unit stopped),
 the publication and its records go. Addresses are followed over netlink inside the
 namespace; records are computed by records.py and handed to every sink.
@@ -570,7 +570,7 @@ class Phonebook:
                     self._start(pub)
                     learned = self.follower.guest(pub.nskey, pub.ifname)
                     if learned and st.get("guest"):
-                        learned.seed([IPv6Address(a) for a in st["guest"]])
+                        learned.preload([IPv6Address(a) for a in st["guest"]])
                 except (NetmuxError, ValueError, KeyError, TypeError, OSError) as e:
                     journal.warning(f"phonebook: dropping stored publication {pid}: {e}")
                     pub = None
@@ -628,9 +628,9 @@ async def serve(args: argparse.Namespace) -> int:
     if n:
         journal.info(f"restored {n} publication(s) from the fd store")
     book.refresh()  # the sinks get the zones (and lose records left by an earlier run) now
-    from . import seed
+    from . import publish_socket
 
-    seed_server = await seed.start(book, cfg.phonebook.socket, listen_sock)
+    publish_server = await publish_socket.start(book, cfg.phonebook.socket, listen_sock)
     bus = None
     if not args.no_dbus:
         from . import dbus
@@ -649,7 +649,7 @@ async def serve(args: argparse.Namespace) -> int:
             sink.hurry()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sink.flush(), 3)
-    seed_server.close()
+    publish_server.close()
     if bus is not None:
         bus.disconnect()  # type: ignore[no-untyped-call]
     await book.close()
@@ -660,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="phonebookd", description="netmux DNS publisher")
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--bus-address", default=None, help="default: the system bus")
-    ap.add_argument("--no-dbus", action="store_true", help="serve the seed socket only")
+    ap.add_argument("--no-dbus", action="store_true", help="serve the publish socket only")
     args = ap.parse_args(argv)
     logging.getLogger().addFilter(_QuietDBusErrors())  # dbus-next logs on the root logger
     logging.basicConfig(level=logging.WARNING)

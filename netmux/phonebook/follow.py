@@ -137,7 +137,7 @@ class GuestSniffer:
     def addresses(self) -> tuple[Address, ...]:
         return tuple(self.found[k] for k in sorted(self.found))
 
-    def seed(self, ips: list[IPv6Address]) -> None:
+    def preload(self, ips: list[IPv6Address]) -> None:
         """Addresses learned before a restart of phonebookd (kept in its fd store): an idle
         guest may not do NDP with them again for a long time."""
         new = [ip for ip in ips if ip not in self.found]

@@ -95,7 +95,7 @@ def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
     from . import dhcpcd
 
     output = Path(args.output) if args.output else None
-    if args.what == "router-rules":  # issue 7: rules for the upstream router (pure)
+    if args.what == "router-rules":  # rules for the upstream router (pure)
         from . import router_rules
 
         text = router_rules.text_from_args(args, cfg)

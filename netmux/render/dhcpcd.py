@@ -1,6 +1,7 @@
 """dhcpcd.conf for mux: DHCPv6-PD onto the gateway (and DHCPv4 on the uplinks). Pure.
 
-What a namespace needs besides the seed's five lines (PLATFORM.md "Daemons"): `nodev`
+What a namespace needs besides the original design's five lines (docs/platform.md,
+"Daemons"): `nodev`
 (else dhcpcd waits forever for a udev that does not exist in mux), a hook of our own
 instead of the default hooks (which rewrite the host's resolv.conf and hostname),
 `allowinterfaces` so that dhcpcd leaves the workloads' parent alone, `noipv4` and

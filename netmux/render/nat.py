@@ -1,6 +1,6 @@
 """nftables ruleset for mux: masquerade NAT64's IPv4 pool behind the uplink. Pure.
 
-The seed's chain is `type filter hook postrouting`; the kernel rejects masquerade there
+The original design's chain is `type filter hook postrouting`; the kernel rejects masquerade there
 ("Operation not supported", and `nft -c` does not notice), so it is a `type nat` chain.
 The table is netmux's own and the file starts by emptying it, so `nft -f` replaces it
 atomically and never touches other tables in mux (the firewall's guard table).

@@ -1,7 +1,7 @@
 """tayga.conf for NAT64 in mux, and the addresses and routes around its TUN. Pure.
 
-The seed's pool is class E (240.0.0.0/4) with ipv4-addr 240.0.0.0. tayga 0.9.2 (Debian 12)
-refuses class E as "reserved"; where the probe says so, `nat64.fallback_pool`
+The original design's pool is class E (240.0.0.0/4) with ipv4-addr 240.0.0.0. tayga 0.9.2
+(Debian 12) refuses class E as "reserved"; where the probe says so, `nat64.fallback_pool`
 (198.18.0.0/15, the benchmarking block, unused on real networks) is used instead and the
 file says why. `ipv6-addr` is always set: with the well-known prefix tayga cannot derive
 its own IPv6 address from a non-global IPv4 address, and an explicit one is clearer anyway.
@@ -37,7 +37,7 @@ def plan(cfg: HostConfig, features: TaygaFeatures) -> Plan:
     fallback = pool.subnet_of(IPv4Network("240.0.0.0/4")) and not features.class_e_pool
     if fallback:
         pool = n.fallback_pool
-    # The seed uses the pool's first address; class E's 240.0.0.0 is fine where accepted,
+    # The original design uses the pool's first address; class E's 240.0.0.0 is fine where accepted,
     # elsewhere the network address is not a usable host: take the first host address.
     ipv4 = pool.network_address if pool == IPv4Network("240.0.0.0/4") else pool[1]
     ipv6 = cfg.mux.ula.network[0x64]

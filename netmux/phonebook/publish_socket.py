@@ -1,7 +1,7 @@
 """The original socket protocol on /run/phonebook/publish, for scripts that are not netmux.
 
 A client connects, sends one line `NAME IFNAME [ALIAS ...]\\n` (ASCII, at most 512 bytes)
-and keeps the connection open: it is the lifeline (the seed's reference count — pass the
+and keeps the connection open: it is the lifeline (the original design's reference count — pass the
 fd to children and the record lives until the last copy is closed). The namespace is the
 client's own, taken from SO_PEERCRED's PID at connect time. The daemon answers
 `ok FQDN ...\\n` or `error MESSAGE\\n` (then closes). Callers must be root or in the
@@ -81,7 +81,7 @@ def parse_request(data: bytes) -> tuple[str, str, list[str]]:
     return parts[0], parts[1], parts[2:]
 
 
-class SeedServer:
+class PublishSocketServer:
     def __init__(self, book: Phonebook, sock: socket.socket) -> None:
         self.book = book
         self.sock = sock
@@ -187,7 +187,7 @@ class SeedServer:
         self.sock.close()
 
 
-async def start(book: Phonebook, path: Path, fd: int | None = None) -> SeedServer:
+async def start(book: Phonebook, path: Path, fd: int | None = None) -> PublishSocketServer:
     """Listen on `path` (or adopt a listening socket passed by systemd as `fd`)."""
     if fd is not None:
         sock = socket.socket(fileno=fd)
@@ -205,4 +205,4 @@ async def start(book: Phonebook, path: Path, fd: int | None = None) -> SeedServe
             os.chmod(path, 0o600)
         sock.listen(128)
     sock.setblocking(False)
-    return SeedServer(book, sock)
+    return PublishSocketServer(book, sock)
