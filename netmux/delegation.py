@@ -91,12 +91,6 @@ class DelegationSink(_Coalescer):
         if self.want != self.sent:
             self.kick()
 
-    async def flush(self) -> None:
-        await self.wait_idle()
-
-    async def close(self) -> None:
-        await self.cancel()
-
     async def work(self) -> None:
         import dns.asyncquery
         import dns.rcode

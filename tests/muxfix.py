@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,3 +193,19 @@ def mux_radvd(tmp_path: Path) -> Iterator[MuxEnv]:
 def mux_radvd_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MuxEnv]:
     with running_mux(tmp_path_factory.mktemp("mux")) as env:
         yield env
+
+
+@pytest.fixture
+def wname(env: MuxEnv) -> Iterator[Callable[[], str]]:
+    """wname() -> a fresh workload name in the module's `env`; each is brought down after
+    the test. Modules use it as `wname = muxfix.wname` next to an `env` fixture."""
+    made: list[str] = []
+
+    def make() -> str:
+        n = env.name("w")
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        workload.down(env.host, n)

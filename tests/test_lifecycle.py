@@ -33,18 +33,7 @@ def env(mux_radvd_module: MuxEnv) -> MuxEnv:
     return mux_radvd_module
 
 
-@pytest.fixture
-def wname(env: MuxEnv) -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
-    def make() -> str:
-        n = env.name("w")
-        made.append(n)
-        return n
-
-    yield make
-    for n in made:
-        workload.down(env.host, n)
+wname = muxfix.wname
 
 
 @pytest.fixture

@@ -319,6 +319,16 @@ def test_install_start_workload_purge(box: RootBox, root: Path, deb: Path) -> No
     box.path("/etc/systemd/system/netmux@web.service.d/override.conf").write_text(dropin)
     box.systemctl("daemon-reload")
     box.systemctl("enable", "--now", "netmux@web.service", timeout=60)
+
+    def listening() -> bool:  # READY=1 comes before the exec'd server has bound its port
+        ss = box.run("ip", "netns", "exec", "web", "ss", "-Hltn", check=False).stdout
+        return ":8080" in ss
+
+    try:
+        box.wait_for(listening, timeout=60)
+    except AssertionError:
+        log = box.run("journalctl", "--no-pager", "-u", "netmux@web.service", "-n", "30").stdout
+        raise AssertionError(f"netmux@web never listened on 8080:\n{log}") from None
     addrs = json.loads(box.run("ip", "-n", "web", "-j", "-6", "addr", "show").stdout)
     web = [a["local"] for link in addrs for a in link.get("addr_info", [])
            if a["local"].startswith("2001:db8:0:1:")]  # fmt: skip

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,19 +30,7 @@ def env(mux_radvd_module: MuxEnv) -> MuxEnv:
     return mux_radvd_module
 
 
-@pytest.fixture
-def wname(env: MuxEnv) -> Iterator[Callable[[], str]]:
-    """wname() -> a fresh workload name; every one is brought down after the test."""
-    made: list[str] = []
-
-    def make() -> str:
-        n = env.name("w")
-        made.append(n)
-        return n
-
-    yield make
-    for n in made:
-        workload.down(env.host, n)
+wname = muxfix.wname
 
 
 def _ip(*args: str) -> str:

@@ -101,6 +101,13 @@ class _Coalescer:
     async def wait_idle(self) -> None:
         await self.idle.wait()
 
+    async def flush(self) -> None:
+        """The Sink protocol: every update so far written out (or given up on)."""
+        await self.wait_idle()
+
+    async def close(self) -> None:
+        await self.cancel()
+
     async def synced(self) -> None:
         gen = self.gen
         async with self.progress:
@@ -139,12 +146,6 @@ class TinydnsSink(_Coalescer):
     def update(self, records: list[Record]) -> None:
         self.records = records
         self.kick()
-
-    async def flush(self) -> None:
-        await self.wait_idle()
-
-    async def close(self) -> None:
-        await self.cancel()
 
     async def work(self) -> None:
         text = render_tinydns(self.records)
@@ -261,12 +262,6 @@ class Rfc2136Sink(_Coalescer):
     def update(self, records: list[Record]) -> None:
         self.desired = _rrsets(records)
         self.kick()
-
-    async def flush(self) -> None:
-        await self.wait_idle()
-
-    async def close(self) -> None:
-        await self.cancel()
 
     @property
     def key(self) -> TsigKey:
