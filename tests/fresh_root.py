@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 failed += 1
                 print(f"--- last lines of {log}:\n{_tail(log)}", flush=True)
-            summary = [ln for ln in log.read_text(errors="replace").splitlines()
+            text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # colours
+            summary = [ln for ln in text.splitlines()
                        if re.match(r"^=+ .*\b(passed|failed|error)", ln)]  # fmt: skip
             extra = f"  [{summary[-1].strip('= ')}]" if summary else ""
             print(f"fresh {a.release}: {cmd}: {verdict} in {took:.0f} s{extra}", flush=True)
