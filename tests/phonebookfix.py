@@ -22,8 +22,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -373,3 +375,14 @@ def add_workload_link(ns: str) -> None:
 
 def addr(ns: str, op: str, address: str, *extra: str) -> None:
     subprocess.run(["ip", "-n", ns, "addr", op, address, "dev", "eth0", *extra], check=True)
+
+
+@pytest.fixture
+def stack(netns: Callable[[str], str]) -> Iterator[Stack]:
+    """A phonebook stack (knotd, private D-Bus, phonebookd) in a namespace of the test's
+    own, closed after it. Modules use it as `stack = phonebookfix.stack`."""
+    s = Stack(netns("dns"))
+    try:
+        yield s
+    finally:
+        s.close()

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from netmux.errors import StateError
 from netmux.phonebook import client
+from tests import phonebookfix
 from tests.conftest import require, wait_for
 from tests.phonebookfix import PUBLIC, SETTLE_TIMEOUT, Stack, add_workload_link, addr, nsrun
 
@@ -29,14 +30,7 @@ BUDGET = 1.2
 SLACK = 2.5  # functional bound under load (2 cores, six slices): the budget is benched
 
 
-@pytest.fixture
-def stack(netns: Callable[[str], str]) -> Iterator[Stack]:
-    ns = netns("dns")
-    s = Stack(ns)
-    try:
-        yield s
-    finally:
-        s.close()
+stack = phonebookfix.stack
 
 
 @pytest.fixture

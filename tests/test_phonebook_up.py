@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from netmux import workload
-from tests import muxfix
+from tests import muxfix, phonebookfix
 from tests.conftest import wait_for
 from tests.muxfix import MuxEnv
 from tests.phonebookfix import PUBLIC, Stack, nsrun
@@ -23,13 +22,7 @@ pytestmark = pytest.mark.netns
 mux_radvd = muxfix.mux_radvd
 
 
-@pytest.fixture
-def stack(netns: Callable[[str], str]) -> Iterator[Stack]:
-    s = Stack(netns("dns"))
-    try:
-        yield s
-    finally:
-        s.close()
+stack = phonebookfix.stack
 
 
 def _addresses(env: MuxEnv, name: str) -> dict[str, list[str]]:

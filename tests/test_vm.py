@@ -26,7 +26,7 @@ import pytest
 from netmux import config, lab, tap
 from netmux.config import HostConfig
 from netmux.phonebook import client as phonebook
-from tests import guest, labfix
+from tests import guest, labfix, phonebookfix
 from tests.conftest import RUN, Unprivileged, stop_process, wait_for
 from tests.phonebookfix import PUBLIC, Stack, nsrun
 
@@ -47,13 +47,7 @@ def image() -> guest.Guest:
     return guest.cached()
 
 
-@pytest.fixture
-def stack(netns: Callable[[str], str]) -> Iterator[Stack]:
-    s = Stack(netns("dns"))
-    try:
-        yield s
-    finally:
-        s.close()
+stack = phonebookfix.stack
 
 
 class Vms:
