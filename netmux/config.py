@@ -244,6 +244,8 @@ class PhonebookConfig:
     tinydns_dir: Path = check(_absolute, Path("/var/lib/netmux/tinydns"))
     tinydns_data: Path = check(_absolute, Path("/usr/sbin/tinydns-data"))
     # SIGHUP goes to the process in this pidfile after each rebuild (e.g. shibari); "" = none.
+    # phonebookd.service has no CAP_KILL: for a server running as another user, add
+    # `CapabilityBoundingSet=CAP_KILL` in a drop-in.
     sighup_pidfile: str = ""
     # At most one rebuild per this many seconds, however many changes arrive.
     rebuild_interval: float = check(_positive, 1.0)
