@@ -50,8 +50,17 @@ class Topo:
     host: config.HostConfig
 
     def add_sources(self, addrs: Iterable[str]) -> None:
+        """Source addresses on the upstream's lo, bindable when this returns: the kernel
+        clears an address's tentative flag in a work item, late on a loaded machine."""
         for a in addrs:
-            ip("-n", self.up, "addr", "add", f"{a}/128", "dev", "lo")
+            ip("-n", self.up, "addr", "add", f"{a}/128", "dev", "lo", "nodad")
+        deadline = time.monotonic() + 10
+        while subprocess.run(
+            ["ip", "-n", self.up, "-6", "-o", "addr", "show", "dev", "lo", "tentative"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip():  # fmt: skip
+            assert time.monotonic() < deadline, "source addresses still tentative after 10 s"
+            time.sleep(0.01)
 
 
 def host_config(mux: str, state_dir: Path, extra: str = "") -> config.HostConfig:
