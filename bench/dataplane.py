@@ -16,9 +16,10 @@ round so that the machine's load hits all of them alike:
 3. nat64        workload -> the router's IPv4 address through the NAT64 prefix (tayga's
                 TUN + masquerade)  vs  ipv4-mux: plain IPv4 from mux to the same server,
                 and routed-v4: IPv4 forwarded in the bare routed topology.
-4. tables       wl-wl and wl-up again with the workloads' tables deleted (no-wl-fw), and
-                router -> workload with mux's guard table deleted (no-guard); restored
-                after each case.
+4. tables       wl-wl and wl-up again with the workloads' firewall tables deleted
+                (no-wl-fw), and wl-up and router -> workload without netmux's guard
+                (no-guard: mux's guard table and the workloads' netdev egress guards);
+                restored after each case.
 5. flood        router -> workload (inbound, legitimate) while the router also floods UDP
                 at the workload from a denylisted /64 (Python loop, raw sender): dropped
                 where netmux drops it now (guard, prerouting priority -150, after
@@ -289,11 +290,16 @@ def without_tables(netns: str, tables: list[str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def without_guard(host: HostConfig) -> Iterator[None]:
-    sh("nft", "delete", "table", "inet", firewall.GUARD_TABLE, netns=MUX)
-    try:
-        yield
-    finally:
-        firewall.apply_guard(host)
+    """Without mux's guard table and the workloads' netdev egress guards (RA and source
+    guard on their links): the guard netmux puts around the workloads."""
+    with contextlib.ExitStack() as st:
+        for ns in (WL_A, WL_B):
+            st.enter_context(without_tables(ns, ["netdev " + firewall.EGRESS_TABLE]))
+        sh("nft", "delete", "table", "inet", firewall.GUARD_TABLE, netns=MUX)
+        try:
+            yield
+        finally:
+            firewall.apply_guard(host)
 
 
 def ingress_drop_text(prefix: IPv6Network) -> str:
@@ -357,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b, rtr6, rtr4 = addr["a"], addr["b"], str(host.lab.router_address.ip), "192.0.2.1"
         nat64_dst = str(IPv6Address(int(NAT64.network_address) | int(IPv4Address(rtr4))))
         denylist.add(host, FLOOD_NET)
-        wl_tables = ["inet " + firewall.WORKLOAD_TABLE, "netdev " + firewall.EGRESS_TABLE]
+        wl_tables = ["inet " + firewall.WORKLOAD_TABLE]
         nothing = contextlib.nullcontext
 
         def no_wl_fw() -> contextlib.ExitStack:
@@ -373,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             ("wl-up netmux", WL_A, rtr6, nothing),
             ("wl-up routed", PWL, "2001:db8:d3::2", nothing),
             ("wl-up netmux no-wl-fw", WL_A, rtr6, no_wl_fw),
+            ("wl-up netmux no-guard", WL_A, rtr6, lambda: without_guard(host)),
             ("up-wl netmux", RTR, a, nothing),
             ("up-wl netmux no-guard", RTR, a, lambda: without_guard(host)),
             ("up-wl routed", PUP, "2001:db8:d2::100", nothing),
@@ -464,6 +471,7 @@ def report(
         ("wl-wl netmux", "wl-wl netmux no-wl-fw"),
         ("wl-up netmux", "wl-up netmux no-wl-fw"),
         ("up-wl netmux", "up-wl netmux no-guard"),
+        ("wl-up netmux", "wl-up netmux no-guard"),
         ("up-wl flood dropped in prerouting (now)", "up-wl netmux"),
         ("up-wl flood dropped at netdev ingress", "up-wl netmux"),
         ("up-wl flood dropped at netdev ingress", "up-wl flood dropped in prerouting (now)"),
