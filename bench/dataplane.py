@@ -485,13 +485,14 @@ def report(
         r = {
             "throughput": sx["gbps"] / sy["gbps"],
             "cpu_per_gbit": sx["cpu_s_per_gbit"] / sy["cpu_s_per_gbit"],
+            "machine_cpu_per_gbit": sx["machine_s_per_gbit"] / sy["machine_s_per_gbit"],
             "rtt": (sx["rtt_median"] or 0) / (sy["rtt_median"] or 1),
         }
         ratios[f"{x} / {y}"] = r
         rrows.append([f"{x} / {y}", f"{r['throughput']:.2f}", f"{r['cpu_per_gbit']:.2f}",
-                      f"{r['rtt']:.2f}"])  # fmt: skip
+                      f"{r['machine_cpu_per_gbit']:.2f}", f"{r['rtt']:.2f}"])  # fmt: skip
     print("\nratios (netmux / peer)")
-    print(table(rrows, ["pair", "throughput", "CPU/Gbit", "rtt"]))
+    print(table(rrows, ["pair", "throughput", "CPU/Gbit", "machine/Gbit", "rtt"]))
     for name in floods:
         s = stats[name]
         print(
