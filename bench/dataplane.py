@@ -24,7 +24,9 @@ round so that the machine's load hits all of them alike:
                 at the workload from a denylisted /64 (Python loop, raw sender): dropped
                 where netmux drops it now (guard, prerouting priority -150, after
                 conntrack) vs an extra netdev ingress chain on the uplink (the earliest
-                hook nftables has), vs no flood.
+                hook nftables has), vs no flood. The flood is paced (--flood-pps) so
+                that both placements get the same load; the sender's own system time
+                per packet (send + drop, in its context on a veth) is the drop's cost.
 
 Ratios are netmux / peer, medians. Run as root: `.venv/bin/python -m bench.dataplane
 [--rounds N] [--seconds S] [--quick]`. Prints tables, writes bench/results/dataplane.json.
@@ -81,21 +83,28 @@ run_dir = "{BASE}/run"
 workloads_dir = "{BASE}/workloads"
 """
 
+# A paced sender: bursts of 64 datagrams at `pps` on average (0: as fast as it can). Paced,
+# both drop placements get the same offered load; unpaced, a cheaper drop lets the
+# CPU-bound sender send more and take more of the shared CPU.
 FLOODER = r"""
 import resource, socket, sys, time
-src, dst, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+src, dst, seconds, pps = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.bind((src, 0))
 data = b"x" * 64
 sent = 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    for _ in range(512):
+t0 = time.monotonic()
+end = t0 + seconds
+while (now := time.monotonic()) < end:
+    if pps and sent > (now - t0) * pps:
+        time.sleep(min(0.002, sent / pps - (now - t0)))
+        continue
+    for _ in range(64):
         try:
             s.sendto(data, (dst, 9))
         except OSError:
             pass
-    sent += 512
+    sent += 64
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(sent, ru.ru_utime, ru.ru_stime)
 """
@@ -314,14 +323,14 @@ def ingress_drop_text(prefix: IPv6Network) -> str:
 
 
 @contextlib.contextmanager
-def flood(dst: str, seconds: float, where: str) -> Iterator[dict[str, int]]:
+def flood(dst: str, seconds: float, where: str, pps: float) -> Iterator[dict[str, int]]:
     """A UDP flood from FLOOD_SRC (denylisted) to dst for the whole case."""
     if where == "ingress":
         firewall.apply(MUX, ingress_drop_text(FLOOD_NET))
     stats: dict[str, int] = {}
     p = subprocess.Popen(
         ["ip", "netns", "exec", RTR, sys.executable, "-c", FLOODER, FLOOD_SRC, dst,
-         f"{seconds + FLOOD_EXTRA:g}"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+         f"{seconds + FLOOD_EXTRA:g}", f"{pps:g}"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         time.sleep(0.3)  # the flood is on before the measurement starts
         yield stats
@@ -342,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run")
     ap.add_argument("--pings", type=int, default=20, help="pings per case and round")
+    ap.add_argument(
+        "--flood-pps", type=float, default=30000, help="the flood's rate (0: as fast as it can)"
+    )
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s")
     args = ap.parse_args(argv)
     if args.quick:
@@ -405,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                         flows.setdefault(name, []).append(iperf(ns, dst, args.seconds))
                         rtts.setdefault(name, []).extend(ping_rtts(ns, dst, args.pings))
                 for name, where in flood_cases:
-                    with flood(a, args.seconds, where) as st:
+                    with flood(a, args.seconds, where, args.flood_pps) as st:
                         flows.setdefault(name, []).append(iperf(RTR, a, args.seconds))
                         rtts.setdefault(name, []).extend(ping_rtts(RTR, a, args.pings))
                     floods.setdefault(name, []).append(st)
