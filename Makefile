@@ -14,7 +14,7 @@ APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftable
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
 	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git groff-base \
-	qemu-system-x86 cpio
+	qemu-system-x86 cpio iperf3
 # The vm tier's guest (tests/guest.py) is made of these, fetched with `apt-get download` and
 # unpacked into its cache, never installed: the host's kernel and busybox stay as they are.
 APT_GUEST := linux-image-cloud-amd64 busybox-static
@@ -91,11 +91,14 @@ demo: deps
 	@test "$$(id -u)" = 0 || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
 	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/demo.sh
 
-# Workload lifecycle speed and memory vs the CNI macvlan plugin, in a lab of its own
-# (bench/README.md). BENCH_ARGS=--quick for a smoke run.
+# Every bench in sequence, each in namespaces of its own (bench/README.md); each writes
+# bench/results/NAME.json. BENCH_ARGS=--quick for a smoke run of all of them; BENCHES=...
+# for some (e.g. `make bench BENCHES=lifecycle BENCH_ARGS=--raise-limits`).
+BENCHES ?= lifecycle crash uplink firewall dataplane phonebook systemd_dns vm
 bench: deps
 	@test "$$(id -u)" = 0 || { echo "make bench: run as root"; exit 1; }
-	$(PY) -m bench.lifecycle $(BENCH_ARGS)
+	@set -e; for b in $(BENCHES); do echo "== bench.$$b $(BENCH_ARGS)"; \
+	  $(PY) -m bench.$$b $(BENCH_ARGS); done
 
 # The Debian package, built out of tree (dist/build/), lintian-checked; the .deb lands in
 # dist/. Downloads the pinned pyroute2 wheel it vendors (debian/README.source).

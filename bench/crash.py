@@ -157,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--seed", default="netmux")
+    ap.add_argument(
+        "--quick", action="store_true", help="50 cycles (make bench BENCH_ARGS=--quick)"
+    )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.cycles = 50
     if os.geteuid() != 0:
         print("bench/crash.py: run as root", file=sys.stderr)
         return 1

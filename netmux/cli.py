@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(
         sub, "render", "print a daemon configuration rendered from the config", "render:cmd_render"
     )
-    p.add_argument("what", choices=["radvd", "dhcpcd", "tayga", "unbound", "nft", "router-rules"])
+    p.add_argument(
+        "what", choices=["radvd", "dhcpcd", "tayga", "jool", "unbound", "nft", "router-rules"]
+    )
     p.add_argument("--output", metavar="FILE", help="write FILE (atomically) instead of stdout")
     p.add_argument(
         "--uplink",
@@ -174,10 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_flag(p)
 
-    p = _add(sub, "nat64", "tayga's TUN, routes and NAT in mux (netmux-tayga.service)",
-             "uplink:cmd_nat64")  # fmt: skip
-    p.add_argument("action", choices=["setup", "teardown"])
-    p.add_argument("conf", nargs="?", help="setup: the rendered tayga.conf")
+    p = _add(
+        sub,
+        "nat64",
+        "NAT64 in mux: which engine; tayga's TUN, routes and NAT; Jool's instance "
+        "(netmux-tayga.service, netmux-jool.service)",
+        "uplink:cmd_nat64",
+    )
+    p.add_argument("action", choices=["setup", "teardown", "engine", "jool-up", "jool-down"])
+    p.add_argument(
+        "conf", nargs="?", help="setup: the rendered tayga.conf; jool-up: where to write jool.json"
+    )
+    p.add_argument(
+        "--is",
+        dest="is_",
+        choices=["tayga", "jool"],
+        help="engine: exit 0 if this is the engine, 1 if not (ExecCondition=)",
+    )
 
     p = _add(
         sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"

@@ -168,9 +168,12 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class Nat64Config:
-    """tayga in mux: IPv6 clients reach IPv4-only hosts through `prefix` (render/tayga.py)."""
+    """NAT64 in mux (tayga or Jool): IPv6 clients reach IPv4-only hosts through `prefix`."""
 
     enabled: bool = True
+    # Which translator runs: "auto" = Jool where its kernel module is loaded or loadable
+    # and jool-tools is installed, tayga otherwise (`netmux doctor` says which and why).
+    engine: Literal["auto", "tayga", "jool"] = "auto"
     prefix: IPv6Network = check(_nat64_prefix, IPv6Network("64:ff9b::/96"))
     pool: IPv4Network = IPv4Network("240.0.0.0/4")
     # Used instead of `pool` when the installed tayga refuses it (0.9.2 rejects class E

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import config, nsutil
+from . import config, nat64, nsutil
 from .config import HostConfig
 from .ifaddr import IFA_F_TENTATIVE
 
@@ -99,6 +99,8 @@ class Facts:
     workloads: int = 0  # named namespaces netmux knows as workloads
     host_key: bool = True  # the host key file exists
     other_key: tuple[str, ...] = ()  # workloads whose state was made with another host key
+    nat64: nat64.EngineFacts | None = None  # what the host offers NAT64 (None: not probed)
+    jool_instance: bool | None = None  # netmux's Jool instance exists in mux (None: not asked)
 
 
 # --- pure parsers ------------------------------------------------------------------------
@@ -349,6 +351,7 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
 
     out += _neigh_checks(f)
     out += _host_key_checks(f, cfg)
+    out += _nat64_checks(f, cfg)
     out += _daemon_checks(f, cfg)
     if f.mux_exists:
         out += _dns_checks(f, cfg)
@@ -481,9 +484,46 @@ def _host_key_checks(f: Facts, cfg: HostConfig) -> list[Check]:
     return [Check("host_key", "ok", f"{path} matches every workload's state")]
 
 
+def nat64_engine(f: Facts, cfg: HostConfig) -> nat64.Engine | None:
+    """The engine these facts choose (None: not probed, or NAT64 off)."""
+    if not cfg.nat64.enabled or f.nat64 is None:
+        return None
+    return nat64.choose(f.nat64, cfg.nat64.engine)
+
+
+def _nat64_checks(f: Facts, cfg: HostConfig) -> list[Check]:
+    if not cfg.nat64.enabled:
+        return [Check("nat64.engine", "info", "NAT64 is off ([nat64] enabled = false)")]
+    eng = nat64_engine(f, cfg)
+    if eng is None:
+        return [Check("nat64.engine", "skip", "NAT64 engines not probed (needs root)")]
+    if eng.name == "none":
+        fix = (
+            "apt install jool-dkms jool-tools linux-headers-$(uname -r) (docs/operations.md)"
+            if cfg.nat64.engine == "jool"
+            else "apt install tayga (or set [nat64] enabled = false)"
+        )
+        return [Check("nat64.engine", "fail", f"no NAT64 engine: {eng.reason}", fix)]
+    out = [Check("nat64.engine", "ok", f"NAT64 engine: {eng.name} ({eng.reason})")]
+    if eng.name == "jool" and f.mux_exists and f.jool_instance is not None:
+        if f.jool_instance:
+            out.append(Check("nat64.jool", "ok", f"Jool instance netmux runs in {cfg.mux.netns}"))
+        else:
+            out.append(
+                Check(
+                    "nat64.jool",
+                    "fail",
+                    f"no Jool instance netmux in {cfg.mux.netns}",
+                    "systemctl start netmux-jool.service",
+                )
+            )
+    return out
+
+
 def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
     out = []
     mx = cfg.mux.netns
+    eng = nat64_engine(f, cfg)
     want = {
         "radvd": (True, "systemctl start netmux-radvd.service"),
         "dhcpcd": (
@@ -491,7 +531,7 @@ def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
             "systemctl start netmux-dhcpcd.service",
         ),
         "tayga": (
-            cfg.nat64.enabled,
+            cfg.nat64.enabled and (eng is None or eng.name == "tayga"),
             "apt install tayga; systemctl start netmux-tayga.service "
             "(or set [nat64] enabled = false)",
         ),
@@ -517,7 +557,13 @@ def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
                     f"daemons.{name}",
                     "info",
                     f"{name} not running (not needed: "
-                    + ("static prefix" if name == "dhcpcd" else "NAT64 off")
+                    + (
+                        "static prefix"
+                        if name == "dhcpcd"
+                        else "NAT64 runs in Jool"
+                        if cfg.nat64.enabled
+                        else "NAT64 off"
+                    )
                     + ")",
                 )
             )
@@ -923,7 +969,20 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     facts["tinydns_data"] = cfg.phonebook.tinydns_data.exists()
     facts["neigh_gc_thresh3"], facts["workloads"] = probe_neigh(cfg)
     facts["host_key"], facts["other_key"] = probe_host_key(cfg)
+    facts["nat64"] = nat64.probe()
+    eng = nat64_engine(Facts(nat64=facts["nat64"]), cfg)
+    if facts["mux_exists"] and eng is not None and eng.name == "jool":
+        facts["jool_instance"] = probe_jool(cfg)
     return Facts(**facts)
+
+
+def probe_jool(cfg: HostConfig) -> bool:
+    """Does mux have netmux's Jool instance (`jool -i netmux global display` succeeds)?"""
+    from .render import jool
+
+    r = subprocess.run(["ip", "netns", "exec", cfg.mux.netns, "jool", "-i", jool.INSTANCE,
+                        "global", "display"], capture_output=True, check=False)  # fmt: skip
+    return r.returncode == 0
 
 
 def probe_host_key(cfg: HostConfig) -> tuple[bool, tuple[str, ...]]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import daemons, nsutil, supervise
+from . import daemons, journal, nsutil, supervise
 from .config import HostConfig
 from .errors import StateError, UsageError
 from .render import dhcpcd as dhcpcd_render
@@ -142,8 +142,18 @@ def nat64_setup(host: HostConfig, conf: Path) -> None:
     _sh("nft", "-f", "-", netns=ns, stdin=nat_render.render(host, feats))
 
 
-def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
-    """tayga's TUN, routes and NAT in mux, then tayga itself (idempotent)."""
+def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon | None:
+    """NAT64 in mux with the engine netmux.nat64 chooses: Jool's instance (None), or
+    tayga's TUN, routes and NAT, then tayga itself (idempotent)."""
+    from . import nat64
+
+    eng = nat64.engine(host)
+    journal.info(f"nat64: engine {eng.name}: {eng.reason}", netns=host.mux.netns)
+    if eng.name == "jool":
+        nat64.jool_up(host, run / "jool.json")
+        return None
+    if eng.name == "none":
+        raise StateError(f"nat64: no engine: {eng.reason}")
     data = run / "tayga-data"
     data.mkdir(parents=True, exist_ok=True)
     conf = run / "tayga.conf"
@@ -154,7 +164,10 @@ def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon:
 
 
 def nat64_down(host: HostConfig, run: Path) -> None:
+    from . import nat64
+
     supervise.stop("tayga", run)
+    nat64.jool_down(host)
     ns = host.mux.netns
     if not nsutil.netns_path(ns).exists():
         return
@@ -169,7 +182,18 @@ def nat64_down(host: HostConfig, run: Path) -> None:
 
 
 def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
-    """`netmux nat64 setup CONF` (ExecStartPre=) / `netmux nat64 teardown` (ExecStopPost=)."""
+    """`netmux nat64 setup CONF` (ExecStartPre=) / `netmux nat64 teardown` (ExecStopPost=);
+    `engine`, `jool-up`, `jool-down`: netmux.nat64."""
+    from . import nat64
+
+    if args.action == "engine":
+        return nat64.cmd_engine(args, host)
+    if args.action == "jool-up":
+        nat64.jool_up(host, Path(args.conf) if args.conf else nat64.default_conf(host))
+        return 0
+    if args.action == "jool-down":
+        nat64.jool_down(host)
+        return 0
     if args.action == "setup":
         if not args.conf:
             raise UsageError("setup: needs the rendered tayga.conf (CONF)")

@@ -483,7 +483,9 @@ def lab_up(host: HostConfig, run: Path) -> dict[str, float]:
     uplink.start_dhcpcd(
         host, run, [host.lab.uplink], run / "radvd.conf", run / "radvd.daemon.pid", config_path
     )
-    if host.nat64.enabled and shutil.which("tayga"):
+    from . import nat64
+
+    if host.nat64.enabled and nat64.engine(host).name != "none":
         uplink.nat64_up(host, run)
     wait_prefix(host, p.delegated, run=run)
     t["pd"] = time.monotonic() - t1

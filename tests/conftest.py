@@ -55,6 +55,7 @@ PROGRAM_PACKAGES = {
     "cpio": "cpio",
     "curl": "curl",
     "dig": "bind9-dnsutils",
+    "iperf3": "iperf3",
 }
 
 

@@ -125,3 +125,57 @@ def test_unit_entry_points_set_up_and_tear_down_nat64(
     assert nat.TABLE not in nft(ns, "list", "tables").stdout
     gone = subprocess.run(["ip", "-n", ns, "link", "show", "nat64"], capture_output=True)
     assert gone.returncode != 0
+
+
+STUB = """#!/bin/sh
+# A stand-in for a program this kernel cannot use (no jool module can load here):
+# records its name, network namespace and arguments, and succeeds.
+echo "$(basename "$0") $(readlink /proc/self/ns/net) $*" >> "{log}"
+"""
+
+
+def test_jool_entry_points_run_in_mux_with_the_rendered_file(
+    netns: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What netmux-jool.service runs, on a kernel that cannot have Jool: `jool` and
+    `modprobe` are stand-ins that record where they ran. `nat64 jool-up FILE` writes the
+    rendered JSON, loads the module (in the root namespace), turns on IPv4 forwarding in
+    mux and hands the file to `jool file handle` inside mux; jool-down removes the
+    instance there. The engine choice still says tayga: jool-tools alone is not Jool."""
+    import json
+    import os
+
+    from netmux import cli, nat64, nsutil
+    from netmux.render import jool
+
+    ns = netns("jm")
+    log = tmp_path / "calls.log"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for prog in ("jool", "modprobe"):
+        (bindir / prog).write_text(STUB.format(log=log))
+        (bindir / prog).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    cfg = tmp_path / "netmux.toml"
+    cfg.write_text(
+        f'[mux]\nnetns = "{ns}"\n[nat64]\nprefix = "2001:db8:64::/96"\n'
+        f'[paths]\nstate_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\n'
+    )
+    conf = tmp_path / "run" / "jool.json"
+    assert cli.main(["--config", str(cfg), "nat64", "jool-up", str(conf)]) == 0
+    doc = json.loads(conf.read_text())
+    assert doc["instance"] == jool.INSTANCE and doc["global"]["pool6"] == "2001:db8:64::/96"
+    assert nsutil.read_sysctl(ns, "net.ipv4.conf.all.forwarding") == "1"
+    assert cli.main(["--config", str(cfg), "nat64", "jool-down"]) == 0
+    mux_ns = f"net:[{os.stat(nsutil.netns_path(ns)).st_ino}]"
+    root_ns = os.readlink("/proc/self/ns/net")
+    calls = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    assert calls == [
+        ["modprobe", root_ns, "jool"],
+        ["jool", mux_ns, f"file handle {conf}"],
+        ["jool", mux_ns, f"instance remove {jool.INSTANCE}"],
+    ]
+    facts = nat64.probe()
+    assert facts.jool_binary
+    if not facts.jool_loaded and not (facts.modules_supported and facts.jool_installed):
+        assert nat64.choose(facts).name != "jool"

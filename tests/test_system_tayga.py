@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from netmux import nat64
 from netmux.render import nat
 from tests import sysbox
 
@@ -72,3 +73,19 @@ def test_radvd_reload_rerenders_the_config(box: sysbox.SysBox) -> None:
     assert "interface gw0" in conf.read_text()
     props = box.show("netmux-radvd.service", "ActiveState", "MainPID")
     assert props == {"ActiveState": "active", "MainPID": pid}
+
+
+@pytest.mark.skipif(
+    nat64.choose(nat64.probe()).name == "jool", reason="Jool is usable here: it is the engine"
+)
+def test_jool_unit_steps_aside_where_tayga_is_the_engine(box: sysbox.SysBox) -> None:
+    """Both NAT64 units may be enabled: here (no loadable jool module) netmux-jool's
+    ExecCondition= says no, so it ends inactive, not failed, and tayga is the one."""
+    box.systemctl("start", "netmux-mux.service")
+    out = box.run(str(sysbox.UNIT_BIN / "netmux"), "nat64", "engine").stdout
+    assert out.startswith("tayga: Jool is not usable: "), out
+    box.systemctl("start", "netmux-jool.service", check=False)
+    props = box.show("netmux-jool.service", "ActiveState", "Result", "ConditionResult")
+    assert props["ActiveState"] == "inactive" and props["Result"] == "success", props
+    msgs = " ".join(str(r.get("MESSAGE", "")) for r in box.journal("-u", "netmux-jool.service"))
+    assert "condition" in msgs.lower(), msgs

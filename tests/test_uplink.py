@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, lab, supervise, upstream, workload
+from netmux import config, doctor, lab, nat64, supervise, upstream, workload
 from netmux.config import HostConfig
 from tests.conftest import RUN
 
@@ -147,8 +147,42 @@ def test_dns64_and_nat64_reach_an_ipv4_only_web_server(labhost: HostConfig) -> N
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert r.stdout == upstream.PAGE
-        # it went through tayga: a dynamic mapping from the pool exists for the workload
-        assert supervise.status("tayga", run) is not None
+        # it went through the engine netmux chose for this host
+        if nat64.engine(host).name == "tayga":
+            assert supervise.status("tayga", run) is not None
+        else:
+            assert doctor.probe_jool(host)
+    finally:
+        workload.down(host, w)
+
+
+@pytest.mark.requires("tayga")
+@pytest.mark.skipif(
+    nat64.choose(nat64.probe()).name == "jool", reason="Jool is usable here: no fallback"
+)
+def test_where_jool_cannot_load_nat64_falls_back_to_tayga(labhost: HostConfig) -> None:
+    """This machine's kernel cannot load modules: the choice is tayga, tayga is what runs
+    in mux (no Jool instance), doctor and `netmux nat64 engine` say so, and a workload
+    reaches the IPv4-only server through the prefix (ICMP echo: tayga translates it)."""
+    from netmux import cli
+
+    host = labhost
+    eng = nat64.engine(host)
+    assert eng.name == "tayga" and eng.reason.startswith("Jool is not usable: "), eng
+    assert supervise.status("tayga", lab.daemon_dir(host)) is not None
+    assert lab.processes_in(host.mux.netns, "tayga")  # tayga's process lives in mux
+    checks = {c.id: c for c in doctor.evaluate(doctor.Facts(nat64=nat64.probe()), host)}
+    assert checks["nat64.engine"].detail == f"NAT64 engine: tayga ({eng.reason})"
+    assert cli.main(["--config", host.source, "nat64", "engine", "--is", "tayga"]) == 0
+    assert cli.main(["--config", host.source, "nat64", "engine", "--is", "jool"]) == 1
+    upstream.wait_ipv4(host)
+    w = name("f")
+    workload.up(host, config.workload_from(w), exec_cmd=False)
+    try:
+        dst = IPv6Address(int(NAT64.network_address) | int(upstream.WEB4))
+        r = subprocess.run(["ip", "netns", "exec", w, "ping", "-c", "1", "-W", "5", str(dst)],
+                           capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
     finally:
         workload.down(host, w)
 

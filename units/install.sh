@@ -117,7 +117,7 @@ print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["scripts"])' "$SRC/pypro
 			  edit $SYSCONFDIR/netmux/netmux.toml ([mux] uplinks: the NICs netmux-mux will move)
 			  sysctl -p $SYSCTLDIR/90-netmux.conf   # or reboot: neighbour table room for many workloads
 			  systemctl enable --now netmux.target netmux-mux.service netmux-radvd.service netmux-dhcpcd.service
-			  systemctl enable --now netmux-tayga.service   # NAT64 ([nat64]; DNS64: recipes/resolver)
+			  systemctl enable --now netmux-tayga.service netmux-jool.service   # NAT64, one of the two runs ([nat64]; DNS64: recipes/resolver)
 			  systemctl start netmux@NAME
 		EOF
 	fi

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..config import HostConfig
 from ..errors import UsageError
 
-KINDS = ("radvd", "dhcpcd", "tayga", "unbound", "nft")
+KINDS = ("radvd", "dhcpcd", "tayga", "jool", "unbound", "nft")
 # Where netmux-radvd.service keeps radvd's config and pidfile: the dhcpcd hook re-renders
 # and SIGHUPs it when the delegated prefix changes (renumber.py).
 RADVD_CONF = Path("/run/netmux-radvd/radvd.conf")
@@ -64,6 +64,10 @@ def render_text(
         return dhcpcd.render(cfg, uplinks if uplinks else uplinks_in_mux(cfg), hook)
     if what == "tayga":
         return tayga.render(cfg, daemons.tayga())
+    if what == "jool":
+        from . import jool
+
+        return jool.render(cfg)
     if what == "unbound":
         return unbound.render(cfg, daemons.unbound())
     if what == "nft":
