@@ -146,9 +146,7 @@ def render_primary_part(
         for j in joined
     )
     if secondaries:
-        acls += (
-            f"  - id: {SECONDARIES}\n    key: {SECONDARY_KEY}\n    action: transfer\n"
-        )
+        acls += f"  - id: {SECONDARIES}\n    key: {SECONDARY_KEY}\n    action: transfer\n"
     if acls:
         out += "acl:\n" + acls + "\n"
     notify = f"    notify: {SECONDARIES}\n" if secondaries else ""
@@ -159,7 +157,7 @@ def render_primary_part(
     )
     for j in sorted(joined, key=lambda j: j.zone):
         out += (
-            f"  - domain: {j.zone}.\n    storage: \"{zone_dir}\"\n"
+            f'  - domain: {j.zone}.\n    storage: "{zone_dir}"\n'
             f"    acl: [ {PRIMARY_KEY_ID}, {j.key.name}{sec_acl} ]\n"
             f"    catalog-role: member\n    catalog-zone: {catalog}.\n{notify}"
         )
@@ -316,9 +314,7 @@ def expiry_plan(
 
 def prefixes_of(rows: Iterable[Row]) -> list[IPv6Network]:
     """The /64s of a zone's AAAA records (a host's delegated prefix, as `host list` shows)."""
-    nets = {
-        IPv6Network(f"{v}/64", strict=False) for _, t, v in rows if t == "AAAA"
-    }
+    nets = {IPv6Network(f"{v}/64", strict=False) for _, t, v in rows if t == "AAAA"}
     return sorted(nets)
 
 
@@ -380,13 +376,21 @@ def axfr(server: str, port: int, zone: str, key: TsigKey, timeout: float = 3.0) 
 
     ring, name = _keyring(key)
     rows: list[Row] = []
-    for msg in dns.query.xfr(server, zone + ".", port=port, keyring=ring, keyname=name,
-                             keyalgorithm=key.algorithm, lifetime=timeout,
-                             relativize=False):  # fmt: skip
+    for msg in dns.query.xfr(
+        server,
+        zone + ".",
+        port=port,
+        keyring=ring,
+        keyname=name,
+        keyalgorithm=key.algorithm,
+        lifetime=timeout,
+        relativize=False,
+    ):
         for rrset in msg.answer:
             for rd in rrset:
-                rows.append((rrset.name.to_text().rstrip(".").lower(), rrset.rdtype.name,
-                             rd.to_text()))  # fmt: skip
+                rows.append(
+                    (rrset.name.to_text().rstrip(".").lower(), rrset.rdtype.name, rd.to_text())
+                )
     return rows
 
 
@@ -400,8 +404,9 @@ def update_message(
     import dns.update
 
     ring, name = _keyring(key)
-    upd = dns.update.UpdateMessage(zone + ".", keyring=ring, keyname=name,
-                                   keyalgorithm=key.algorithm)  # fmt: skip
+    upd = dns.update.UpdateMessage(
+        zone + ".", keyring=ring, keyname=name, keyalgorithm=key.algorithm
+    )
     for owner, rtype in delete:
         upd.delete(owner + ".", rtype)
     if lease is not None:
@@ -443,9 +448,14 @@ class HostSink(Rfc2136Sink):
     name = "hosts"
 
     def __init__(
-        self, zones: Zones, server: str, port: int, key: TsigKey, lease: float,
+        self,
+        zones: Zones,
+        server: str,
+        port: int,
+        key: TsigKey,
+        lease: float,
         timeout: float = 3.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         member = MemberZones(zones.public, zones.internal, zones.ttl, zones.ns, ())
         super().__init__(member, server, port, key, 0.0, timeout)
         self.lease = lease
@@ -485,8 +495,9 @@ class HostSink(Rfc2136Sink):
         doomed = sorted(k for k in sent if self.zones.zone_of(k[0]) == zone)
         doomed.append((f"{LEASE_LABEL}.{zone}", "TXT"))
         try:
-            await asyncio.to_thread(send, self.server, self.port,
-                                    update_message(zone, self.key, doomed), self.timeout)  # fmt: skip
+            await asyncio.to_thread(
+                send, self.server, self.port, update_message(zone, self.key, doomed), self.timeout
+            )
         except Exception as e:  # the primary is down: expiry removes them there
             journal.warning(f"hosts: could not remove {zone} records at {self.server}: {e}")
 
@@ -536,8 +547,9 @@ def joined_hosts(cfg: HostConfig) -> list[Joined]:
     out = []
     for p in sorted(kdir.glob("*.key")) if kdir.is_dir() else []:
         name = p.stem
-        out.append(Joined(name, host_zone(name, cfg.dns.domain),
-                          parse_tsig_key(p.read_text(), str(p))))  # fmt: skip
+        out.append(
+            Joined(name, host_zone(name, cfg.dns.domain), parse_tsig_key(p.read_text(), str(p)))
+        )
     return out
 
 
@@ -585,8 +597,9 @@ def _primary_key(cfg: HostConfig) -> TsigKey:
     try:
         return parse_tsig_key(cfg.phonebook.tsig_key.read_text(), str(cfg.phonebook.tsig_key))
     except OSError as e:
-        raise ConfigError(cfg.source, "phonebook.tsig_key", str(cfg.phonebook.tsig_key),
-                          f"a readable file ({e})") from None  # fmt: skip
+        raise ConfigError(
+            cfg.source, "phonebook.tsig_key", str(cfg.phonebook.tsig_key), f"a readable file ({e})"
+        ) from None
 
 
 def _primary_server(cfg: HostConfig) -> tuple[str, int]:
@@ -618,8 +631,11 @@ def add_host(cfg: HostConfig, name: str, address: str, socket: Path | None) -> P
         write_primary(cfg)
         raise
     join = cfg.hosts.directory / f"{name}{JOIN_SUFFIX}"
-    _write_private(join, render_join(name, zone, address, cfg.phonebook.server_port,
-                                     cfg.hosts.catalog, key), 0o600)  # fmt: skip
+    _write_private(
+        join,
+        render_join(name, zone, address, cfg.phonebook.server_port, cfg.hosts.catalog, key),
+        0o600,
+    )
     return join
 
 
@@ -676,8 +692,10 @@ def cmd_host(args: argparse.Namespace, cfg: HostConfig) -> int:
         except ValueError:
             raise UsageError(f"--address {args.address!r} is not an IP address") from None
         join = add_host(cfg, args.name, args.address, _socket(args))
-        print(f"{args.name}: zone {host_zone(args.name, cfg.dns.domain)} added; copy {join} "
-              f"to {args.name} and run `netmux host join {join.name}` there")  # fmt: skip
+        print(
+            f"{args.name}: zone {host_zone(args.name, cfg.dns.domain)} added; copy {join} "
+            f"to {args.name} and run `netmux host join {join.name}` there"
+        )
         return 0
     if action == "remove":
         if not args.name:
@@ -692,8 +710,10 @@ def cmd_host(args: argparse.Namespace, cfg: HostConfig) -> int:
         zone = cfg.public_zone.lower()
         rows = axfr(cfg.hosts.primary, cfg.hosts.port, zone, key)
         send(cfg.hosts.primary, cfg.hosts.port, update_message(zone, key, stale_rrsets(zone, rows)))
-        print(f"{zone}: records removed at {cfg.hosts.primary}; now `netmux host remove "
-              f"{cfg.hostname}` on the primary")  # fmt: skip
+        print(
+            f"{zone}: records removed at {cfg.hosts.primary}; now `netmux host remove "
+            f"{cfg.hostname}` on the primary"
+        )
         return 0
     if action == "expire":
         plan = expire(cfg)
@@ -723,45 +743,73 @@ def _join(args: argparse.Namespace, cfg: HostConfig) -> int:
     send(info.primary, info.port, update_message(info.zone, info.key, lease=lease))
     cfg.hosts.key.parent.mkdir(parents=True, exist_ok=True)
     _write_private(cfg.hosts.key, render_tsig_key(info.key), 0o600)
-    print(f"{info.zone}: joined {info.primary}; key in {cfg.hosts.key}. Set in netmux.toml:\n"
-          f'[hosts]\nrole = "member"\nprimary = "{info.primary}"\n'
-          f"then restart phonebookd")  # fmt: skip
+    print(
+        f"{info.zone}: joined {info.primary}; key in {cfg.hosts.key}. Set in netmux.toml:\n"
+        f'[hosts]\nrole = "member"\nprimary = "{info.primary}"\n'
+        f"then restart phonebookd"
+    )
     return 0
+
+
+@dataclass(frozen=True)
+class HostRow:
+    """One line of `netmux host list`."""
+
+    host: str
+    zone: str
+    state: str  # "primary", "up" or "expired"
+    workloads: int
+    prefixes: tuple[str, ...]
+    last_refresh: int | None
+
+
+def host_rows(
+    primary_zone: str,
+    zones: Mapping[str, Sequence[Row]],
+    now: float,
+    limit: float,
+    ns_label: str = "dns",
+) -> list[HostRow]:
+    """The primary first (always on, no lease), then every member. Pure."""
+    out = []
+    for zone, rows in zones.items():
+        lease = None if zone == primary_zone else zone_lease(zone, rows)
+        if zone == primary_zone:
+            state = "primary"
+        else:
+            state = "expired" if expired(lease, now, limit) else "up"
+        out.append(
+            HostRow(
+                zone.split(".", 1)[0],
+                zone,
+                state,
+                workload_count(zone, rows, ns_label),
+                tuple(str(p) for p in prefixes_of(rows)),
+                lease.stamp if lease else None,
+            )
+        )
+    out.sort(key=lambda h: (h.zone != primary_zone, h.zone))
+    return out
 
 
 def _list(args: argparse.Namespace, cfg: HostConfig) -> int:
     _require_role(cfg, "primary", "netmux host list")
+    import dataclasses
     import json
 
     now = time.time()
-    rows_by_zone = {cfg.public_zone.lower(): None, **zone_rows(cfg)}
     server, port = _primary_server(cfg)
-    key = _primary_key(cfg)
-    out = []
-    for zone, rows in rows_by_zone.items():
-        if rows is None:  # the primary itself: always on, no lease
-            rows = axfr(server, port, zone, key)
-            lease = None
-            state = "primary"
-        else:
-            lease = zone_lease(zone, rows)
-            state = "expired" if expired(lease, now, cfg.hosts.lease) else "up"
-        out.append({
-            "host": zone.split(".", 1)[0],
-            "zone": zone,
-            "prefixes": [str(p) for p in prefixes_of(rows)],
-            "workloads": workload_count(zone, rows, cfg.phonebook.ns_label),
-            "last_refresh": lease.stamp if lease else None,
-            "state": state,
-        })  # fmt: skip
+    own = cfg.public_zone.lower()
+    zones = {own: axfr(server, port, own, _primary_key(cfg)), **zone_rows(cfg)}
+    out = host_rows(own, zones, now, cfg.hosts.lease, cfg.phonebook.ns_label)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps([dataclasses.asdict(h) for h in out], indent=1))
         return 0
     print(f"{'HOST':<16} {'STATE':<8} {'WORKLOADS':>9}  {'REFRESHED':<10} PREFIXES")
     for h in out:
-        ago = f"{int(now - h['last_refresh'])}s ago" if h["last_refresh"] else "-"
-        print(f"{h['host']:<16} {h['state']:<8} {h['workloads']:>9}  {ago:<10} "
-              f"{' '.join(h['prefixes']) or '-'}")  # fmt: skip
+        ago = f"{int(now - h.last_refresh)}s ago" if h.last_refresh else "-"
+        prefixes = " ".join(h.prefixes) or "-"
+        print(f"{h.host:<16} {h.state:<8} {h.workloads:>9}  {ago:<10} {prefixes}")
     return 0
 
 
@@ -779,8 +827,17 @@ def main_secondary(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         key = parse_tsig_key(a.key.read_text(), str(a.key))
-        print(render_secondary_conf(a.directory.absolute(), a.listen or ["::@53", "0.0.0.0@53"],
-                                    a.primary, a.catalog, key, a.port), end="")  # fmt: skip
+        print(
+            render_secondary_conf(
+                a.directory.absolute(),
+                a.listen or ["::@53", "0.0.0.0@53"],
+                a.primary,
+                a.catalog,
+                key,
+                a.port,
+            ),
+            end="",
+        )
     except (NetmuxError, OSError) as e:
         print(f"netmux.hosts: {e}", file=sys.stderr)
         return 2

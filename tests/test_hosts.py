@@ -63,9 +63,12 @@ def test_a_primary_without_secondaries_has_no_remote_and_no_hosts_no_keys() -> N
 def test_knot_conf_of_a_primary_includes_the_part_and_lists_its_own_zone(tmp_path: Path) -> None:
     cfg = parse_host('[dns]\nhostname = "a"\ndomain = "example.org"\n')
     conf = knot.render_knot_conf(
-        Zones.from_config(cfg), tmp_path, ["::"], include=tmp_path / "hosts.conf",
+        Zones.from_config(cfg),
+        tmp_path,
+        ["::"],
+        include=tmp_path / "hosts.conf",
         public_extra=hosts.own_zone_lines(CAT, [SEC]),
-    )  # fmt: skip
+    )
     head, zones = conf.rsplit("zone:\n", 1)
     assert f'include: "{tmp_path}/hosts.conf"' in head.split("template:")[1]
     own = zones.split("  - domain: a.example.org.\n")[1].split("  - domain:")[0]
@@ -121,13 +124,18 @@ def rows(zone: str, stamp: int | None) -> list[hosts.Row]:
 
 @pytest.mark.unit
 def test_expiry_deletes_every_rrset_of_lapsed_zones_but_soa_and_ns() -> None:
-    zones = {"b.example.org": rows("b.example.org", 900), "c.example.org": rows("c.example.org", 990)}
+    zones = {
+        "b.example.org": rows("b.example.org", 900),
+        "c.example.org": rows("c.example.org", 990),
+    }
     plan = hosts.expiry_plan(zones, 1000, 300)
     assert list(plan) == ["b.example.org"]
     assert plan["b.example.org"] == [
-        ("_lease.b.example.org", "TXT"), ("dns.b.example.org", "AAAA"),
-        ("ssh.b.example.org", "AAAA"), ("www.b.example.org", "AAAA"),
-    ]  # fmt: skip
+        ("_lease.b.example.org", "TXT"),
+        ("dns.b.example.org", "AAAA"),
+        ("ssh.b.example.org", "AAAA"),
+        ("www.b.example.org", "AAAA"),
+    ]
     empty = {"b.example.org": rows("b.example.org", None)[:2]}
     assert hosts.expiry_plan(empty, 1000, 300) == {}  # nothing left to delete
 
@@ -136,8 +144,19 @@ def test_expiry_deletes_every_rrset_of_lapsed_zones_but_soa_and_ns() -> None:
 def test_host_list_counts_workloads_and_prefixes() -> None:
     r = rows("b.example.org", 990)
     assert hosts.workload_count("b.example.org", r) == 2  # www, ssh; not the name server
-    assert hosts.prefixes_of(r) == [IPv6Network("2001:db8:b::/64"), IPv6Network("2001:db8:b:1::/64")]
+    assert hosts.prefixes_of(r) == [
+        IPv6Network("2001:db8:b::/64"),
+        IPv6Network("2001:db8:b:1::/64"),
+    ]
     assert hosts.zone_lease("b.example.org", r) == hosts.Lease(990, 60)
+    zones = {"b.example.org": r, "a.example.org": rows("a.example.org", None)}
+    got = hosts.host_rows("a.example.org", zones, 1000, 300)
+    assert [(h.host, h.state, h.last_refresh) for h in got] == [
+        ("a", "primary", None),
+        ("b", "up", 990),
+    ]
+    late = hosts.host_rows("a.example.org", zones, 1061, 300)
+    assert late[1].state == "expired"
 
 
 @pytest.mark.unit
@@ -145,7 +164,10 @@ def test_the_join_file_carries_primary_zone_and_key(tmp_path: Path) -> None:
     text = hosts.render_join("b", "b.example.org", "2001:db8:a::53", 53, CAT, KEY_B)
     info = hosts.parse_join(text, "b.join")
     assert (info.primary, info.port, info.zone, info.key) == (
-        "2001:db8:a::53", 53, "b.example.org", KEY_B
+        "2001:db8:a::53",
+        53,
+        "b.example.org",
+        KEY_B,
     )
     with pytest.raises(ConfigError, match=r"b\.join: primary"):
         hosts.parse_join(render_tsig_key(KEY_B), "b.join")
@@ -174,8 +196,11 @@ def test_hosts_config_is_checked() -> None:
 
 
 def netmux(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "netmux.cli", "--config", str(cfg), *args],
-                          capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "netmux.cli", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.unit
