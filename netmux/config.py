@@ -321,6 +321,9 @@ class HostsConfig:
     # primary: off-site Knot secondaries (NOTIFY to them, transfers signed with the
     # secondary key in hosts.directory).
     secondaries: tuple[IPv6Address, ...] = ()
+    # The other hosts' names: the resolver workload answers PEER.DOMAIN from the primary
+    # (stub zones), while this host's own zone stays served by its own Knot.
+    peers: tuple[str, ...] = check(_label, ())
 
 
 def _prefix64(v: IPv6Network) -> str | None:

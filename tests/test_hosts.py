@@ -226,3 +226,26 @@ def test_bad_host_commands_exit_2_with_one_line(
     assert r.returncode == 2, r
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "h" / "keys").exists() or not list((tmp_path / "h" / "keys").iterdir())
+
+
+@pytest.mark.unit
+def test_the_resolver_asks_the_primary_for_peers_and_keeps_its_own_zone_local() -> None:
+    from netmux.render import unbound
+
+    member = parse_host(
+        '[dns]\nhostname = "b"\ndomain = "example.org"\n[phonebook]\nserver = "fd64:cafe::5"\n'
+        '[hosts]\nrole = "member"\nprimary = "2001:db8:a::53"\npeers = ["a", "b", "c"]\n'
+    )
+    got = {s.zone: s.addrs for s in unbound.stubs(member)}
+    assert got["a.example.org."] == got["c.example.org."] == ("2001:db8:a::53",)
+    assert got["b.example.org."] == ("fd64:cafe::5",)  # its own: the local Knot
+    assert got["internal."] == ("fd64:cafe::5",)  # NAME.internal. stays host-local
+    primary = parse_host(
+        '[dns]\nhostname = "a"\ndomain = "example.org"\n[phonebook]\nserver = "fd64:cafe::5"\n'
+        '[hosts]\nrole = "primary"\npeers = ["b"]\n'
+    )
+    assert {s.zone: s.addrs for s in unbound.stubs(primary)}["b.example.org."] == ("fd64:cafe::5",)
+    alone = parse_host('[phonebook]\nserver = "fd64:cafe::5"\n[hosts]\npeers = ["b"]\n')
+    assert "b.home.arpa." not in {s.zone for s in unbound.stubs(alone)}
+    with pytest.raises(ConfigError, match=r"hosts\.peers"):
+        parse_host('[hosts]\npeers = ["B B"]\n')

@@ -4,6 +4,10 @@ namespace that learns the zones from the catalog, and host b sending its records
 
     [b] 2001:db8:b::2 --veth-- 2001:db8:b::1 [pri: knotd, zones a, b, catalog] 2001:db8:5::1
                                                     --veth-- 2001:db8:5::53 [vps: knotd]
+                                        [internet] 2001:db8:6::2 --veth-- 2001:db8:6::1 [vps]
+
+Host b also runs its own Knot (::1, the phonebook's usual sink) and its resolver workload's
+unbound (rendered by netmux.render.unbound) at fd64:cafe::53.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ import pytest
 from netmux import hosts, nsutil
 from netmux.config import load_host
 from netmux.phonebook.records import Record, Zones
-from netmux.phonebook.sinks import parse_tsig_key
+from netmux.phonebook.sinks import Rfc2136Sink, make_sinks, parse_tsig_key
+from tests.conftest import stop_process
 
 PRI_B, B_ADDR = "2001:db8:b::1", "2001:db8:b::2"
 PRI_V, VPS = "2001:db8:5::1", "2001:db8:5::53"
+VPS_OUT, INET = "2001:db8:6::1", "2001:db8:6::2"
+RESOLVER, CLIENT = "fd64:cafe::53", "fd64:cafe::2"
+B_KNOT = "fd64:cafe::5"  # host b's own Knot (the dns workload): unbound never asks ::1
+WWW_A = "2001:db8:a::80"
 WWW_B = "2001:db8:b::80"
 WAIT = 30.0
 
@@ -95,6 +104,8 @@ class World:
     pri: str
     vps: str
     b: str
+    inet: str
+    primary: subprocess.Popen[bytes]
     cfg_a: Path
     cfg_b: Path
     socket: Path
@@ -109,9 +120,10 @@ def world(
     procs: Callable[..., subprocess.Popen[bytes]],
     uname: Callable[[str], str],
 ) -> Iterator[World]:
-    pri, vps, b = netns("pri"), netns("vps"), netns("hb")
+    pri, vps, b, inet = netns("pri"), netns("vps"), netns("hb"), netns("inet")
     veth(pri, uname("p"), PRI_B, b, uname("b"), B_ADDR)
     veth(pri, uname("v"), PRI_V, vps, uname("s"), VPS)
+    veth(vps, uname("o"), VPS_OUT, inet, uname("i"), INET)
     sh("ip", "-n", b, "route", "add", "default", "via", PRI_B)
     sh("ip", "-n", vps, "route", "add", "default", "via", PRI_V)
     kdir = tmp_path / "knot-a"
@@ -139,7 +151,7 @@ def world(
     )
     assert r.returncode == 0, r.stderr
     log_a = (tmp_path / "knot-a.log").open("wb")
-    procs(
+    primary = procs(
         ["ip", "netns", "exec", pri, "knotd", "-c", str(kdir / "knot.conf")],
         stdout=log_a,
         stderr=subprocess.STDOUT,
@@ -177,14 +189,80 @@ def world(
     cfg_b.write_text(
         '[dns]\nhostname = "b"\ndomain = "example.org"\nttl = 5\n'
         f'[hosts]\nrole = "member"\nprimary = "{PRI_B}"\nkey = "{tmp_path}/b/host.key"\n'
-        "lease = 2\n"
+        'lease = 2\npeers = ["a"]\n'
+        f'[phonebook]\nsinks = ["rfc2136"]\nserver = "{B_KNOT}"\n'
+        f'tsig_key = "{tmp_path}/knot-b/phonebook.key"\n'
+        f'[resolver]\naddress = "{RESOLVER}"\n[nat64]\nenabled = false\n'
+        f'[paths]\nstate_dir = "{tmp_path}/state-b"\n'
     )
-    w = World(pri, vps, b, cfg_a, cfg_b, kdir / "run" / "knot.sock", sconf, tmp_path)
+    # Host b's own Knot (its zones, the phonebook's rfc2136 sink) and its resolver.
+    for addr in (RESOLVER, CLIENT, B_KNOT):
+        sh("ip", "-n", b, "addr", "add", f"{addr}/64", "dev", "lo", "nodad")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netmux.phonebook.knot",
+            str(tmp_path / "knot-b"),
+            "--config",
+            str(cfg_b),
+            "--listen",
+            B_KNOT,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    procs(
+        ["ip", "netns", "exec", b, "knotd", "-c", str(tmp_path / "knot-b" / "knot.conf")],
+        stdout=(tmp_path / "knot-b.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    from netmux import daemons
+    from netmux.render import unbound
+
+    (tmp_path / "resolver").mkdir()
+    uconf = tmp_path / "resolver" / "unbound.conf"
+    uconf.write_text(unbound.render(load_host(cfg_b), daemons.unbound(), tmp_path / "resolver"))
+    procs(
+        ["ip", "netns", "exec", b, "unbound", "-d", "-c", str(uconf)],
+        stdout=(tmp_path / "unbound.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    w = World(pri, vps, b, inet, primary, cfg_a, cfg_b, kdir / "run" / "knot.sock", sconf, tmp_path)
     until(
         "the primary answers",
         lambda: "dns.a.example.org." in dig(pri, "::1", "a.example.org", "NS"),
     )
+    until(
+        "b's own Knot answers",
+        lambda: "dns.b.example.org." in dig(b, B_KNOT, "b.example.org", "NS"),
+    )
     yield w
+
+
+def resolve(w: World, name: str) -> str:
+    """Through host b's resolver workload (unbound), as a workload on b would."""
+    r = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            w.b,
+            "dig",
+            f"@{RESOLVER}",
+            "-b",
+            CLIENT,
+            "+short",
+            "+time=1",
+            "+tries=1",
+            name,
+            "AAAA",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return r.stdout.strip()
 
 
 def run_sink(w: World, scenario: Callable[[hosts.HostSink], object]) -> None:
@@ -230,7 +308,10 @@ def test_a_joined_host_is_served_by_the_primary_and_the_secondary_and_lapses(wor
 
     run_sink(w, publish_then_switch_off)
     until("www.b on the primary", lambda: dig(w.pri, "::1", "www.b.example.org") == WWW_B)
-    until("www.b on the secondary", lambda: dig(w.vps, "::1", "www.b.example.org") == WWW_B)
+    until(
+        "www.b from the internet (the secondary)",
+        lambda: dig(w.inet, VPS_OUT, "www.b.example.org") == WWW_B,
+    )
     r = netmux(w.pri, w.cfg_a, "host", "list", "--json")
     assert r.returncode == 0, r.stderr
     assert '"host": "b"' in r.stdout and '"2001:db8:b::/64"' in r.stdout, r.stdout
@@ -291,3 +372,47 @@ def test_a_second_add_of_the_same_host_is_refused_and_changes_nothing(world: Wor
     r = netmux(w.pri, w.cfg_a, *args)
     assert r.returncode == 2 and "joined already" in r.stderr, r
     assert (w.tmp / "hosts" / "hosts.conf").read_text() == before
+
+
+@pytest.mark.netns
+@pytest.mark.requires("knotd", "knotc", "dig", "unbound")
+def test_each_hosts_resolver_answers_for_every_host_and_its_own_without_the_primary(
+    world: World,
+) -> None:
+    w = world
+    r = netmux(
+        w.pri, w.cfg_a, "host", "add", "b", "--address", PRI_B, "--knot-socket", str(w.socket)
+    )
+    assert r.returncode == 0, r.stderr
+    assert netmux(w.b, w.cfg_b, "host", "join", str(w.tmp / "hosts" / "b.join")).returncode == 0
+    cfg_a, cfg_b = load_host(w.cfg_a), load_host(w.cfg_b)
+
+    async def primary_publishes() -> None:  # host a's phonebookd: its own sink, its own Knot
+        sink = Rfc2136Sink(Zones.from_config(cfg_a), "::1", 53, cfg_a.phonebook.tsig_key)
+        sink.update([Record("www.a.example.org", "AAAA", WWW_A, 5)])
+        await asyncio.wait_for(sink.synced(), WAIT)
+        await sink.close()
+
+    nsutil.run_in_netns(w.pri, lambda: asyncio.run(primary_publishes()))
+
+    async def b_publishes(names: list[str], primary_up: bool) -> None:
+        zones = Zones.from_config(cfg_b)
+        sinks = [s for s in make_sinks(cfg_b, zones) if s.name in ("rfc2136", "hosts")]
+        assert sorted(s.name for s in sinks) == ["hosts", "rfc2136"]
+        recs = [Record(f"{n}.b.example.org", "AAAA", WWW_B, 5) for n in names]
+        for s in sinks:
+            s.update(recs)
+        waits = sinks if primary_up else [s for s in sinks if s.name == "rfc2136"]
+        await asyncio.wait_for(asyncio.gather(*(s.synced() for s in waits)), WAIT)
+        for s in sinks:
+            await (s.abandon() if isinstance(s, hosts.HostSink) else s.close())
+
+    nsutil.run_in_netns(w.b, lambda: asyncio.run(b_publishes(["www"], True)))
+    until("www.a through b's resolver", lambda: resolve(w, "www.a.example.org") == WWW_A)
+    until("www.b through b's resolver", lambda: resolve(w, "www.b.example.org") == WWW_B)
+    until("www.b at the primary", lambda: dig(w.pri, "::1", "www.b.example.org") == WWW_B)
+
+    # The primary goes down: b's own names, even new ones, still resolve on b.
+    stop_process(w.primary)
+    nsutil.run_in_netns(w.b, lambda: asyncio.run(b_publishes(["www", "new"], False)))
+    until("new.b through b's resolver", lambda: resolve(w, "new.b.example.org") == WWW_B)
