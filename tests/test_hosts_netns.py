@@ -1,23 +1,14 @@
-"""More than one host, for real: a Knot primary (host a), a Knot secondary in a "vps"
-namespace that learns the zones from the catalog, and host b sending its records by RFC
-2136 with its own key, on a lease.
-
-    [b] 2001:db8:b::2 --veth-- 2001:db8:b::1 [pri: knotd, zones a, b, catalog] 2001:db8:5::1
-                                                    --veth-- 2001:db8:5::53 [vps: knotd]
-                                        [internet] 2001:db8:6::2 --veth-- 2001:db8:6::1 [vps]
-
-Host b also runs its own Knot (::1, the phonebook's usual sink) and its resolver workload's
-unbound (rendered by netmux.render.unbound) at fd64:cafe::53.
+"""More than one host, for real (the topology: tests/hostsfix.py): a Knot primary, a Knot
+secondary that learns the zones from the catalog, and host b sending its records by RFC
+2136 with its own key, on a lease; b's resolver answers every host's names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.tsig
@@ -27,90 +18,22 @@ from netmux import hosts, nsutil
 from netmux.config import load_host
 from netmux.phonebook.records import Record, Zones
 from netmux.phonebook.sinks import Rfc2136Sink, make_sinks, parse_tsig_key
+from tests import hostsfix
 from tests.conftest import stop_process
+from tests.hostsfix import (
+    CLIENT,
+    PRI_B,
+    RESOLVER,
+    VPS_OUT,
+    WWW_A,
+    WWW_B,
+    World,
+    dig,
+    netmux,
+    until,
+)
 
-PRI_B, B_ADDR = "2001:db8:b::1", "2001:db8:b::2"
-PRI_V, VPS = "2001:db8:5::1", "2001:db8:5::53"
-VPS_OUT, INET = "2001:db8:6::1", "2001:db8:6::2"
-RESOLVER, CLIENT = "fd64:cafe::53", "fd64:cafe::2"
-B_KNOT = "fd64:cafe::5"  # host b's own Knot (the dns workload): unbound never asks ::1
-WWW_A = "2001:db8:a::80"
-WWW_B = "2001:db8:b::80"
 WAIT = 30.0
-
-
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
-def veth(ns1: str, if1: str, a1: str, ns2: str, if2: str, a2: str) -> None:
-    sh("ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2, "netns", ns2)
-    for ns, ifname, addr in ((ns1, if1, a1), (ns2, if2, a2)):
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", ifname, "nodad")
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
-
-
-def dig(ns: str, server: str, name: str, rtype: str = "AAAA") -> str:
-    r = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "dig",
-            f"@{server}",
-            "+norec",
-            "+short",
-            "+time=1",
-            "+tries=1",
-            name,
-            rtype,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip()
-
-
-def until(what: str, fn: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not fn():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WAIT:g}s: {what}")
-        time.sleep(0.1)
-
-
-def netmux(ns: str, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "netmux.cli",
-            "--config",
-            str(cfg),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-    )
-
-
-@dataclass
-class World:
-    pri: str
-    vps: str
-    b: str
-    inet: str
-    primary: subprocess.Popen[bytes]
-    cfg_a: Path
-    cfg_b: Path
-    socket: Path
-    secondary_conf: Path
-    tmp: Path
 
 
 @pytest.fixture
@@ -119,126 +42,8 @@ def world(
     netns: Callable[[str], str],
     procs: Callable[..., subprocess.Popen[bytes]],
     uname: Callable[[str], str],
-) -> Iterator[World]:
-    pri, vps, b, inet = netns("pri"), netns("vps"), netns("hb"), netns("inet")
-    veth(pri, uname("p"), PRI_B, b, uname("b"), B_ADDR)
-    veth(pri, uname("v"), PRI_V, vps, uname("s"), VPS)
-    veth(vps, uname("o"), VPS_OUT, inet, uname("i"), INET)
-    sh("ip", "-n", b, "route", "add", "default", "via", PRI_B)
-    sh("ip", "-n", vps, "route", "add", "default", "via", PRI_V)
-    kdir = tmp_path / "knot-a"
-    cfg_a = tmp_path / "a.toml"
-    cfg_a.write_text(
-        '[dns]\nhostname = "a"\ndomain = "example.org"\nttl = 5\n'
-        f'[phonebook]\nserver = "::1"\ntsig_key = "{kdir}/phonebook.key"\n'
-        f'[hosts]\nrole = "primary"\ndirectory = "{tmp_path}/hosts"\nlease = 2\n'
-        f'secondaries = ["{VPS}"]\n'
-        f'[paths]\nstate_dir = "{tmp_path}/state"\n'
-    )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "netmux.phonebook.knot",
-            str(kdir),
-            "--config",
-            str(cfg_a),
-            "--listen",
-            "::",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    log_a = (tmp_path / "knot-a.log").open("wb")
-    primary = procs(
-        ["ip", "netns", "exec", pri, "knotd", "-c", str(kdir / "knot.conf")],
-        stdout=log_a,
-        stderr=subprocess.STDOUT,
-    )
-    sdir = tmp_path / "knot-vps"
-    for sub in ("zones", "db", "run"):
-        (sdir / sub).mkdir(parents=True)
-    sconf = sdir / "knot.conf"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "netmux.hosts",
-            "secondary",
-            str(sdir),
-            "--primary",
-            PRI_V,
-            "--key",
-            str(tmp_path / "hosts" / f"{hosts.SECONDARY_KEY}.key"),
-            "--listen",
-            "::@53",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    sconf.write_text(r.stdout)
-    log_s = (tmp_path / "knot-vps.log").open("wb")
-    procs(
-        ["ip", "netns", "exec", vps, "knotd", "-c", str(sconf)],
-        stdout=log_s,
-        stderr=subprocess.STDOUT,
-    )
-    cfg_b = tmp_path / "b.toml"
-    cfg_b.write_text(
-        '[dns]\nhostname = "b"\ndomain = "example.org"\nttl = 5\n'
-        f'[hosts]\nrole = "member"\nprimary = "{PRI_B}"\nkey = "{tmp_path}/b/host.key"\n'
-        'lease = 2\npeers = ["a"]\n'
-        f'[phonebook]\nsinks = ["rfc2136"]\nserver = "{B_KNOT}"\n'
-        f'tsig_key = "{tmp_path}/knot-b/phonebook.key"\n'
-        f'[resolver]\naddress = "{RESOLVER}"\n[nat64]\nenabled = false\n'
-        f'[paths]\nstate_dir = "{tmp_path}/state-b"\n'
-    )
-    # Host b's own Knot (its zones, the phonebook's rfc2136 sink) and its resolver.
-    for addr in (RESOLVER, CLIENT, B_KNOT):
-        sh("ip", "-n", b, "addr", "add", f"{addr}/64", "dev", "lo", "nodad")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "netmux.phonebook.knot",
-            str(tmp_path / "knot-b"),
-            "--config",
-            str(cfg_b),
-            "--listen",
-            B_KNOT,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    procs(
-        ["ip", "netns", "exec", b, "knotd", "-c", str(tmp_path / "knot-b" / "knot.conf")],
-        stdout=(tmp_path / "knot-b.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    from netmux import daemons
-    from netmux.render import unbound
-
-    (tmp_path / "resolver").mkdir()
-    uconf = tmp_path / "resolver" / "unbound.conf"
-    uconf.write_text(unbound.render(load_host(cfg_b), daemons.unbound(), tmp_path / "resolver"))
-    procs(
-        ["ip", "netns", "exec", b, "unbound", "-d", "-c", str(uconf)],
-        stdout=(tmp_path / "unbound.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    w = World(pri, vps, b, inet, primary, cfg_a, cfg_b, kdir / "run" / "knot.sock", sconf, tmp_path)
-    until(
-        "the primary answers",
-        lambda: "dns.a.example.org." in dig(pri, "::1", "a.example.org", "NS"),
-    )
-    until(
-        "b's own Knot answers",
-        lambda: "dns.b.example.org." in dig(b, B_KNOT, "b.example.org", "NS"),
-    )
-    yield w
+) -> World:
+    return hostsfix.build(tmp_path, netns, uname, procs)
 
 
 def resolve(w: World, name: str) -> str:
@@ -322,7 +127,7 @@ def test_a_joined_host_is_served_by_the_primary_and_the_secondary_and_lapses(wor
     for zone in ("a.example.org", "catalog.netmux.invalid"):
         msg = hosts.update_message(zone, key_b, lease=("x", 5))
         with pytest.raises(dns.tsig.PeerBadKey):
-            nsutil.run_in_netns(w.b, lambda msg=msg: hosts.send(PRI_B, 53, msg))
+            nsutil.run_in_netns(w.b, functools.partial(hosts.send, PRI_B, 53, msg))
     assert dig(w.pri, "::1", "_lease.a.example.org", "TXT") == ""
     # In its own zone, only address and TXT records (update-type): no NS hijack. Knot
     # refuses it the same way (no ACL rule matches the key for that update).
