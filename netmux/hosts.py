@@ -460,6 +460,8 @@ class HostSink(Rfc2136Sink):
         super().__init__(member, server, port, key, 0.0, timeout)
         self.lease = lease
         self.refreshes = 0
+        self.resync = False
+        self.failures = 0
         self.refresher: asyncio.Task[None] | None = None
 
     def update(self, records: list[Any]) -> None:
@@ -470,15 +472,36 @@ class HostSink(Rfc2136Sink):
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(refresh_interval(self.lease))
-            self.sent = None  # read back what the primary holds
+            self.resync = True  # not `sent = None` here: an update may be in flight
             self.kick()
 
+    async def synced(self) -> None:
+        """Best effort: the records of the last `update` are at the primary, or the primary
+        failed to take them (it is down; the sink keeps retrying). A workload on this host
+        is ready once its own Knot has its records, primary or not."""
+        gen, failures = self.gen, self.failures
+        async with self.progress:
+            await self.progress.wait_for(lambda: self.done >= gen or self.failures > failures)
+
     async def work(self) -> None:
-        await super().work()
+        try:
+            await self._work()
+        except Exception:
+            self.failures += 1
+            async with self.progress:
+                self.progress.notify_all()
+            raise
+
+    async def _work(self) -> None:
+        # The lease first: an expiry pass between the two would otherwise delete records
+        # that are fresh, under a lease that is not (yet).
         lease = (lease_text(time.time(), self.lease), max(1, round(self.lease)))
         msg = update_message(self.zones.public, self.key, lease=lease)
         await asyncio.to_thread(send, self.server, self.port, msg, self.timeout)
         self.refreshes += 1
+        if self.resync:  # read back what the primary holds (it may have expired us)
+            self.sent, self.resync = None, False
+        await super().work()
 
     async def abandon(self) -> None:
         """Stop refreshing without removing anything (a host switched off, for tests)."""

@@ -249,3 +249,29 @@ def test_the_resolver_asks_the_primary_for_peers_and_keeps_its_own_zone_local() 
     assert "b.home.arpa." not in {s.zone for s in unbound.stubs(alone)}
     with pytest.raises(ConfigError, match=r"hosts\.peers"):
         parse_host('[hosts]\npeers = ["B B"]\n')
+
+
+@pytest.mark.unit
+def test_a_member_is_not_held_up_by_a_primary_that_is_down() -> None:
+    """phonebookd's settle waits for every sink: the hosts sink must give up waiting (and
+    keep retrying) when the primary cannot be reached, so workloads still start."""
+    import asyncio
+    import socket
+
+    from netmux.phonebook.records import Record
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = parse_host('[dns]\nhostname = "b"\ndomain = "example.org"\n')
+
+    async def scenario() -> tuple[str, int]:
+        sink = hosts.HostSink(Zones.from_config(cfg), "127.0.0.1", port, KEY_B, 120, 1.0)
+        sink.update([Record("www.b.example.org", "AAAA", "2001:db8:b::80", 60)])
+        await asyncio.wait_for(sink.synced(), 10)
+        err, failures = sink.last_error, sink.failures
+        await sink.abandon()
+        return err, failures
+
+    err, failures = asyncio.run(scenario())
+    assert failures >= 1 and err
