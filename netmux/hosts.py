@@ -668,13 +668,17 @@ def remove_host(cfg: HostConfig, name: str, socket: Path | None) -> None:
     kfile = cfg.hosts.directory / "keys" / f"{name}.key"
     if not kfile.exists():
         raise UsageError(f"host {name!r} is not joined (no {kfile})")
+    zone = host_zone(name, cfg.dns.domain)
+    if socket is not None:
+        # Its journal and timers go first: a host added again later under the same name
+        # must not get the old records back from Knot's database.
+        knotc(socket, "-f", "zone-purge", zone + ".", "+expire", "+journal", "+timers")
     kfile.unlink()
     with contextlib.suppress(FileNotFoundError):
         (cfg.hosts.directory / f"{name}{JOIN_SUFFIX}").unlink()
     write_primary(cfg)
     if socket is not None:
         knotc(socket, "reload")
-    zone = host_zone(name, cfg.dns.domain)
     with contextlib.suppress(FileNotFoundError):
         (cfg.hosts.directory / "zones" / f"{zone}.zone").unlink()
 

@@ -177,6 +177,32 @@ def test_a_second_add_of_the_same_host_is_refused_and_changes_nothing(world: Wor
     r = netmux(w.pri, w.cfg_a, *args)
     assert r.returncode == 2 and "joined already" in r.stderr, r
     assert (w.tmp / "hosts" / "hosts.conf").read_text() == before
+    # Removed with records in it and added again: the new zone starts empty (the old
+    # journal was purged), under a new key.
+    key_1 = (w.tmp / "hosts" / "keys" / "b.key").read_text()
+    assert netmux(w.b, w.cfg_b, "host", "join", str(w.tmp / "hosts" / "b.join")).returncode == 0
+
+    async def publish(sink: hosts.HostSink) -> None:
+        sink.update(www(w))
+        await asyncio.wait_for(sink.synced(), WAIT)
+        await sink.abandon()
+
+    run_sink(w, publish)
+    until("www.b at the primary", lambda: dig(w.pri, "::1", "www.b.example.org") == WWW_B)
+    r = netmux(w.pri, w.cfg_a, "host", "list")
+    assert r.returncode == 0 and "b " in r.stdout and "2001:db8:b::/64" in r.stdout, r
+    assert (
+        netmux(w.pri, w.cfg_a, "host", "remove", "b", "--knot-socket", str(w.socket)).returncode
+        == 0
+    )
+    assert netmux(w.pri, w.cfg_a, *args).returncode == 0
+    assert (w.tmp / "hosts" / "keys" / "b.key").read_text() != key_1
+    until(
+        "b.example.org served again",
+        lambda: "dns.a.example.org." in dig(w.pri, "::1", "b.example.org", "NS"),
+    )
+    assert dig(w.pri, "::1", "www.b.example.org") == ""
+    assert dig(w.pri, "::1", "_lease.b.example.org", "TXT") == ""
 
 
 @pytest.mark.netns
