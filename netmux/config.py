@@ -321,6 +321,10 @@ class HostsConfig:
     # primary: off-site Knot secondaries (NOTIFY to them, transfers signed with the
     # secondary key in hosts.directory).
     secondaries: tuple[IPv6Address, ...] = ()
+    # primary: the secondaries' name server names (FQDNs). Every zone's apex NS set is kept
+    # at the primary's name server plus these, as the public delegation lists them, so a
+    # resolver still reaches the secondary while the primary is down.
+    secondary_ns: tuple[str, ...] = check(_domain, ())
     # The other hosts' names: the resolver workload answers PEER.DOMAIN from the primary
     # (stub zones), while this host's own zone stays served by its own Knot.
     peers: tuple[str, ...] = check(_label, ())

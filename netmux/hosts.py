@@ -312,6 +312,24 @@ def expiry_plan(
     return out
 
 
+def apex_ns(zone: str, rows: Iterable[Row]) -> set[str]:
+    return {v.rstrip(".").lower() for n, t, v in rows if n == zone and t == "NS"}
+
+
+def ns_plan(zones: Mapping[str, Sequence[Row]], want: Iterable[str]) -> list[str]:
+    """The zones whose apex NS set is not `want` (the primary's name server and the
+    secondaries'): the public delegation names them all, so must each zone. Pure."""
+    wanted = {check_fqdn(n.rstrip(".").lower()) for n in want}
+    return sorted(z for z, rows in zones.items() if apex_ns(z, rows) != wanted)
+
+
+def ns_message(zone: str, key: TsigKey, names: Iterable[str], ttl: int) -> Any:
+    """Replace the apex NS set of `zone` (one update: never a zone without NS)."""
+    msg = update_message(zone, key)
+    msg.replace(zone + ".", ttl, "NS", *sorted(n.rstrip(".") + "." for n in names))
+    return msg
+
+
 def prefixes_of(rows: Iterable[Row]) -> list[IPv6Network]:
     """The /64s of a zone's AAAA records (a host's delegated prefix, as `host list` shows)."""
     nets = {IPv6Network(f"{v}/64", strict=False) for _, t, v in rows if t == "AAAA"}
@@ -695,10 +713,19 @@ def expire(cfg: HostConfig, now: float | None = None) -> dict[str, list[tuple[st
     _require_role(cfg, "primary", "netmux host expire")
     server, port = _primary_server(cfg)
     key = _primary_key(cfg)
-    plan = expiry_plan(zone_rows(cfg), time.time() if now is None else now, cfg.hosts.lease)
+    rows = zone_rows(cfg)
+    plan = expiry_plan(rows, time.time() if now is None else now, cfg.hosts.lease)
     for zone, doomed in plan.items():
         send(server, port, update_message(zone, key, doomed))
         journal.info(f"hosts: lease of {zone} lapsed: {len(doomed)} RRset(s) removed")
+    # The same pass keeps every zone's NS set on the name servers the delegation names.
+    zones = Zones.from_config(cfg)
+    own = cfg.public_zone.lower()
+    rows[own] = [r for r in axfr(server, port, own, key) if r[0] == own and r[1] == "NS"]
+    want = [zones.ns, *cfg.hosts.secondary_ns]
+    for zone in ns_plan(rows, want):
+        send(server, port, ns_message(zone, key, want, zones.ttl))
+        journal.info(f"hosts: NS of {zone} set to {', '.join(want)}")
     return plan
 
 

@@ -30,6 +30,7 @@ RESOLVER, CLIENT = "fd64:cafe::53", "fd64:cafe::2"
 B_KNOT = "fd64:cafe::5"  # host b's own Knot (the dns workload): unbound never asks ::1
 WWW_A = "2001:db8:a::80"
 WWW_B = "2001:db8:b::80"
+VPS_NS = "ns.vps.example"
 WAIT = 30.0
 
 
@@ -133,7 +134,7 @@ def build(
         '[dns]\nhostname = "a"\ndomain = "example.org"\nttl = 5\n'
         f'[phonebook]\nserver = "::1"\ntsig_key = "{kdir}/phonebook.key"\n'
         f'[hosts]\nrole = "primary"\ndirectory = "{tmp}/hosts"\nlease = {lease}\n'
-        f'secondaries = ["{VPS}"]\n'
+        f'secondaries = ["{VPS}"]\nsecondary_ns = ["{VPS_NS}"]\n'
         f'[paths]\nstate_dir = "{tmp}/state"\n'
     )
     r = subprocess.run(

@@ -275,3 +275,24 @@ def test_a_member_is_not_held_up_by_a_primary_that_is_down() -> None:
 
     err, failures = asyncio.run(scenario())
     assert failures >= 1 and err
+
+
+@pytest.mark.unit
+def test_every_zones_ns_set_follows_the_secondaries() -> None:
+    zones = {
+        "b.example.org": rows("b.example.org", 990),
+        "c.example.org": [
+            ("c.example.org", "NS", "dns.a.example.org."),
+            ("c.example.org", "NS", "ns.vps.example."),
+        ],
+    }
+    want = ["dns.a.example.org", "ns.vps.example"]
+    assert hosts.ns_plan(zones, want) == ["b.example.org"]
+    assert hosts.ns_plan(zones, want[:1]) == ["c.example.org"]
+    text = hosts.ns_message("b.example.org", KEY_B, want, 60).to_text()
+    assert (
+        "b.example.org. 60 IN NS dns.a" in text
+        and "b.example.org. 60 IN NS ns.vps.example." in text
+    )
+    with pytest.raises(ConfigError, match=r"hosts\.secondary_ns"):
+        parse_host('[hosts]\nsecondary_ns = ["not a name"]\n')

@@ -24,6 +24,7 @@ from tests.hostsfix import (
     CLIENT,
     PRI_B,
     RESOLVER,
+    VPS_NS,
     VPS_OUT,
     WWW_A,
     WWW_B,
@@ -144,6 +145,12 @@ def test_a_joined_host_is_served_by_the_primary_and_the_secondary_and_lapses(wor
         lambda: "b.example.org: lease lapsed" in netmux(w.pri, w.cfg_a, "host", "expire").stdout,
     )
     assert dig(w.pri, "::1", "www.b.example.org") == ""
+    # The same pass put the secondary's name into every zone's NS set (as delegated).
+    for zone in ("a.example.org", "b.example.org"):
+        until(
+            f"{zone} NS on the secondary names it too",
+            lambda zone=zone: f"{VPS_NS}." in dig(w.inet, VPS_OUT, zone, "NS").split(),
+        )
     until("www.b gone from the secondary", lambda: dig(w.vps, "::1", "www.b.example.org") == "")
 
     # Back on: the next refresh brings the records back; a clean stop removes them.
