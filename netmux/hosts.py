@@ -470,7 +470,7 @@ class HostSink(Rfc2136Sink):
         zones: Zones,
         server: str,
         port: int,
-        key: TsigKey,
+        key: TsigKey | Path,
         lease: float,
         timeout: float = 3.0,
     ) -> None:
@@ -550,12 +550,14 @@ def make_sink(cfg: HostConfig, zones: Zones) -> HostSink | None:
         return None
     if not h.primary:
         raise ConfigError(cfg.source, "hosts.primary", "", "the primary's address")
+    key: TsigKey | Path
     try:
         key = parse_tsig_key(h.key.read_text(), str(h.key))
+    except FileNotFoundError:  # not joined yet: this host's own DNS must work regardless
+        key = h.key
+        journal.warning(f"hosts: {h.key} does not exist yet (`netmux host join FILE`)")
     except OSError as e:
-        raise ConfigError(
-            cfg.source, "hosts.key", str(h.key), f"a readable key file (`netmux host join`: {e})"
-        ) from None
+        raise ConfigError(cfg.source, "hosts.key", str(h.key), f"a readable file ({e})") from None
     return HostSink(zones, h.primary, h.port, key, h.lease)
 
 

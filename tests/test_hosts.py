@@ -192,6 +192,10 @@ def test_hosts_config_is_checked() -> None:
     cfg = parse_host('[hosts]\nrole = "member"\n')
     with pytest.raises(ConfigError, match=r"hosts\.primary"):
         hosts.make_sink(cfg, Zones.from_config(cfg))
+    # Not joined yet: the sink waits for the key (this host's own DNS keeps working).
+    cfg = parse_host('[hosts]\nrole = "member"\nprimary = "::1"\nkey = "/nonexistent/k"\n')
+    sink = hosts.make_sink(cfg, Zones.from_config(cfg))
+    assert sink is not None and sink.key_path == Path("/nonexistent/k")
     assert hosts.make_sink(parse_host(""), Zones.from_config(cfg)) is None
 
 
