@@ -300,3 +300,34 @@ def test_every_zones_ns_set_follows_the_secondaries() -> None:
     )
     with pytest.raises(ConfigError, match=r"hosts\.secondary_ns"):
         parse_host('[hosts]\nsecondary_ns = ["not a name"]\n')
+
+
+@pytest.mark.unit
+def test_doctor_says_what_a_member_or_primary_lacks() -> None:
+    import re
+
+    from netmux import doctor
+
+    member = parse_host('[hosts]\nrole = "member"\nprimary = "2001:db8:a::d"\nlease = 120\n')
+    primary = parse_host('[hosts]\nrole = "primary"\n')
+
+    def check(f: doctor.HostsFact | None, cfg: object = member) -> tuple[str, str]:
+        (c,) = doctor._hosts_checks(doctor.Facts(hosts=f), cfg)  # type: ignore[arg-type]
+        return c.id, c.status
+
+    assert check(doctor.HostsFact(key=False)) == ("hosts.key", "fail")
+    assert check(doctor.HostsFact(error="timed out")) == ("hosts.lease", "fail")
+    assert check(doctor.HostsFact()) == ("hosts.lease", "fail")  # no lease there
+    assert check(doctor.HostsFact(lease_age=200)) == ("hosts.lease", "warn")
+    assert check(doctor.HostsFact(lease_age=20)) == ("hosts.lease", "ok")
+    assert check(doctor.HostsFact(key=False), primary) == ("hosts.primary", "fail")
+    assert doctor._hosts_checks(doctor.Facts(), parse_host("")) == []
+    text = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    for cid in ("hosts.key", "hosts.lease", "hosts.primary"):
+        assert f"| `{cid}` |" in text
+    assert re.search(
+        r"hosts\.lease",
+        doctor.render_text(
+            doctor.evaluate(doctor.Facts(hosts=doctor.HostsFact(lease_age=5)), member)
+        ),
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 import dns.tsig
 import pytest
 
-from netmux import hosts, nsutil
+from netmux import doctor, hosts, nsutil
 from netmux.config import load_host
 from netmux.phonebook.records import Record, Zones
 from netmux.phonebook.sinks import Rfc2136Sink, make_sinks, parse_tsig_key
@@ -118,6 +118,9 @@ def test_a_joined_host_is_served_by_the_primary_and_the_secondary_and_lapses(wor
         "www.b from the internet (the secondary)",
         lambda: dig(w.inet, VPS_OUT, "www.b.example.org") == WWW_B,
     )
+    # `netmux doctor` on b sees its lease at the primary.
+    fact = nsutil.run_in_netns(w.b, lambda: doctor.probe_hosts(load_host(w.cfg_b)))
+    assert fact is not None and fact.lease_age is not None and not fact.error, fact
     r = netmux(w.pri, w.cfg_a, "host", "list", "--json")
     assert r.returncode == 0, r.stderr
     assert '"host": "b"' in r.stdout and '"2001:db8:b::/64"' in r.stdout, r.stdout
