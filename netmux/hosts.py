@@ -433,10 +433,20 @@ def update_message(
 
 
 def send(server: str, port: int, msg: Any, timeout: float = 3.0) -> None:
+    import dns.exception
     import dns.query
     import dns.rcode
+    import dns.tsig
 
-    resp = dns.query.tcp(msg, server, timeout=timeout, port=port)
+    try:
+        resp = dns.query.tcp(msg, server, timeout=timeout, port=port)
+    except dns.tsig.PeerBadKey:  # Knot: no ACL rule lets this key do this update here
+        raise StateError(
+            f"{server} refused the update of {msg.zone[0].name}: the key may not change it "
+            "(NOTAUTH, BADKEY)"
+        ) from None
+    except (OSError, dns.exception.DNSException) as e:
+        raise StateError(f"{server} did not take the update: {e or type(e).__name__}") from None
     if resp.rcode() != dns.rcode.NOERROR:
         raise StateError(f"{server} refused the update: {dns.rcode.to_text(resp.rcode())}")
 
@@ -703,11 +713,30 @@ def remove_host(cfg: HostConfig, name: str, socket: Path | None) -> None:
         (cfg.hosts.directory / "zones" / f"{zone}.zone").unlink()
 
 
-def zone_rows(cfg: HostConfig) -> dict[str, list[Row]]:
-    """Every member zone as the primary's Knot holds it now (AXFR with the primary's key)."""
+def read_zone(server: str, port: int, zone: str, key: TsigKey) -> list[Row]:
+    """AXFR, with a failure as one StateError line (Knot down, zone not loaded yet)."""
+    try:
+        return axfr(server, port, zone, key)
+    except Exception as e:
+        raise StateError(
+            f"cannot read {zone} from {server} (AXFR): {e or type(e).__name__}"
+        ) from None
+
+
+def zone_rows(cfg: HostConfig, skip_failed: bool = False) -> dict[str, list[Row]]:
+    """Every member zone as the primary's Knot holds it now (AXFR with the primary's key);
+    `skip_failed`: leave out a zone that cannot be read (logged), for the expiry pass."""
     server, port = _primary_server(cfg)
     key = _primary_key(cfg)
-    return {j.zone: axfr(server, port, j.zone, key) for j in joined_hosts(cfg)}
+    out = {}
+    for j in joined_hosts(cfg):
+        try:
+            out[j.zone] = read_zone(server, port, j.zone, key)
+        except StateError as e:
+            if not skip_failed:
+                raise
+            journal.warning(f"hosts: {e}")
+    return out
 
 
 def expire(cfg: HostConfig, now: float | None = None) -> dict[str, list[tuple[str, str]]]:
@@ -715,7 +744,7 @@ def expire(cfg: HostConfig, now: float | None = None) -> dict[str, list[tuple[st
     _require_role(cfg, "primary", "netmux host expire")
     server, port = _primary_server(cfg)
     key = _primary_key(cfg)
-    rows = zone_rows(cfg)
+    rows = zone_rows(cfg, skip_failed=True)
     plan = expiry_plan(rows, time.time() if now is None else now, cfg.hosts.lease)
     for zone, doomed in plan.items():
         send(server, port, update_message(zone, key, doomed))
@@ -723,7 +752,7 @@ def expire(cfg: HostConfig, now: float | None = None) -> dict[str, list[tuple[st
     # The same pass keeps every zone's NS set on the name servers the delegation names.
     zones = Zones.from_config(cfg)
     own = cfg.public_zone.lower()
-    rows[own] = [r for r in axfr(server, port, own, key) if r[0] == own and r[1] == "NS"]
+    rows[own] = [r for r in read_zone(server, port, own, key) if r[0] == own and r[1] == "NS"]
     want = [zones.ns, *cfg.hosts.secondary_ns]
     for zone in ns_plan(rows, want):
         send(server, port, ns_message(zone, key, want, zones.ttl))
@@ -762,9 +791,14 @@ def cmd_host(args: argparse.Namespace, cfg: HostConfig) -> int:
         return _join(args, cfg)
     if action == "leave":
         _require_role(cfg, "member", "netmux host leave")
-        key = parse_tsig_key(cfg.hosts.key.read_text(), str(cfg.hosts.key))
+        try:
+            key = parse_tsig_key(cfg.hosts.key.read_text(), str(cfg.hosts.key))
+        except OSError as e:
+            raise ConfigError(
+                cfg.source, "hosts.key", str(cfg.hosts.key), f"a readable file ({e.strerror})"
+            ) from None
         zone = cfg.public_zone.lower()
-        rows = axfr(cfg.hosts.primary, cfg.hosts.port, zone, key)
+        rows = read_zone(cfg.hosts.primary, cfg.hosts.port, zone, key)
         send(cfg.hosts.primary, cfg.hosts.port, update_message(zone, key, stale_rrsets(zone, rows)))
         print(
             f"{zone}: records removed at {cfg.hosts.primary}; now `netmux host remove "
@@ -856,7 +890,7 @@ def _list(args: argparse.Namespace, cfg: HostConfig) -> int:
     now = time.time()
     server, port = _primary_server(cfg)
     own = cfg.public_zone.lower()
-    zones = {own: axfr(server, port, own, _primary_key(cfg)), **zone_rows(cfg)}
+    zones = {own: read_zone(server, port, own, _primary_key(cfg)), **zone_rows(cfg)}
     out = host_rows(own, zones, now, cfg.hosts.lease, cfg.phonebook.ns_label)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in out], indent=1))
