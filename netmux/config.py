@@ -292,6 +292,12 @@ class DelegationConfig:
     ttl: int = check(_positive, 300)
 
 
+def _address_or_name(v: str) -> str | None:
+    if not v or _ip_address(v) is None or _domain(v) is None:
+        return None
+    return "an IP address such as 2001:db8::53, or a name such as dns.a.example.org"
+
+
 @dataclass(frozen=True)
 class HostsConfig:
     """More than one netmux host under one domain (netmux/hosts.py, docs/hosts.md).
@@ -304,8 +310,10 @@ class HostsConfig:
     # "" = a single host; "primary" serves the zones of every joined host; "member" sends its
     # public records to the primary.
     role: Literal["", "primary", "member"] = ""
-    # member: the primary's address (its Knot), where updates and lease refreshes go.
-    primary: str = check(_ip_address, "")
+    # member: the primary's Knot, where updates and lease refreshes go: an address, or a
+    # name (such as dns.a.example.org) looked up again at every refresh, so that a member
+    # follows the primary across renumberings (its delegation glue follows it).
+    primary: str = check(_address_or_name, "")
     # Port of the primary's Knot.
     port: int = check(_port_number, 53)
     # member: the TSIG key the primary issued for this host (`netmux host add` there,

@@ -369,16 +369,43 @@ def parse_join(text: str, source: str) -> JoinInfo:
         if k not in got:
             raise ConfigError(source, k, "(missing)", "a join file made by `netmux host add`")
     try:
-        ipaddress.ip_address(got["primary"])
         port = int(got["port"])
-    except ValueError:
-        raise ConfigError(source, "primary", got["primary"], "an IP address and a port") from None
+        if not is_address(got["primary"]):
+            check_fqdn(got["primary"].rstrip(".").lower())
+    except (ValueError, UsageError):
+        raise ConfigError(
+            source, "primary", got["primary"], "an address or name, and a port"
+        ) from None
     check_fqdn(got["zone"])
     check_fqdn(got["catalog"])
     return JoinInfo(got["primary"], port, got["zone"], got["catalog"], parse_tsig_key(text, source))
 
 
 # --- DNS edges -----------------------------------------------------------------------------
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve(primary: str, port: int = 53) -> str:
+    """The primary's address: `primary` itself, or its name looked up now (IPv6 first)."""
+    if is_address(primary):
+        return primary
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(primary, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise StateError(f"cannot look up the primary {primary}: {e.strerror or e}") from None
+    addrs = sorted({str(i[4][0]) for i in infos}, key=lambda a: (":" not in a, a))
+    if not addrs:
+        raise StateError(f"cannot look up the primary {primary}: no address")
+    return addrs[0]
 
 
 def _keyring(key: TsigKey) -> tuple[Any, Any]:
@@ -485,7 +512,8 @@ class HostSink(Rfc2136Sink):
         timeout: float = 3.0,
     ) -> None:
         member = MemberZones(zones.public, zones.internal, zones.ttl, zones.ns, ())
-        super().__init__(member, server, port, key, 0.0, timeout)
+        self.primary = server  # an address, or a name looked up at every refresh
+        super().__init__(member, server if is_address(server) else "", port, key, 0.0, timeout)
         self.lease = lease
         self.refreshes = 0
         self.resync = False
@@ -521,6 +549,8 @@ class HostSink(Rfc2136Sink):
             raise
 
     async def _work(self) -> None:
+        if self.resync or not self.server:  # the primary may have been renumbered
+            self.server = await asyncio.to_thread(resolve, self.primary, self.port)
         # The lease first: an expiry pass between the two would otherwise delete records
         # that are fresh, under a lease that is not (yet).
         lease = (lease_text(time.time(), self.lease), max(1, round(self.lease)))
@@ -545,6 +575,8 @@ class HostSink(Rfc2136Sink):
         zone = self.zones.public
         doomed = sorted(k for k in sent if self.zones.zone_of(k[0]) == zone)
         doomed.append((f"{LEASE_LABEL}.{zone}", "TXT"))
+        if not self.server:  # never reached the primary: nothing of ours is there
+            return
         try:
             await asyncio.to_thread(
                 send, self.server, self.port, update_message(zone, self.key, doomed), self.timeout
@@ -772,10 +804,13 @@ def cmd_host(args: argparse.Namespace, cfg: HostConfig) -> int:
     if action == "add":
         if not args.name or not args.address:
             raise UsageError("netmux host add NAME --address PRIMARY_ADDRESS: both are needed")
-        try:
-            ipaddress.ip_address(args.address)
-        except ValueError:
-            raise UsageError(f"--address {args.address!r} is not an IP address") from None
+        if not is_address(args.address):
+            try:
+                check_fqdn(args.address.rstrip(".").lower())
+            except UsageError:
+                raise UsageError(
+                    f"--address {args.address!r} is not allowed: an IP address or a name"
+                ) from None
         join = add_host(cfg, args.name, args.address, _socket(args))
         print(
             f"{args.name}: zone {host_zone(args.name, cfg.dns.domain)} added; copy {join} "
@@ -798,8 +833,9 @@ def cmd_host(args: argparse.Namespace, cfg: HostConfig) -> int:
                 cfg.source, "hosts.key", str(cfg.hosts.key), f"a readable file ({e.strerror})"
             ) from None
         zone = cfg.public_zone.lower()
-        rows = read_zone(cfg.hosts.primary, cfg.hosts.port, zone, key)
-        send(cfg.hosts.primary, cfg.hosts.port, update_message(zone, key, stale_rrsets(zone, rows)))
+        server = resolve(cfg.hosts.primary, cfg.hosts.port)
+        rows = read_zone(server, cfg.hosts.port, zone, key)
+        send(server, cfg.hosts.port, update_message(zone, key, stale_rrsets(zone, rows)))
         print(
             f"{zone}: records removed at {cfg.hosts.primary}; now `netmux host remove "
             f"{cfg.hostname}` on the primary"
@@ -830,7 +866,11 @@ def _join(args: argparse.Namespace, cfg: HostConfig) -> int:
         )
     # The key works before it is installed: the primary must accept this lease.
     lease = (lease_text(time.time(), cfg.hosts.lease), max(1, round(cfg.hosts.lease)))
-    send(info.primary, info.port, update_message(info.zone, info.key, lease=lease))
+    send(
+        resolve(info.primary, info.port),
+        info.port,
+        update_message(info.zone, info.key, lease=lease),
+    )
     cfg.hosts.key.parent.mkdir(parents=True, exist_ok=True)
     _write_private(cfg.hosts.key, render_tsig_key(info.key), 0o600)
     print(

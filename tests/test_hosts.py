@@ -12,7 +12,7 @@ import pytest
 
 from netmux import hosts
 from netmux.config import parse_host
-from netmux.errors import ConfigError, UsageError
+from netmux.errors import ConfigError, StateError, UsageError
 from netmux.phonebook import knot
 from netmux.phonebook.records import Zones
 from netmux.phonebook.sinks import TsigKey, render_tsig_key
@@ -214,7 +214,7 @@ def netmux(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ("", ["host", "add", "b", "--address", "2001:db8::1"], "hosts.role"),
         ('[hosts]\nrole = "primary"\n', ["host", "add", "B_", "--address", "::1"], "host name"),
         ('[hosts]\nrole = "primary"\n', ["host", "add", "b"], "both are needed"),
-        ('[hosts]\nrole = "primary"\n', ["host", "add", "b", "--address", "x"], "--address"),
+        ('[hosts]\nrole = "primary"\n', ["host", "add", "b", "--address", "no such!"], "--address"),
         ('[hosts]\nrole = "primary"\n', ["host", "remove", "zz"], "not joined"),
         ("", ["host", "join", "/nonexistent/b.join"], "cannot read"),
         ("", ["host", "leave"], "hosts.role"),
@@ -331,3 +331,44 @@ def test_doctor_says_what_a_member_or_primary_lacks() -> None:
             doctor.evaluate(doctor.Facts(hosts=doctor.HostsFact(lease_age=5)), member)
         ),
     )
+
+
+@pytest.mark.unit
+def test_a_primary_by_name_is_looked_up_by_the_member_and_by_its_resolver(tmp_path: Path) -> None:
+    """A name instead of an address: the member follows the primary across renumberings."""
+    import asyncio
+    import socket
+
+    from netmux import daemons
+    from netmux.phonebook.records import Record
+    from netmux.render import unbound
+
+    toml = (
+        '[dns]\nhostname = "b"\ndomain = "example.org"\n[phonebook]\nserver = "fd64:cafe::5"\n'
+        '[hosts]\nrole = "member"\nprimary = "dns.a.example.org"\npeers = ["a"]\n'
+    )
+    cfg = parse_host(toml)
+    stub = {s.zone: s for s in unbound.stubs(cfg)}["a.example.org."]
+    assert (stub.addrs, stub.hosts) == ((), ("dns.a.example.org.",))
+    conf = unbound.render(cfg, daemons.UnboundFeatures(), tmp_path)
+    assert 'name: "a.example.org."\n  stub-host: dns.a.example.org.' in conf
+    with pytest.raises(ConfigError, match=r"hosts\.primary"):
+        parse_host('[hosts]\nprimary = "not a name!"\n')
+    assert hosts.resolve("2001:db8::1") == "2001:db8::1"
+    assert hosts.resolve("localhost") in ("::1", "127.0.0.1")
+    with pytest.raises(StateError, match="cannot look up the primary"):
+        hosts.resolve("nonexistent.invalid")
+
+    with socket.socket() as s:  # the name resolves; nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def scenario() -> str:
+        sink = hosts.HostSink(Zones.from_config(cfg), "localhost", port, KEY_B, 120, 1.0)
+        assert sink.server == ""
+        sink.update([Record("www.b.example.org", "AAAA", "2001:db8:b::80", 60)])
+        await asyncio.wait_for(sink.synced(), 10)
+        await sink.close()  # cannot reach it: logged, nothing raised
+        return sink.server
+
+    assert asyncio.run(scenario()) in ("::1", "127.0.0.1")

@@ -27,6 +27,7 @@ from ..daemons import UnboundFeatures
 class Stub:
     zone: str  # with the trailing dot
     addrs: tuple[str, ...]
+    hosts: tuple[str, ...] = ()  # name servers by name (unbound looks them up itself)
 
 
 def reverse_zone(net: IPv6Network) -> str:
@@ -61,12 +62,20 @@ def peer_stubs(cfg: HostConfig, own: tuple[str, ...]) -> list[Stub]:
     the primary at its own Knot. This host's zone is not among them: it stays local, so its
     names resolve while the primary is down."""
     h = cfg.hosts
-    servers = (h.primary,) if h.role == "member" and h.primary else own
-    if not servers or not h.role:
+    names: tuple[str, ...] = ()
+    servers = own
+    if h.role == "member" and h.primary:
+        try:
+            servers = (str(ip_address(h.primary)),)
+        except ValueError:  # a name: unbound resolves it (the delegation's glue follows it)
+            servers, names = (), (_fqdn(h.primary),)
+    if not (servers or names) or not h.role:
         return []
     domain = cfg.dns.domain.rstrip(".").lower()
     return [
-        Stub(_fqdn(f"{p}.{domain}"), servers) for p in dict.fromkeys(h.peers) if p != cfg.hostname
+        Stub(_fqdn(f"{p}.{domain}"), servers, names)
+        for p in dict.fromkeys(h.peers)
+        if p != cfg.hostname
     ]
 
 
@@ -119,6 +128,7 @@ def render(
     for s in zs:
         lines += ["", "stub-zone:", f'  name: "{s.zone}"']
         lines += [f"  stub-addr: {a}" for a in s.addrs]
+        lines += [f"  stub-host: {n}" for n in s.hosts]
     if r.forwarders:
         lines += ["", "forward-zone:", '  name: "."']
         lines += [f"  forward-addr: {a}" for a in r.forwarders]
