@@ -372,3 +372,10 @@ def test_a_primary_by_name_is_looked_up_by_the_member_and_by_its_resolver(tmp_pa
         return sink.server
 
     assert asyncio.run(scenario()) in ("::1", "127.0.0.1")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["primary", "member"])
+def test_the_recipe_examples_parse(name: str) -> None:
+    path = Path(__file__).parent.parent / "recipes" / "hosts" / f"{name}.toml.example"
+    assert parse_host(path.read_text(), str(path)).hosts.role == name
