@@ -204,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="down: take every workload down, then mux too"
     )
+    p = _add(sub, "host", "more than one netmux host: the primary serves every host's zone",
+             "hosts:cmd_host")  # fmt: skip
+    p.add_argument("action", choices=["add", "remove", "join", "leave", "list", "expire"])
+    p.add_argument("name", nargs="?", help="add/remove: the host's name; join: the join file")
+    p.add_argument("--address", help="add: the primary's address the host sends updates to")
+    p.add_argument("--knot-socket", default="/var/lib/netmux/knot/run/knot.sock",
+                   help="add/remove: the primary's knotc socket (reloaded)")  # fmt: skip
+    p.add_argument("--no-reload", action="store_true", help="add/remove: do not reload Knot")
+    _json_flag(p)
     return parser
 
 

@@ -297,6 +297,52 @@ class DelegationConfig:
     ttl: int = check(_positive, 300)
 
 
+def _address_or_name(v: str) -> str | None:
+    if not v or _ip_address(v) is None or _domain(v) is None:
+        return None
+    return "an IP address such as 2001:db8::53, or a name such as dns.a.example.org"
+
+
+@dataclass(frozen=True)
+class HostsConfig:
+    """More than one netmux host under one domain (netmux/hosts.py, docs/hosts.md).
+
+    The primary (always on) serves every joined host's zone HOST.DOMAIN in its Knot and a
+    catalog zone (RFC 9432) listing them for off-site secondaries; a member sends its records
+    there by RFC 2136 with a TSIG key that may change its own zone only, on a lease.
+    """
+
+    # "" = a single host; "primary" serves the zones of every joined host; "member" sends its
+    # public records to the primary.
+    role: Literal["", "primary", "member"] = ""
+    # member: the primary's Knot, where updates and lease refreshes go: an address, or a
+    # name (such as dns.a.example.org) looked up again at every refresh, so that a member
+    # follows the primary across renumberings (its delegation glue follows it).
+    primary: str = check(_address_or_name, "")
+    # Port of the primary's Knot.
+    port: int = check(_port_number, 53)
+    # member: the TSIG key the primary issued for this host (`netmux host add` there,
+    # installed here by `netmux host join FILE`).
+    key: Path = check(_absolute, Path("/etc/netmux/host.key"))
+    # Seconds a refresh keeps a member's records: it refreshes every lease/4, and the
+    # primary's `netmux host expire` removes a zone's records once its lease is older.
+    lease: float = check(_positive, 120.0)
+    # primary: the joined hosts' key files and the generated Knot part (hosts.conf).
+    directory: Path = check(_absolute, Path("/var/lib/netmux/hosts"))
+    # The catalog zone listing the owner's zones (never delegated: a name under .invalid).
+    catalog: str = check(_domain, "catalog.netmux.invalid")
+    # primary: off-site Knot secondaries (NOTIFY to them, transfers signed with the
+    # secondary key in hosts.directory).
+    secondaries: tuple[IPv6Address, ...] = ()
+    # primary: the secondaries' name server names (FQDNs). Every zone's apex NS set is kept
+    # at the primary's name server plus these, as the public delegation lists them, so a
+    # resolver still reaches the secondary while the primary is down.
+    secondary_ns: tuple[str, ...] = check(_domain, ())
+    # The other hosts' names: the resolver workload answers PEER.DOMAIN from the primary
+    # (stub zones), while this host's own zone stays served by its own Knot.
+    peers: tuple[str, ...] = check(_label, ())
+
+
 def _prefix64(v: IPv6Network) -> str | None:
     return None if v.prefixlen == 64 else "a /64 prefix such as 2001:db8:0:1::/64"
 
@@ -400,6 +446,7 @@ class HostConfig:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     phonebook: PhonebookConfig = field(default_factory=PhonebookConfig)
     delegation: DelegationConfig = field(default_factory=DelegationConfig)
+    hosts: HostsConfig = field(default_factory=HostsConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     deny: DenyConfig = field(default_factory=DenyConfig)
     ipmux: IpmuxConfig = field(default_factory=IpmuxConfig)

@@ -75,6 +75,15 @@ class LeaseFact:
 
 
 @dataclass(frozen=True)
+class HostsFact:
+    """A member: its key, and its lease as the primary holds it. A primary: its Knot part."""
+
+    key: bool = True  # member: hosts.key exists; primary: hosts.conf exists
+    lease_age: float | None = None  # member: seconds since its last refresh at the primary
+    error: str = ""  # member: the primary did not answer
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the probes saw. None means "could not be looked at" (with `why`)."""
 
@@ -101,6 +110,7 @@ class Facts:
     other_key: tuple[str, ...] = ()  # workloads whose state was made with another host key
     nat64: nat64.EngineFacts | None = None  # what the host offers NAT64 (None: not probed)
     jool_instance: bool | None = None  # netmux's Jool instance exists in mux (None: not asked)
+    hosts: HostsFact | None = None  # several hosts ([hosts] role): netmux/hosts.py
 
 
 # --- pure parsers ------------------------------------------------------------------------
@@ -357,7 +367,95 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
         out += _dns_checks(f, cfg)
     out += _pd_checks(f, cfg)
     out += _sink_checks(f, cfg)
+    out += _hosts_checks(f, cfg)
     return out
+
+
+def _hosts_checks(f: Facts, cfg: HostConfig) -> list[Check]:
+    """[hosts]: a member's key and lease at the primary; a primary's Knot part."""
+    h, got = cfg.hosts, f.hosts
+    if not h.role or got is None:
+        return []
+    if h.role == "primary":
+        if not got.key:
+            return [
+                Check(
+                    "hosts.primary",
+                    "fail",
+                    f"{h.directory}/hosts.conf is missing: Knot serves no other host's zone",
+                    "systemctl restart netmux@dns",
+                )
+            ]
+        return [Check("hosts.primary", "ok", f"primary: {h.directory}/hosts.conf")]
+    if not got.key:
+        return [
+            Check(
+                "hosts.key",
+                "fail",
+                f"{h.key} is missing: this host has not joined",
+                "`netmux host add NAME` on the primary, then `netmux host join FILE`",
+            )
+        ]
+    if got.error:
+        return [
+            Check(
+                "hosts.lease",
+                "fail",
+                f"the primary {h.primary} did not answer: {got.error}",
+                "check the route to the primary and its Knot (journalctl -u netmux@dns there)",
+            )
+        ]
+    if got.lease_age is None:
+        return [
+            Check(
+                "hosts.lease",
+                "fail",
+                "the primary holds no lease of this host: "
+                "phonebookd does not refresh it, so its names are gone there",
+                "systemctl restart phonebookd; journalctl -u phonebookd",
+            )
+        ]
+    if got.lease_age > h.lease:
+        return [
+            Check(
+                "hosts.lease",
+                "warn",
+                f"the last refresh at the primary was "
+                f"{_ago(got.lease_age)}, more than the lease ({h.lease:g} s)",
+                "journalctl -u phonebookd (the hosts sink)",
+            )
+        ]
+    return [Check("hosts.lease", "ok", f"refreshed at the primary {_ago(got.lease_age)}")]
+
+
+def probe_hosts(cfg: HostConfig, now: float | None = None) -> HostsFact | None:
+    """Reads only: the key file, and the lease TXT at the primary (one query)."""
+    h = cfg.hosts
+    if h.role == "primary":
+        return HostsFact(key=(h.directory / "hosts.conf").exists())
+    if h.role != "member":
+        return None
+    if not h.key.exists():
+        return HostsFact(key=False)
+    if not h.primary:
+        return HostsFact(error="[hosts] primary is empty")
+    import dns.message
+    import dns.query
+
+    from . import hosts
+
+    zone = cfg.public_zone.lower()
+    q = dns.message.make_query(f"{hosts.LEASE_LABEL}.{zone}.", "TXT")
+    try:
+        r = dns.query.udp(q, h.primary, timeout=2.0, port=h.port)
+    except Exception as e:
+        return HostsFact(error=str(e) or type(e).__name__)
+    rows = [
+        (rr.name.to_text().rstrip(".").lower(), "TXT", rd.to_text()) for rr in r.answer for rd in rr
+    ]
+    lease = hosts.zone_lease(zone, rows)
+    t = time.time() if now is None else now
+    return HostsFact(lease_age=None if lease is None else max(0.0, t - lease.stamp))
 
 
 def _global(addrs: Iterable[str]) -> list[str]:
@@ -973,6 +1071,7 @@ def gather(cfg: HostConfig, ra_timeout: float = 3.0) -> Facts:
     eng = nat64_engine(Facts(nat64=facts["nat64"]), cfg)
     if facts["mux_exists"] and eng is not None and eng.name == "jool":
         facts["jool_instance"] = probe_jool(cfg)
+    facts["hosts"] = probe_hosts(cfg)
     return Facts(**facts)
 
 

@@ -97,6 +97,7 @@ EXPOSURE = {
     "phonebookd.service": 3.0,
     "ipmuxd.service": 3.0,
     "netmux-denylog.service": 3.0,
+    "netmux-host-expire.service": 3.0,
     "netmux-radvd.service": 3.0,
     "netmux-tayga.service": 3.0,
     # dhcpcd's privilege separation needs setuid, chroot, raw sockets and a writable state.

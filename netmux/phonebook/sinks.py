@@ -409,6 +409,11 @@ def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
                     cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
                 ) from None
             out.append(Rfc2136Sink(zones, pb.server, pb.server_port, key))
+    from .. import hosts  # a member's public records to the primary ([hosts])
+
+    member = hosts.make_sink(cfg, zones)
+    if member is not None:
+        out.append(member)
     from ..delegation import make_sink  # the parent's NS + glue ([delegation])
 
     delegation = make_sink(cfg)

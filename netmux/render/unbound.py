@@ -4,7 +4,8 @@ DNS64 synthesizes AAAA records inside the NAT64 prefix for names that have only 
 `do-nat64` (unbound 1.19+) lets unbound itself reach IPv4-only name servers through NAT64;
 older unbound (Debian 12: 1.17) rejects the keyword, so it is rendered only where the probe
 found it, and the resolver then queries over IPv6 only. The host's own zones (internal.,
-HOSTNAME.DOMAIN., their reverse zones) are stub zones pointing at the phonebook's Knot;
+HOSTNAME.DOMAIN., their reverse zones) are stub zones pointing at the phonebook's Knot,
+the zones of the other netmux hosts (hosts.peers) stub zones at the primary;
 names under reserved domains (home.arpa., test., d.f.ip6.arpa.) need their local-zone made
 transparent or unbound answers them itself. With no DNSSEC trust anchor configured the
 validator module passes everything through; `domain-insecure` keeps the local zones
@@ -26,6 +27,7 @@ from ..daemons import UnboundFeatures
 class Stub:
     zone: str  # with the trailing dot
     addrs: tuple[str, ...]
+    hosts: tuple[str, ...] = ()  # name servers by name (unbound looks them up itself)
 
 
 def reverse_zone(net: IPv6Network) -> str:
@@ -48,10 +50,33 @@ def stubs(cfg: HostConfig) -> list[Stub]:
         zones = [cfg.dns.internal_zone, cfg.public_zone]
         zones += [reverse_zone(n) for n in (cfg.mux.ula.network, *cfg.phonebook.reverse)]
         out += [Stub(_fqdn(z), servers) for z in dict.fromkeys(zones)]
+    out += peer_stubs(cfg, servers)
     for spec in cfg.resolver.stubs:
         zone, _, addrs = spec.partition("=")
         out.append(Stub(_fqdn(zone), tuple(str(ip_address(a)) for a in addrs.split(","))))
     return out
+
+
+def peer_stubs(cfg: HostConfig, own: tuple[str, ...]) -> list[Stub]:
+    """The other hosts' zones (hosts.peers, netmux/hosts.py): on a member at the primary, on
+    the primary at its own Knot. This host's zone is not among them: it stays local, so its
+    names resolve while the primary is down."""
+    h = cfg.hosts
+    names: tuple[str, ...] = ()
+    servers = own
+    if h.role == "member" and h.primary:
+        try:
+            servers = (str(ip_address(h.primary)),)
+        except ValueError:  # a name: unbound resolves it (the delegation's glue follows it)
+            servers, names = (), (_fqdn(h.primary),)
+    if not (servers or names) or not h.role:
+        return []
+    domain = cfg.dns.domain.rstrip(".").lower()
+    return [
+        Stub(_fqdn(f"{p}.{domain}"), servers, names)
+        for p in dict.fromkeys(h.peers)
+        if p != cfg.hostname
+    ]
 
 
 def render(
@@ -103,6 +128,7 @@ def render(
     for s in zs:
         lines += ["", "stub-zone:", f'  name: "{s.zone}"']
         lines += [f"  stub-addr: {a}" for a in s.addrs]
+        lines += [f"  stub-host: {n}" for n in s.hosts]
     if r.forwarders:
         lines += ["", "forward-zone:", '  name: "."']
         lines += [f"  forward-addr: {a}" for a in r.forwarders]
