@@ -34,7 +34,6 @@ import argparse
 import array
 import contextlib
 import errno
-import fcntl
 import grp
 import hashlib
 import hmac
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, journal, links, names, nsutil, tap
+from . import config, journal, links, names, nsutil, sd, tap
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -60,14 +59,8 @@ KINDS = ("macvlan", "macvtap", "ipvlan")
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
 MAX_MSG = 4096
-SD_LISTEN_FDS_START = 3
 ENV_FD = "NETMUX_IPMUX_FD"
 ENV_TAP_FD = "NETMUX_TAP_FD"  # macvtap: the tap fd for QEMU (-netdev tap,fd=$NETMUX_TAP_FD)
-
-# linux/nsfs.h
-NS_GET_USERNS = 0xB701
-NS_GET_NSTYPE = 0xB703
-NS_GET_OWNER_UID = 0xB704
 
 
 class RequestError(NetmuxError):
@@ -79,15 +72,9 @@ class RequestError(NetmuxError):
 
 def netns_owner_uid(fd: int) -> int:
     """The uid owning the user namespace that owns network namespace `fd`."""
-    if fcntl.ioctl(fd, NS_GET_NSTYPE) != nsutil.CLONE_NEWNET:
+    if not sd.is_netns(fd):
         raise RequestError("the fd passed is not a network namespace")
-    userns = fcntl.ioctl(fd, NS_GET_USERNS)
-    try:
-        buf = array.array("I", [0])
-        fcntl.ioctl(userns, NS_GET_OWNER_UID, buf, True)
-        return int(buf[0])
-    finally:
-        os.close(userns)
+    return sd.userns_owner_uid(fd)
 
 
 def same_netns(fd: int, pid: int) -> bool:
@@ -477,23 +464,13 @@ def bind_socket(host: HostConfig) -> socket.socket:
     return s
 
 
-def listen_fds() -> list[int]:
-    """Sockets passed by systemd (LISTEN_FDS/LISTEN_PID), [] when not socket-activated."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    n = int(os.environ.get("LISTEN_FDS", "0"))
-    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(var, None)
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipmuxd", description=__doc__.splitlines()[0])
     ap.add_argument("--config", metavar="PATH", help="host configuration")
     args = ap.parse_args(argv)
     try:
         host = config.load_host(config.config_path(args.config) if args.config else None)
-        fds = listen_fds()
+        fds = [fd for _, fd in sd.listen_fds()]
         if fds:
             listener = socket.socket(fileno=fds[0])
             if listener.type != socket.SOCK_SEQPACKET:
@@ -510,9 +487,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from . import mux
-
-    mux.notify(ready="1", status=f"serving {host.ipmux.socket}")
+    sd.notify(ready="1", status=f"serving {host.ipmux.socket}")
     journal.info(f"ipmuxd: serving {'(socket-activated)' if fds else host.ipmux.socket}")
     daemon.serve()
     if not fds:

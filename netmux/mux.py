@@ -29,7 +29,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import config, denylist, ifaddr, journal, links, names, nsutil
+from . import config, denylist, ifaddr, journal, links, names, nsutil, sd
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -76,18 +76,6 @@ def require(host: HostConfig) -> None:
             f"mux namespace {ns!r} does not exist: run `netmux mux up` "
             "(or start netmux-mux.service) first"
         )
-
-
-def notify(**fields: str) -> bool:
-    """sd_notify when running under systemd (NOTIFY_SOCKET set); False otherwise."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return False
-    try:
-        from systemd import daemon
-    except ImportError:  # pragma: no cover - python3-systemd is a dependency
-        return False
-    msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
-    return bool(daemon.notify(msg))
 
 
 # --- up / down --------------------------------------------------------------------------
@@ -449,11 +437,11 @@ def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def ready() -> None:
-        notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
+        sd.notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
         journal.info(f"mux {host.mux.netns} ready; watching for NICs", netns=host.mux.netns)
 
     watch_nics(host, stop, ready)
-    notify(stopping="1")
+    sd.notify(stopping="1")
     return 0
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil, resolv, tap
+from . import config, firewall, journal, links, mux, names, nsutil, resolv, sd, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -369,7 +369,7 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(addrs, published), ready="1")
+    sd.notify(status=_status_line(addrs, published), ready="1")
     if not p.cmd or not exec_cmd:
         return 0
     argv = tap.substitute(p.cmd, tap_fd, p.mac)

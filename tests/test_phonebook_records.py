@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from netmux import ifaddr
 from netmux.config import parse_host
 from netmux.errors import ConfigError, UsageError
-from netmux.phonebook import fdstore, knot, publish_socket
+from netmux.phonebook import knot, publish_socket
 from netmux.phonebook import records as r
 from netmux.phonebook.daemon import check_ifname, check_netns_name
 from netmux.phonebook.sinks import Rfc2136Sink, TsigKey, parse_tsig_key, render_tsig_key
@@ -308,24 +308,6 @@ def test_phonebook_config_errors() -> None:
         parse_host('[phonebook]\nns_label = "a.b"\n')
     with pytest.raises(ConfigError, match=r"phonebook\.reverse"):
         parse_host('[phonebook]\nreverse = ["2001:db8::1/64"]\n')
-
-
-def test_listen_fds_parsing() -> None:
-    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "0", "LISTEN_FDNAMES": ""}
-    assert fdstore.listen_fds(env) == []
-    assert "LISTEN_PID" not in env
-    assert fdstore.listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "2"}) == []
-    r1, w1 = os.pipe()
-    try:
-        # LISTEN_FDS counts from fd 3: only check the names mapping on what is open there.
-        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "l.1.0"}
-        if r1 == 3 or os.path.exists("/proc/self/fd/3"):
-            assert fdstore.listen_fds(env, unset=False) == [("l.1.0", 3)]
-    finally:
-        os.close(r1)
-        os.close(w1)
-    with pytest.raises(ValueError):
-        fdstore.Notifier({}).store("bad:name", 0)
 
 
 def test_dns_recipe_files_parse() -> None:

@@ -111,10 +111,11 @@ def test_stopped_unit_drops_records_even_if_a_process_leaks(box: SysBox) -> None
 
 UNIT_HOLDER = (
     "import sys\n"
-    "from netmux.phonebook import client, fdstore\n"
+    "from netmux import sd\n"
+    "from netmux.phonebook import client\n"
     "pub = client.publish_workload(sys.argv[1], 'eth0', [], hold='unit')\n"
     "assert pub is not None\n"
-    "fdstore.Notifier().notify('READY=1')\n"
+    "sd.notify(ready='1')\n"
 )
 
 

@@ -187,7 +187,7 @@ def published_addresses(name: str, address: str | None = None, timeout: float = 
 def hand_to_unit(pub: Published) -> bool:
     """No command will inherit the lifeline (`netmux up NAME` without CMD): give it to our
     own unit's fd store, so the record lives as long as the unit. False outside systemd."""
-    from .fdstore import Notifier
+    from ..sd import Notifier
 
     n = Notifier()
     if not n.enabled:
@@ -219,7 +219,7 @@ def publish_workload(
     so nothing is published. Never raises for an absent phonebookd; a refusal (name taken)
     is a StateError/UsageError.
     """
-    from .fdstore import Notifier
+    from ..sd import Notifier
 
     if hold == "unit" and not Notifier().enabled:
         journal.info(

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
-from .. import journal, names, nsutil
+from .. import journal, names, nsutil, sd
 from ..config import IFNAME_RE, HostConfig, load_host
 from ..errors import NetmuxError, StateError, UsageError
-from . import fdstore, verify
+from . import verify
 from .follow import Follower, NsKey, ns_key
 from .records import (
     Address,
@@ -85,32 +85,10 @@ def check_lifeline(fd: int) -> None:
     raise UsageError("lifeline must be a socket or the read end of a pipe")
 
 
-NS_GET_NSTYPE = 0xB703  # <linux/nsfs.h>: _IO(0xb7, 0x3)
-
-
 def check_netns_fd(fd: int) -> None:
     """`fd` must be a network namespace (nsfs), whatever path it was opened by."""
-    try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        kind = 0
-    if kind != nsutil.CLONE_NEWNET:
+    if not sd.is_netns(fd):
         raise UsageError("not a network namespace")
-
-
-def unit_of(pid: int) -> str:
-    """The systemd service a process runs in ('' if none), from its cgroup path."""
-    try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        hier, _, path = line.partition(":")[2].partition(":")
-        if hier in ("", "name=systemd"):
-            for part in reversed(path.split("/")):
-                if part.endswith(".service"):
-                    return part
-    return ""
 
 
 @dataclass(eq=False)
@@ -157,12 +135,12 @@ class Phonebook:
         self,
         cfg: HostConfig,
         sinks: Sequence[Sink],
-        notifier: fdstore.Notifier | None = None,
+        notifier: sd.Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.zones = Zones.from_config(cfg)
         self.sinks = list(sinks)
-        self.notifier = notifier or fdstore.Notifier({})
+        self.notifier = notifier or sd.Notifier({})
         self.pubs: dict[str, Publication] = {}
         self.follower = Follower()
         self.next_id = 1
@@ -614,9 +592,9 @@ class _QuietDBusErrors(logging.Filter):
 async def serve(args: argparse.Namespace) -> int:
     cfg = load_host(args.config)
     zones = Zones.from_config(cfg)
-    notifier = fdstore.Notifier()
+    notifier = sd.Notifier()
     book = Phonebook(cfg, make_sinks(cfg, zones), notifier)
-    stored = fdstore.listen_fds()
+    stored = sd.listen_fds()
     listen_sock = None
     rest = []
     for fdname, fd in stored:

@@ -22,7 +22,8 @@ from dbus_next.signature import Variant
 
 from .. import journal
 from ..errors import NetmuxError, StateError, UsageError
-from .daemon import check_netns_name, unit_of
+from ..sd import unit_of
+from .daemon import check_netns_name
 from .sinks import TinydnsSink
 from .verify import Denied
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .. import journal
 from ..errors import NetmuxError
-from .daemon import unit_of
+from ..sd import unit_of
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
