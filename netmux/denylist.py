@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any
 
-from . import firewall, journal, nsutil
+from . import files, firewall, journal, nsutil
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -66,10 +65,7 @@ def _read_state(host: HostConfig) -> dict[str, float | None]:
 
 def _write_state(host: HostConfig, entries: dict[str, float | None]) -> None:
     path = state_file(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    files.write_atomic(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 def entries_to_load(state: dict[str, float | None], now: float) -> list[firewall.DenyEntry]:

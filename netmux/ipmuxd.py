@@ -35,9 +35,6 @@ import array
 import contextlib
 import errno
 import grp
-import hashlib
-import hmac
-import ipaddress
 import json
 import os
 import selectors
@@ -332,15 +329,6 @@ def recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
 # --- kernel side ------------------------------------------------------------------------------
 
 
-def _ipr_in(netns: str | int) -> Any:
-    from pyroute2 import IPRoute
-
-    def make() -> int:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).detach()
-
-    return IPRoute(fileno=nsutil.run_in_netns(netns, make))
-
-
 def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     """(MAC, stable secret) of user `uid`'s device `name`. Pure.
 
@@ -349,60 +337,42 @@ def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     nobody can take over someone else's addresses by asking for their name.
     """
     names.check_name(name, "device name")
-    d = hmac.new(key, f"netmux/ipmux\0{uid}\0{name}".encode(), hashlib.sha256).digest()
-    raw = bytearray(d[16:22])
-    raw[0] = (raw[0] & 0xFC) | 0x02  # locally administered, unicast
-    return ":".join(f"{b:02x}" for b in raw), str(ipaddress.IPv6Address(d[:16]).exploded)
+    d = names.derive(key, "ipmux", str(uid), name)
+    return names.as_mac(d[16:22]), names.as_secret(d[:16])
 
 
 def create_device(
     host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
 ) -> dict[str, Any]:
-    """Create the device on mux's parent, registered directly in the caller's namespace."""
+    """Create the device on mux's parent, registered directly in the caller's namespace,
+    the way a workload's link is made (links.create_child_link, links.workload_sysctls)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     mac, secret = identity(key, uid, req.name)
-    kw: dict[str, Any] = {"ifname": req.ifname, "kind": req.kind, "net_ns_fd": netns_fd}
-    if req.kind == "ipvlan":
-        kw["ipvlan_mode"] = 0  # L2: neighbour discovery and SLAAC work as on a macvlan
-    else:
-        kw[f"{req.kind}_mode"] = "bridge"
-        kw["address"] = mac
-    kw.update(links.child_link_flags(req.kind))
     if not nsutil.netns_path(host.mux.netns).exists():
         raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
-    ipr = _ipr_in(host.mux.netns)
-    try:
-        parent = ipr.link_lookup(ifname=host.mux.parent)
-        if not parent:
-            raise StateError(f"parent link {host.mux.parent} is missing in mux")
-        ipr.link("add", link=parent[0], **kw)
-    except NetlinkError as e:
-        if e.code == errno.EOPNOTSUPP or "nknown device type" in str(e):
-            raise RequestError(f"{req.kind} is not supported by this kernel") from None
-        if e.code == errno.EEXIST:
-            raise RequestError(f"{req.ifname} already exists in your namespace") from None
-        raise StateError(f"cannot create {req.kind} {req.ifname}: {e.args[-1]}") from None
-    finally:
-        ipr.close()
-    tipr = _ipr_in(netns_fd)
+    with links.iproute(host.mux.netns) as ipr:
+        try:
+            links.create_child_link(
+                ipr, host.mux.parent, req.ifname, mac, req.kind, target_netns=netns_fd
+            )
+        except StateError as e:
+            cause = e.__cause__
+            if isinstance(cause, NetlinkError):
+                if cause.code == errno.EOPNOTSUPP or "nknown device type" in str(cause):
+                    raise RequestError(f"{req.kind} is not supported by this kernel") from None
+                if cause.code == errno.EEXIST:
+                    raise RequestError(f"{req.ifname} already exists in your namespace") from None
+            raise
+    tipr = links.open_ipr(netns_fd)
     try:
         idx = tipr.link_lookup(ifname=req.ifname)[0]
         mac = tipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
         if req.kind != "macvtap":
-            conf = f"net.ipv6.conf.{req.ifname}"
+            w = host.workload
             nsutil.write_sysctls(
                 netns_fd,
-                [
-                    (f"{conf}.stable_secret", secret),
-                    (f"{conf}.addr_gen_mode", "2"),
-                    (f"{conf}.router_solicitation_delay", "0"),
-                    (f"{conf}.ndisc_notify", "1"),
-                    (
-                        f"net.ipv6.neigh.{req.ifname}.retrans_time_ms",
-                        str(host.workload.retrans_time_ms),
-                    ),
-                ],
+                links.workload_sysctls(req.ifname, secret, w.optimistic_dad, w.retrans_time_ms),
             )
     except BaseException:
         with contextlib.suppress(Exception):
@@ -415,13 +385,13 @@ def create_device(
 
 def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
     """Delete the device if it is still ours (same index and MAC) in that namespace."""
-    ipr = _ipr_in(netns_fd)
+    ipr = links.open_ipr(netns_fd)
     try:
-        links = ipr.get_links(device["ifindex"])
+        found = ipr.get_links(device["ifindex"])
     except Exception:
-        links = []
+        found = []
     try:
-        if links and links[0].get_attr("IFLA_ADDRESS") == device["mac"]:
+        if found and found[0].get_attr("IFLA_ADDRESS") == device["mac"]:
             ipr.link("del", index=device["ifindex"])
             return True
         return False

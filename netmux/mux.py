@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
-import hmac
 import os
 import signal
 import threading
@@ -39,21 +37,13 @@ SELF_NETNS = "/proc/self/ns/net"
 # --- derived identities -----------------------------------------------------------------
 
 
-def _derive(key: bytes, purpose: str) -> bytes:
-    return hmac.new(key, f"netmux/mux/{purpose}".encode(), hashlib.sha256).digest()
-
-
 def derived_mac(key: bytes, purpose: str) -> str:
     """A stable, locally administered unicast MAC for mux's own links (gw0, root link)."""
-    raw = bytearray(_derive(key, purpose)[:6])
-    raw[0] = (raw[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in raw)
+    return names.as_mac(names.derive(key, "mux/" + purpose))
 
 
 def derived_secret(key: bytes, purpose: str) -> str:
-    import ipaddress
-
-    return ipaddress.IPv6Address(_derive(key, "secret/" + purpose)[:16]).exploded
+    return names.as_secret(names.derive(key, "mux/secret/" + purpose))
 
 
 def peer_name(parent: str) -> str:

@@ -81,28 +81,42 @@ def load_host_key(path: Path, create: bool = True) -> bytes:
     return data
 
 
-def _derive(key: bytes, purpose: str, name: str) -> bytes:
-    return hmac.new(key, f"netmux/{purpose}\0{name}".encode(), hashlib.sha256).digest()
+def derive(key: bytes, *parts: str) -> bytes:
+    """HMAC-SHA256 of "netmux/" + the parts joined by NUL: every MAC, secret and id netmux
+    derives from the host key comes from here (workloads, mux's own links, ipmux devices),
+    each with parts of its own so no two can collide. Changing this moves every address
+    (tests/test_names.py pins the results)."""
+    return hmac.new(key, ("netmux/" + "\0".join(parts)).encode(), hashlib.sha256).digest()
+
+
+def as_mac(raw: bytes) -> str:
+    """Six derived bytes as a locally administered unicast MAC."""
+    b = bytearray(raw[:6])
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def as_secret(raw: bytes) -> str:
+    """Sixteen derived bytes as a stable_secret value (IPv6 address syntax)."""
+    return ipaddress.IPv6Address(raw[:16]).exploded
 
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint of the host key, kept in workload state: a workload made
     with another key (the key file was lost and re-created) shows by a different id."""
-    return _derive(key, "key_id", "").hex()[:16]
+    return derive(key, "key_id", "").hex()[:16]
 
 
 def stable_secret(key: bytes, name: str) -> str:
     """The value for net.ipv6.conf.IF.stable_secret: 128 bits in IPv6 address syntax."""
     check_name(name)
-    return ipaddress.IPv6Address(_derive(key, "stable_secret", name)[:16]).exploded
+    return as_secret(derive(key, "stable_secret", name))
 
 
 def stable_mac(key: bytes, name: str) -> str:
     """A locally administered unicast MAC, so neighbour caches stay right across restarts."""
     check_name(name)
-    raw = bytearray(_derive(key, "mac", name)[:6])
-    raw[0] = (raw[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in raw)
+    return as_mac(derive(key, "mac", name))
 
 
 def mux_link_name(name: str) -> str:

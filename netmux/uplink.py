@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import daemons, nsutil, supervise
+from . import daemons, links, nsutil, supervise
 from .config import HostConfig
 from .errors import StateError, UsageError
 from .render import dhcpcd as dhcpcd_render
@@ -129,15 +129,14 @@ def nat64_setup(host: HostConfig, conf: Path) -> None:
     ns = host.mux.netns
     feats = daemons.tayga()
     p = tayga_render.plan(host, feats)
-    existing = subprocess.run(
-        ["ip", "-n", ns, "link", "show", p.tun], capture_output=True, check=False
-    )
-    if existing.returncode != 0:
+    with links.iproute(ns) as ipr:
+        existing = links.link_index(ipr, p.tun) is not None
+    if not existing:
         _sh("tayga", "--mktun", "-c", str(conf), netns=ns)
-    _sh("ip", "link", "set", p.tun, "up", netns=ns)
-    _sh("ip", "-4", "route", "replace", str(p.pool), "dev", p.tun, netns=ns)
-    _sh("ip", "-6", "route", "replace", str(host.nat64.prefix), "dev", p.tun, netns=ns)
-    _sh("ip", "-6", "route", "replace", f"{p.ipv6_addr}/128", "dev", p.tun, netns=ns)
+    with links.iproute(ns) as ipr:
+        links.set_up(ipr, p.tun)
+        for dst in (str(p.pool), str(host.nat64.prefix), f"{p.ipv6_addr}/128"):
+            links.replace_route(ipr, dst, p.tun)
     nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
     _sh("nft", "-f", "-", netns=ns, stdin=nat_render.render(host, feats))
 
@@ -159,7 +158,8 @@ def nat64_down(host: HostConfig, run: Path) -> None:
     if not nsutil.netns_path(ns).exists():
         return
     p = tayga_render.plan(host, daemons.tayga())
-    subprocess.run(["ip", "-n", ns, "link", "del", p.tun], capture_output=True, check=False)
+    with contextlib.suppress(OSError), links.iproute(ns) as ipr:
+        links.delete_link(ipr, p.tun)
     subprocess.run(
         ["nsenter", f"--net={nsutil.netns_path(ns)}", "nft", "delete", "table", "ip",
          nat_render.TABLE],

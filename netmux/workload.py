@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil, resolv, sd, tap
+from . import config, files, firewall, journal, links, mux, names, nsutil, resolv, sd, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -111,11 +111,7 @@ def read_state(host: HostConfig, name: str) -> dict[str, Any] | None:
 
 
 def _write_state(host: HostConfig, name: str, data: dict[str, Any]) -> None:
-    d = _state_dir(host)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(state_path(host, name))
+    files.write_atomic(state_path(host, name), json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def lookup_user(spec: str, what: str) -> pwd.struct_passwd:
@@ -604,9 +600,8 @@ def _teardown(
     step(f"state {state_path(host, name)}", lambda: _unlink_state(host, name, token))
 
     def scraps() -> bool:
-        for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
-            if tmp.name[len(name) + 2 : -4].isdigit():
-                tmp.unlink(missing_ok=True)
+        for tmp in files.scraps(state_path(host, name)):  # a write killed half-way
+            tmp.unlink(missing_ok=True)
         return False
 
     step("temporary files", scraps)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from ..config import HostConfig
 from ..errors import UsageError
+from ..files import write_atomic
 
 KINDS = ("radvd", "dhcpcd", "tayga", "unbound", "nft")
 # Where netmux-radvd.service keeps radvd's config and pidfile: the dhcpcd hook re-renders
@@ -76,19 +75,6 @@ def hook_path(cfg: HostConfig, output: Path | None) -> Path:
     from .dhcpcd import HOOK_NAME
 
     return (output.parent if output else cfg.paths.run_dir) / HOOK_NAME
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_render(args: argparse.Namespace, cfg: HostConfig) -> int:
