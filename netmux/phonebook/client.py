@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import journal
-from ..errors import NetmuxError, StateError, UsageError
+from ..errors import NetmuxError, StateError
 
 BUS_NAME = "org.netmux.Phonebook1"
 PATH = "/org/netmux/Phonebook1"
@@ -90,11 +90,9 @@ async def _call(
         text = str(reply.body[0]) if reply.body else err
         if err in ABSENT:
             raise Unavailable(text)
-        if err.endswith(".NameTaken"):
-            raise StateError(f"phonebook: {text}")
-        if err.endswith(".InvalidArgument"):
-            raise UsageError(f"phonebook: {text}")
-        raise StateError(f"phonebook refused {member}: {err}: {text}")
+        from .errors import from_dbus_error
+
+        raise from_dbus_error(err, text)
     return list(reply.body)
 
 
