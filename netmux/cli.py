@@ -20,26 +20,14 @@ from .errors import NetmuxError
 
 Handler = Callable[[argparse.Namespace, config.HostConfig], int]
 
-PENDING = "(not implemented yet: planned in issue {})"
-
 
 def _handler(spec: str) -> Handler:
     mod, _, fn = spec.partition(":")
     return getattr(importlib.import_module(f"netmux.{mod}"), fn)  # type: ignore[no-any-return]
 
 
-def _pending(issue: int) -> Handler:
-    def run(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-        print(f"netmux {args.command}: " + PENDING.format(issue), file=sys.stderr)
-        return 1
-
-    return run
-
-
-def _add(sub: Any, name: str, help: str, handler: str | int, **kw: Any) -> argparse.ArgumentParser:
-    """Add a subcommand; handler is "module:function", or an issue number if still pending."""
-    if isinstance(handler, int):
-        help = f"{help} {PENDING.format(handler)}"
+def _add(sub: Any, name: str, help: str, handler: str, **kw: Any) -> argparse.ArgumentParser:
+    """Add a subcommand; handler is "module:function"."""
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kw)
     p.set_defaults(handler=handler)
     return p
@@ -251,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if note:
             journal.info(note)
         handler = args.handler
-        fn = _pending(handler) if isinstance(handler, int) else _handler(handler)
+        fn = _handler(handler)
         return fn(args, cfg)
     except NetmuxError as e:
         if args.debug:

@@ -74,15 +74,6 @@ def netns_owner_uid(fd: int) -> int:
     return sd.userns_owner_uid(fd)
 
 
-def same_netns(fd: int, pid: int) -> bool:
-    a = os.fstat(fd)
-    try:
-        b = os.stat(f"/proc/{pid}/ns/net")
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 # --- requests (pure checks) -------------------------------------------------------------------
 
 

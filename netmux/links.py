@@ -10,8 +10,7 @@ Speed matters (`netmux up` is on the critical path of every workload start), so:
 - a workload's link is created by one request on mux's socket with the target namespace
   and the final name (IFLA_NET_NS_FD + IFLA_IFNAME): the kernel looks the parent up in
   mux and registers the device directly in the workload's namespace. There is no moment
-  at which the link sits in mux under a temporary name, so nothing can be left there;
-  `down` still removes a leftover `names.mux_link_name(NAME)` for robustness.
+  at which the link sits in mux under a temporary name, so nothing can be left there.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def exists(host: HostConfig) -> bool:
 
 
 def require(host: HostConfig) -> None:
-    """StateError unless mux is up with its parent link (what a workload needs)."""
+    """StateError unless mux's namespace exists (what a workload needs first; a missing
+    parent link is reported when the workload's link is created on it)."""
     ns = host.mux.netns
     if not links.netns_exists(ns):
         raise StateError(

@@ -119,12 +119,6 @@ def stable_mac(key: bytes, name: str) -> str:
     return as_mac(derive(key, "mac", name))
 
 
-def mux_link_name(name: str) -> str:
-    """The temporary name of a workload's link while it is in mux (deterministic, ≤ 15)."""
-    check_name(name)
-    return "nm" + hashlib.sha256(name.encode()).hexdigest()[:12]
-
-
 def _sha1_block(block: bytes) -> list[int]:
     """SHA-1's compression function on one 64-byte block from the standard IV (no padding):
     what the kernel's stable-privacy generator runs, which is not a SHA-1 digest."""

@@ -17,7 +17,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from . import daemons, links, nsutil, supervise
@@ -180,32 +179,3 @@ def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
     else:
         nat64_down(host, host.paths.run_dir)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m netmux.uplink nat64-setup|nat64-teardown [TAYGA_CONF]` (older units;
-    `netmux nat64 setup|teardown` is the same)."""
-    from . import config
-    from .errors import NetmuxError
-
-    ap = argparse.ArgumentParser(prog="python -m netmux.uplink")
-    ap.add_argument("action", choices=["nat64-setup", "nat64-teardown"])
-    ap.add_argument("conf", nargs="?", help="the rendered tayga.conf (nat64-setup)")
-    ap.add_argument("--config", help="netmux.toml")
-    args = ap.parse_args(argv)
-    try:
-        host = config.load_host(Path(args.config) if args.config else None)
-        if args.action == "nat64-setup":
-            if not args.conf:
-                ap.error("nat64-setup needs the rendered tayga.conf")
-            nat64_setup(host, Path(args.conf))
-        else:
-            nat64_down(host, host.paths.run_dir)
-    except NetmuxError as e:
-        print(f"netmux.uplink: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -576,14 +576,6 @@ def _teardown(
 
         step(f"link {ifname}", link)
 
-    def mux_leftover() -> bool:
-        if not links.netns_exists(host.mux.netns):
-            return False
-        with links.iproute(host.mux.netns) as mipr:
-            return links.delete_link(mipr, names.mux_link_name(name))
-
-    step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
-
     def resolv_conf() -> bool:
         if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
             return False  # the name is another instance's now, and so is its resolv.conf

@@ -76,12 +76,6 @@ def test_secrets_unique_across_many_names() -> None:
     assert len({names.stable_secret(KEY_A, f"w{i}") for i in range(2000)}) == 2000
 
 
-def test_mux_link_name_fits_and_is_deterministic() -> None:
-    n = names.mux_link_name("httpd")
-    assert n == names.mux_link_name("httpd") and len(n) <= 15
-    assert n != names.mux_link_name("httpe")
-
-
 def test_host_key_created_once_mode_0600(tmp_path: Path) -> None:
     p = tmp_path / "lib" / "host.key"
     k1 = names.load_host_key(p)
@@ -132,7 +126,6 @@ def test_host_mux_and_ipmux_identities_are_pinned() -> None:
     from netmux import ipmuxd, mux
 
     assert names.key_id(KEY_A) == "2132e75afabd0af3"
-    assert names.mux_link_name("httpd") == "nm655f5c6e9720"
     assert mux.derived_mac(KEY_A, "gateway") == "4a:07:5d:4b:bd:3e"
     assert mux.derived_mac(KEY_A, "root") == "36:e9:af:89:0a:79"
     assert mux.derived_secret(KEY_A, "root") == "1616:dfe8:f780:be9c:bbcc:2bab:44ec:c120"

@@ -97,7 +97,7 @@ def test_unit_entry_points_set_up_and_tear_down_nat64(
     netns: Callable[[str], str], tmp_path: Path
 ) -> None:
     """What netmux-tayga.service runs: `netmux render tayga --output F`, then
-    `python -m netmux.uplink nat64-setup F`; nat64-teardown undoes it."""
+    `netmux nat64 setup F`; `netmux nat64 teardown` undoes it."""
     import sys
 
     ns = netns("mx")
@@ -112,14 +112,14 @@ def test_unit_entry_points_set_up_and_tear_down_nat64(
                         str(conf)], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0 and "tun-device nat64" in conf.read_text(), r.stderr
     for _ in range(2):  # idempotent
-        r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-setup",
+        r = subprocess.run([*py, "netmux.cli", "--config", str(cfg), "nat64", "setup",
                             str(conf)], capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
     routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", "nat64"],
                             capture_output=True, text=True).stdout  # fmt: skip
     assert tayga.plan(parse_host(""), daemons.tayga()).pool.with_prefixlen.split("/")[0] in routes
     assert nat.TABLE in nft(ns, "list", "tables").stdout
-    r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-teardown"],
+    r = subprocess.run([*py, "netmux.cli", "--config", str(cfg), "nat64", "teardown"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert nat.TABLE not in nft(ns, "list", "tables").stdout

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import journal
-from ..errors import NetmuxError, StateError
+from ..errors import NetmuxError
 
 BUS_NAME = "org.netmux.Phonebook1"
 PATH = "/org/netmux/Phonebook1"
@@ -237,35 +235,6 @@ def publish_workload(
     if hold == "unit":
         close(pub)  # systemd holds the copy now
     return pub
-
-
-# --- publish socket --------------------------------------------------------------------------
-
-
-def publish_socket(
-    path: Path, name: str, ifname: str, aliases: Sequence[str] = (), timeout: float = 5.0
-) -> tuple[socket.socket, list[str]]:
-    """Connect to the publish socket and publish; keep the returned socket open (the lifeline)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(path))
-        s.sendall((" ".join([name, ifname, *aliases]) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-    except BaseException:
-        s.close()
-        raise
-    text = data.decode(errors="replace").strip()
-    if not text.startswith("ok"):
-        s.close()
-        raise StateError(f"phonebook: {text[6:] if text.startswith('error ') else text!r}")
-    s.settimeout(None)
-    return s, text.split()[1:]
 
 
 def close(pub: Published | None) -> None:
