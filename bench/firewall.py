@@ -136,7 +136,7 @@ def bench_apply(t: fwtopo.Topo, runs: int) -> dict[str, Any]:
 
         samples[f"{key}_replace_cmd"] = nsutil.run_in_netns(ns, loop)
     firewall.apply(t.wl, wl_text)
-    firewall.apply_guard(t.host)
+    denylist.apply_guard(t.host)
     return {k: summary(v) for k, v in samples.items()}
 
 

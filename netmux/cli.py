@@ -110,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
 
     p = _add(
-        sub, "render", "print a daemon configuration rendered from the config", "render:cmd_render"
+        sub,
+        "render",
+        "print a daemon configuration rendered from the config",
+        "render.command:cmd_render",
     )
     p.add_argument("what", choices=["radvd", "dhcpcd", "tayga", "unbound", "nft", "router-rules"])
     p.add_argument("--output", metavar="FILE", help="write FILE (atomically) instead of stdout")

@@ -99,8 +99,13 @@ def ensure_guard(host: HostConfig) -> str:
     try:
         firewall.run_nft(netns, f"list table {firewall.FAMILY} {firewall.GUARD_TABLE}")
     except firewall.NftError:
-        firewall.apply_guard(host)
+        apply_guard(host)
     return netns
+
+
+def apply_guard(host: HostConfig) -> None:
+    """mux's guard table with the persisted denylist (idempotent; `mux up` calls it)."""
+    firewall.apply(host.mux.netns, firewall.render_guard(host, load(host)))
 
 
 def guard_at_mux_up(host: HostConfig) -> None:

@@ -418,13 +418,6 @@ def ra_guard_drops(netns: str | int) -> int:
     return n
 
 
-def apply_guard(host: HostConfig) -> None:
-    """mux's guard table with the persisted denylist (idempotent; `mux up` calls it)."""
-    from . import denylist
-
-    apply(host.mux.netns, render_guard(host, denylist.load(host)))
-
-
 def port_counters(netns: str | int) -> dict[str, dict[str, int]]:
     """{'tcp_80': {'packets': n, 'bytes': n}} from a workload's table ({} if none)."""
     try:

@@ -100,7 +100,7 @@ def test_deny_count_is_exact_and_persists(topo: Callable[..., fwtopo.Topo], tmp_
     listed = {str(d.prefix): d for d in denylist.entries(t.host)}
     assert listed["2001:db8:103::/48"].expires and listed["2001:db8:102::/48"].expires is None
     # A reload of the guard table (mux up again) keeps the manual entries.
-    firewall.apply_guard(t.host)
+    denylist.apply_guard(t.host)
     assert denylist.count(t.host) == len(prefixes) - 1
     # The CLI prints exactly one number.
     cfg = tmp_path / "cli.toml"
