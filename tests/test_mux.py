@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import threading
 import time
@@ -195,15 +196,36 @@ def test_dummy_parent_fails_clearly_where_the_kernel_lacks_it(
     probe = subprocess.run(
         ["ip", "link", "add", f"{RUN}dprobe", "type", "dummy"], capture_output=True, text=True
     )
-    if probe.returncode == 0:
-        _del(f"{RUN}dprobe")
-        pytest.skip("this kernel has dummy: nothing to fail")
+    if probe.returncode != 0:  # the real kernel refuses: all of mux.up, rolled back
+        try:
+            with pytest.raises(StateError, match="none of dummy is available"):
+                mux.up(host)
+            assert not links.netns_exists(host.mux.netns)  # rolled back
+        finally:
+            mux.down(host)
+        return
+    _del(f"{RUN}dprobe")
+    # This kernel has dummy: a real netlink socket that answers a dummy request the way a
+    # kernel without it does (EOPNOTSUPP) stands in for that kernel in _ensure_parent.
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    ns = f"{RUN}nodummy"
+    links.create_netns(ns)
     try:
-        with pytest.raises(StateError, match="none of dummy is available"):
-            mux.up(host)
-        assert not links.netns_exists(host.mux.netns)  # rolled back
+        with links.iproute(ns) as ipr:
+            real_link = ipr.link
+
+            def link(cmd: str, **kw: object) -> object:
+                if cmd == "add" and kw.get("kind") == "dummy":
+                    raise NetlinkError(errno.EOPNOTSUPP, "Operation not supported")
+                return real_link(cmd, **kw)
+
+            ipr.link = link
+            with pytest.raises(StateError, match="none of dummy is available"):
+                mux._ensure_parent(ipr, host.mux)
+            assert links.link_info(ipr, host.mux.parent) is None
     finally:
-        mux.down(host)
+        links.remove_netns(ns)
 
 
 def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> None:
