@@ -4,8 +4,9 @@ and tayga runs with the rendered config (the probed pool: class E or the fallbac
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from netmux import daemons, supervise
 from netmux.config import parse_host
 from netmux.render import nat, tayga
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -72,7 +74,16 @@ def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     d = supervise.start("tayga", ["tayga", "--nodetach", "-c", str(conf)], ns, tmp_path)
     try:
-        time.sleep(0.2)
+        # tayga opened its TUN (it is running, not starting) or exited: either proves it.
+        def attached_or_gone() -> bool:
+            if not d.alive:
+                return True
+            fds = Path(f"/proc/{d.pid}/fd")
+            with contextlib.suppress(OSError):
+                return any(os.readlink(f) == "/dev/net/tun" for f in fds.iterdir())
+            return False
+
+        wait_for(attached_or_gone, timeout=10)
         assert d.alive, Path(d.log).read_text()
         link = subprocess.run(["ip", "-n", ns, "link", "show", plan.tun],
                               capture_output=True, text=True)  # fmt: skip
