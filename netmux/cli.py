@@ -127,6 +127,15 @@ def _add(sub: Any, name: str, help: str, handler: Handler, **kw: Any) -> argpars
     return p
 
 
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    """NAME, an option per workload setting that has one (config.WORKLOAD_SETTINGS: the
+    value lands in args.KEY), and -- CMD: `up` and `run` take the same."""
+    p.add_argument("name")
+    for s in config.WORKLOAD_FLAGS:
+        p.add_argument(s.flag, dest=s.key, **s.cli)
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
+
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -163,16 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ifname")
 
     p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", _up)
-    p.add_argument("name")
-    p.add_argument("--port", action="append", metavar="PROTO/PORT", help="e.g. tcp/80")
-    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
-    p.add_argument("--user", help="run CMD as this user")
-    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
-    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
-    p.add_argument(
-        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
-    )
-    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
+    _workload_args(p)
 
     p = _add(sub, "down", "remove workload NAME (idempotent)", _down)
     p.add_argument("name")
@@ -183,16 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
     p = _add(sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", _run)
-    p.add_argument("name")
-    p.add_argument("--port", action="append", metavar="PROTO/PORT")
-    p.add_argument("--user")
-    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
-    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
-    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
-    p.add_argument(
-        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
-    )
-    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
+    _workload_args(p)
 
     p = _add(sub, "ls", "list workloads", _ls)
     _json_flag(p)

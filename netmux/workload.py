@@ -891,14 +891,8 @@ def _alive(pid: int) -> bool:
 
 def _workload_from_args(args: argparse.Namespace, host: HostConfig) -> WorkloadConfig:
     overrides: dict[str, object] = {
-        "ports": getattr(args, "port", None),
-        "user": getattr(args, "user", None),
-        "addresses": getattr(args, "address", None),
-        "timeout": getattr(args, "timeout", None),
-        "wait": getattr(args, "wait", None),
+        s.key: getattr(args, s.key, None) for s in config.WORKLOAD_FLAGS
     }
-    if getattr(args, "vm", False):
-        overrides["kind"] = "vm"
     wl = config.load_workload(host, args.name, env=os.environ, overrides=overrides)
     unit_user = systemd_user()
     if not wl.user and unit_user:
