@@ -380,12 +380,15 @@ def watch_nics(
     stop: threading.Event,
     on_ready: Callable[[], None] | None = None,
     poll: float = 0.25,
+    on_handled: Callable[[str, str], None] | None = None,
 ) -> int:
     """Adopt every matching NIC now and each one hot-plugged later, until `stop` is set.
 
     The uevent monitor is started before the enumeration, so a NIC appearing in between is
     not missed (at worst seen twice; the second adopt finds it gone and skips).
-    Returns the number of NICs adopted.
+    `on_handled(action, ifname)` is called once each net uevent has been acted on (what a
+    test waits for before it checks that nothing was done). Returns the number of NICs
+    adopted.
     """
     import pyudev
 
@@ -406,6 +409,8 @@ def watch_nics(
             continue
         if config.uplink_matches(host.mux, dev.sys_name):
             adopted += adopt(host, dev.sys_name)
+        if on_handled:
+            on_handled(dev.action, dev.sys_name)
     return adopted
 
 

@@ -236,7 +236,12 @@ def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> No
     _veth(u)
     stop = threading.Event()
     ready = threading.Event()
-    t = threading.Thread(target=lambda: mux.watch_nics(host, stop, ready.set, poll=0.02))
+    handled: list[tuple[str, str]] = []
+    t = threading.Thread(
+        target=lambda: mux.watch_nics(
+            host, stop, ready.set, poll=0.02, on_handled=lambda *e: handled.append(e)
+        )
+    )
     t.start()
     try:
         assert ready.wait(10)
@@ -244,8 +249,11 @@ def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> No
         if mux_radvd.radvd is not None:  # stop radvd first, as the units do
             muxfix.stop(mux_radvd.radvd)
             mux_radvd.radvd = None
+        handled.clear()
         mux.down(host)
-        time.sleep(0.3)  # give the watcher every chance to (wrongly) take it back
+        # The watcher has acted on u's return to this namespace: had it (wrongly) taken
+        # it back, that would be done by now.
+        wait_for(lambda: ("add", u) in handled or ("move", u) in handled, timeout=10)
         assert u in _ip("-br", "link")
     finally:
         stop.set()
