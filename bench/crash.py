@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from netmux import config, journal, links, names, nsutil, workload
+from netmux import config, journal, links, nsutil, workload
 from netmux.config import HostConfig
 
 
@@ -101,10 +101,6 @@ def leaks(host: HostConfig, name: str) -> list[str]:
         found.append(f"namespace {name}")
     if workload.state_path(host, name).exists():
         found.append(f"state of {name}")
-    if links.netns_exists(host.mux.netns):
-        with links.iproute(host.mux.netns) as mipr:
-            if links.link_index(mipr, names.mux_link_name(name)) is not None:
-                found.append(f"mux link of {name}")
     return found
 
 

@@ -79,6 +79,19 @@ def guard_drops(t: fwtopo.Topo) -> int:
     return int(next(i["counter"]["packets"] for i in out["nftables"] if "counter" in i))
 
 
+def apply_subprocess(netns: str, text: str) -> None:
+    """firewall.apply through `ip netns exec NAME nft -f -`: the peer it is measured against."""
+    r = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode:
+        raise firewall.NftError(f"nft -f in {netns}: {r.stderr.strip()}")
+
+
 def bench_apply(t: fwtopo.Topo, runs: int) -> dict[str, Any]:
     """create: into a fresh namespace (a workload's first apply, before its link is up);
     replace: an atomic reload over a live table (the old base chains are released after an
@@ -93,7 +106,7 @@ def bench_apply(t: fwtopo.Topo, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         for key, ns, text in cases:
             for mode in ("create", "replace"):
-                for how, fn in (("lib", firewall.apply), ("nft", firewall.apply_subprocess)):
+                for how, fn in (("lib", firewall.apply), ("nft", apply_subprocess)):
                     target = ns
                     if mode == "create":  # a fresh namespace, as for a new workload
                         target = FRESH
@@ -123,7 +136,7 @@ def bench_apply(t: fwtopo.Topo, runs: int) -> dict[str, Any]:
 
         samples[f"{key}_replace_cmd"] = nsutil.run_in_netns(ns, loop)
     firewall.apply(t.wl, wl_text)
-    firewall.apply_guard(t.host)
+    denylist.apply_guard(t.host)
     return {k: summary(v) for k, v in samples.items()}
 
 

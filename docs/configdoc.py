@@ -74,16 +74,6 @@ DESCRIPTIONS: dict[str, str] = {
     "paths.state_dir": "Persistent state: the host key (host.key), DNS data, leases.",
     "paths.run_dir": "Runtime state: rendered daemon configurations, pidfiles, sockets.",
     "paths.workloads_dir": "Workload files: NAME.toml.",
-    # workload files
-    "command": "The command the workload runs (a list, or one shell-split string).",
-    "user": "Run the command as this user (name or uid).",
-    "group": "Run the command as this group (name or gid).",
-    "kind": "`process` gets a macvlan; `vm` gets a macvtap (allmulticast) whose fd replaces "
-    "`{tapfd}` and whose MAC replaces `{mac}` in the command.",
-    "ports": "Inbound ports the firewall opens: PROTO/PORT or PROTO/FIRST-LAST.",
-    "publish": "Publish the workload's addresses in DNS while it runs.",
-    "wait": "What `netmux up` waits for: `global`, `ula` or `none` (default: workload.wait).",
-    "timeout": "Seconds to wait for it (default: workload.timeout).",
 }
 
 
@@ -178,8 +168,9 @@ def undocumented() -> list[str]:
         for name, _, _ in keys(cls):
             if not describe(f"{section}.{name}", comments, name):
                 missing.append(f"{section}.{name}")
-    comments = field_comments(config.WorkloadConfig)
-    missing += [n for n, _, _ in keys(config.WorkloadConfig) if not describe(n, comments, n)]
+    fields = [n for n, _, _ in keys(config.WorkloadConfig)]
+    missing += [n for n in fields if not getattr(config.SETTINGS.get(n), "help", "")]
+    missing += [f"{n} (no field in WorkloadConfig)" for n in config.SETTINGS if n not in fields]
     return missing
 
 
@@ -209,17 +200,21 @@ def reference_md() -> str:
     out.append("### Workload: /etc/netmux/workloads/NAME.toml")
     out.append("")
     out.append("Each key can also be set by an environment variable (e.g. from a drop-in's")
-    out.append("`Environment=`); the command line overrides both.")
+    out.append("`Environment=`); an option of `netmux up` and `netmux run` overrides both.")
+    out.append("(One table, config.WORKLOAD_SETTINGS, defines all four.)")
     out.append("")
-    out.append("| key | environment | type | default | meaning |")
-    out.append("|---|---|---|---|---|")
-    comments = field_comments(config.WorkloadConfig)
+    out.append("| key | environment | option | type | default | meaning |")
+    out.append("|---|---|---|---|---|---|")
     env = {v: k for k, v in config.ENV_KEYS.items()}
-    for name, tp, default in keys(config.WorkloadConfig):
+    types = {name: (tp, default) for name, tp, default in keys(config.WorkloadConfig)}
+    for setting in config.WORKLOAD_SETTINGS:
+        name = setting.key
+        tp, default = types[name]
         shown = "(host default)" if default is None else toml_value(default)
+        option = f"`{setting.flag}`" if setting.flag else ""
         out.append(
-            f"| `{name}` | `{env.get(name, '')}` | {type_text(tp)} | `{_cell(shown)}` | "
-            f"{_cell(describe(name, comments, name))} |"
+            f"| `{name}` | `{env.get(name, '')}` | {option} | {type_text(tp)} | "
+            f"`{_cell(shown)}` | {_cell(setting.help)} |"
         )
     out += ["", END]
     return "\n".join(out)

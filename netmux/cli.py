@@ -1,14 +1,14 @@
 """The `netmux` command. Thin: parses arguments, loads config, calls the modules that act.
 
-Each subcommand names a handler "module:function" that is imported only when the command
-runs, so `netmux render` does not pay for pyroute2 and a feature's module owns its handler.
-A handler takes (args, host_config) and returns an exit status.
+Each subcommand's handler is a small function here that imports the feature's module only
+when the command runs (so `netmux render` does not pay for pyroute2) and calls its
+`cmd_*`, which the module owns: real references that mypy checks. A handler takes
+(args, host_config) and returns an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import traceback
@@ -20,29 +20,126 @@ from .errors import NetmuxError
 
 Handler = Callable[[argparse.Namespace, config.HostConfig], int]
 
-PENDING = "(not implemented yet: planned in issue {})"
+
+# --- handlers: each imports its module only when its command runs -------------------------
 
 
-def _handler(spec: str) -> Handler:
-    mod, _, fn = spec.partition(":")
-    return getattr(importlib.import_module(f"netmux.{mod}"), fn)  # type: ignore[no-any-return]
+def _deny(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .denylist import cmd_deny
+
+    return cmd_deny(args, cfg)
 
 
-def _pending(issue: int) -> Handler:
-    def run(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-        print(f"netmux {args.command}: " + PENDING.format(issue), file=sys.stderr)
-        return 1
+def _doctor(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .doctor import cmd_doctor
 
-    return run
+    return cmd_doctor(args, cfg)
 
 
-def _add(sub: Any, name: str, help: str, handler: str | int, **kw: Any) -> argparse.ArgumentParser:
-    """Add a subcommand; handler is "module:function", or an issue number if still pending."""
-    if isinstance(handler, int):
-        help = f"{help} {PENDING.format(handler)}"
+def _host(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .hosts import cmd_host
+
+    return cmd_host(args, cfg)
+
+
+def _ipmux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .ipmuxd import cmd_ipmux
+
+    return cmd_ipmux(args, cfg)
+
+
+def _lab(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .lab import cmd_lab
+
+    return cmd_lab(args, cfg)
+
+
+def _mux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .mux import cmd_mux
+
+    return cmd_mux(args, cfg)
+
+
+def _nic(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .mux import cmd_nic
+
+    return cmd_nic(args, cfg)
+
+
+def _render(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .render.command import cmd_render
+
+    return cmd_render(args, cfg)
+
+
+def _stats(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .stats import cmd_stats
+
+    return cmd_stats(args, cfg)
+
+
+def _top(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .stats import cmd_top
+
+    return cmd_top(args, cfg)
+
+
+def _nat64(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .uplink import cmd_nat64
+
+    return cmd_nat64(args, cfg)
+
+
+def _down(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_down
+
+    return cmd_down(args, cfg)
+
+
+def _exec(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_exec
+
+    return cmd_exec(args, cfg)
+
+
+def _ls(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_ls
+
+    return cmd_ls(args, cfg)
+
+
+def _run(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_run
+
+    return cmd_run(args, cfg)
+
+
+def _status(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_status
+
+    return cmd_status(args, cfg)
+
+
+def _up(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    from .workload import cmd_up
+
+    return cmd_up(args, cfg)
+
+
+def _add(sub: Any, name: str, help: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:
+    """Add a subcommand and the handler its parsed arguments run with."""
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kw)
     p.set_defaults(handler=handler)
     return p
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    """NAME, an option per workload setting that has one (config.WORKLOAD_SETTINGS: the
+    value lands in args.KEY), and -- CMD: `up` and `run` take the same."""
+    p.add_argument("name")
+    for s in config.WORKLOAD_FLAGS:
+        p.add_argument(s.flag, dest=s.key, **s.cli)
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -64,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = _add(sub, "config", "print the effective host configuration", "cli:cmd_config")
+    p = _add(sub, "config", "print the effective host configuration", cmd_config)
     _json_flag(p)
 
-    p = _add(sub, "mux", "create or remove the mux namespace and its links", "mux:cmd_mux")
+    p = _add(sub, "mux", "create or remove the mux namespace and its links", _mux)
     p.add_argument("action", choices=["up", "down"])
     p.add_argument("--force", action="store_true", help="down: take every workload down first")
     p.add_argument(
@@ -76,53 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="after up: adopt hot-plugged uplink NICs until SIGTERM (READY=1 under systemd)",
     )
 
-    p = _add(sub, "nic", "adopt an uplink NIC into mux (used by the udev rule)", "mux:cmd_nic")
+    p = _add(sub, "nic", "adopt an uplink NIC into mux (used by the udev rule)", _nic)
     p.add_argument("action", choices=["adopt"])
     p.add_argument("ifname")
 
-    p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", "workload:cmd_up")
-    p.add_argument("name")
-    p.add_argument("--port", action="append", metavar="PROTO/PORT", help="e.g. tcp/80")
-    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
-    p.add_argument("--user", help="run CMD as this user")
-    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
-    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
-    p.add_argument(
-        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
-    )
-    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
+    p = _add(sub, "up", "create workload NAME; then exec CMD in it, or return", _up)
+    _workload_args(p)
 
-    p = _add(sub, "down", "remove workload NAME (idempotent)", "workload:cmd_down")
+    p = _add(sub, "down", "remove workload NAME (idempotent)", _down)
     p.add_argument("name")
 
-    p = _add(sub, "exec", "run CMD inside workload NAME's namespace", "workload:cmd_exec")
+    p = _add(sub, "exec", "run CMD inside workload NAME's namespace", _exec)
     p.add_argument("name")
     p.add_argument("--user", help="run CMD as this user")
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
-    p = _add(
-        sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", "workload:cmd_run"
-    )
-    p.add_argument("name")
-    p.add_argument("--port", action="append", metavar="PROTO/PORT")
-    p.add_argument("--user")
-    p.add_argument("--vm", action="store_true", help="a macvtap for QEMU instead of a macvlan")
-    p.add_argument("--address", action="append", metavar="ADDR/LEN", help="static address")
-    p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
-    p.add_argument(
-        "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
-    )
-    p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
+    p = _add(sub, "run", "short-lived workload: up, run CMD, down; CMD's exit status", _run)
+    _workload_args(p)
 
-    p = _add(sub, "ls", "list workloads", "workload:cmd_ls")
+    p = _add(sub, "ls", "list workloads", _ls)
     _json_flag(p)
 
-    p = _add(sub, "status", "addresses, DNS names and state of workloads", "workload:cmd_status")
+    p = _add(sub, "status", "addresses, DNS names and state of workloads", _status)
     p.add_argument("name", nargs="?")
     _json_flag(p)
 
     p = _add(
-        sub, "render", "print a daemon configuration rendered from the config", "render:cmd_render"
+        sub,
+        "render",
+        "print a daemon configuration rendered from the config",
+        _render,
     )
     p.add_argument(
         "what", choices=["radvd", "dhcpcd", "tayga", "jool", "unbound", "nft", "router-rules"]
@@ -141,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", action="append", help="router-rules: a statically bound prefix")
     p.add_argument("--match", metavar="VALUE/MASK", help="router-rules: 2000:0:0:1::/e000:0:0:ff::")
 
-    p = _add(sub, "deny", "the source-prefix denylist in mux", "denylist:cmd_deny")
+    p = _add(sub, "deny", "the source-prefix denylist in mux", _deny)
     p.add_argument("action", choices=["add", "del", "list", "count", "log"])
     p.add_argument("prefix", nargs="?", help="e.g. 2001:db8:bad::/48")
     p.add_argument(
@@ -150,30 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="log: every deny.log_interval s")
     _json_flag(p)
 
-    p = _add(sub, "stats", "per-workload traffic counters", "stats:cmd_stats")
+    p = _add(sub, "stats", "per-workload traffic counters", _stats)
     _json_flag(p)
     p.add_argument("--prometheus", metavar="FILE", help="also write a node-exporter textfile")
     p.add_argument(
         "--interval", type=config.seconds_or_zero_arg, default=1.0, help="seconds between samples"
     )
 
-    p = _add(sub, "top", "per-workload traffic, refreshing", "stats:cmd_top")
+    p = _add(sub, "top", "per-workload traffic, refreshing", _top)
     p.add_argument(
         "--interval", type=config.seconds_arg, default=2.0, help="seconds between refreshes"
     )
     p.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: never)")
 
     p = _add(sub, "ipmux", "run CMD in a new user+net namespace with a device from ipmuxd",
-             "ipmuxd:cmd_ipmux")  # fmt: skip
+             _ipmux)  # fmt: skip
     p.add_argument("name", help="the device's name (stable secret and MAC derive from it)")
     p.add_argument("--kind", choices=["macvlan", "macvtap", "ipvlan"], default="macvlan")
     p.add_argument("--ifname", help="its name inside the namespace (default: workload.ifname)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
 
-    p = _add(
-        sub, "doctor", "check the host and say what is wrong and how to fix it", "doctor:cmd_doctor"
-    )
+    p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", _doctor)
     _json_flag(p)
 
     p = _add(
@@ -181,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nat64",
         "NAT64 in mux: which engine; tayga's TUN, routes and NAT; Jool's instance "
         "(netmux-tayga.service, netmux-jool.service)",
-        "uplink:cmd_nat64",
+        _nat64,
     )
     p.add_argument("action", choices=["setup", "teardown", "engine", "jool-up", "jool-down"])
     p.add_argument(
@@ -194,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine: exit 0 if this is the engine, 1 if not (ExecCondition=)",
     )
 
-    p = _add(
-        sub, "lab", "a simulated home router upstream of mux, for demos and tests", "lab:cmd_lab"
-    )
+    p = _add(sub, "lab", "a simulated home router upstream of mux, for demos and tests", _lab)
     p.add_argument("action", choices=["up", "down", "renumber"])
     p.add_argument(
         "prefix", nargs="?", help="renumber: the /64 to delegate instead (default: the next one)"
@@ -205,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="down: take every workload down, then mux too"
     )
     p = _add(sub, "host", "more than one netmux host: the primary serves every host's zone",
-             "hosts:cmd_host")  # fmt: skip
+             _host)  # fmt: skip
     p.add_argument("action", choices=["add", "remove", "join", "leave", "list", "expire"])
     p.add_argument("name", nargs="?", help="add/remove: the host's name; join: the join file")
     p.add_argument("--address", help="add: the primary's address the host sends updates to")
@@ -274,9 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = config.defaults_note(cfg)
         if note:
             journal.info(note)
-        handler = args.handler
-        fn = _pending(handler) if isinstance(handler, int) else _handler(handler)
-        return fn(args, cfg)
+        handler: Handler = args.handler
+        return handler(args, cfg)
     except NetmuxError as e:
         if args.debug:
             traceback.print_exc()

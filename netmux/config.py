@@ -32,6 +32,11 @@ from typing import Any, Literal
 from . import names
 from .errors import ConfigError
 
+# What `netmux up` waits for: a global address and a default route ("global"), a ULA
+# address only ("ula"), or nothing ("none"). The one list of the choices.
+Wait = Literal["global", "ula", "none"]
+WAIT_CHOICES: tuple[str, ...] = typing.get_args(Wait)
+
 DEFAULT_CONFIG = Path("/etc/netmux/netmux.toml")
 CONFIG_ENV = "NETMUX_CONFIG"
 
@@ -147,7 +152,7 @@ class WorkloadDefaults:
     ifname: str = check(_workload_ifname, "eth0")
     # What `netmux up` waits for before it reports ready: a global address and a default
     # route ("global"), a ULA address only ("ula"), or nothing ("none").
-    wait: Literal["global", "ula", "none"] = "global"
+    wait: Wait = "global"
     timeout: float = check(_positive, 10.0)
     optimistic_dad: bool = True
     # The neighbour retransmit timer (also paces DAD and router solicitations).
@@ -683,83 +688,203 @@ class WorkloadConfig:
     # Extra DNS labels published besides NAME.
     dns_names: tuple[str, ...] = ()
     publish: bool = True
-    wait: Literal["global", "ula", "none"] | None = None  # None: the host default
+    wait: Wait | None = None
     timeout: float | None = None
 
 
-WORKLOAD_KEYS = ("command", "user", "group", "kind", "ports", "addresses", "dns_names",
-                 "publish", "wait", "timeout")  # fmt: skip
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$|^[0-9]{1,10}$")
+
+
+class _Bad(ValueError):
+    """A workload value that is not allowed: what is (and the item at fault, if one)."""
+
+    def __init__(self, allowed: str, item: object = None) -> None:
+        super().__init__(allowed)
+        self.allowed, self.item = allowed, item
+
+
+def _command(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as e:
+            raise _Bad(f"a command line that shell-splits ({e})") from None
+    if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+        raise _Bad("a list of strings or one command-line string")
+    if any("\0" in a for a in value):
+        raise _Bad("arguments without NUL bytes")
+    return tuple(value)
+
+
+def _account(value: object) -> str:
+    if not isinstance(value, str) or not (value == "" or _USER_RE.fullmatch(value)):
+        raise _Bad("a user or group name or a numeric id")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[object], str]:
+    allowed = " or ".join(", ".join(f"'{c}'" for c in choices).rsplit(", ", 1))
+
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise _Bad(allowed)
+        return str(value)
+
+    return parse
+
+
+def _seconds(value: object) -> float:
+    try:
+        t = _to_float(value)
+    except TypeError:
+        t = 0.0
+    if t <= 0:
+        raise _Bad("a finite number of seconds greater than 0")
+    return t
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("true or false")
+    return value
+
+
+def _items(value: object) -> list[str]:
+    items = _as_list(value)
+    if items is None:
+        raise _Bad("a list of strings (or one space-separated string)")
+    return items
+
+
+def _ports(value: object) -> tuple[Port, ...]:
+    ports = []
+    for item in _items(value):
+        try:
+            ports.append(parse_port(item))
+        except ValueError:
+            raise _Bad(PORT_ALLOWED, item) from None
+    return tuple(sorted(set(ports)))
+
+
+def _addresses(value: object) -> tuple[IPv6Interface, ...]:
+    addrs = []
+    for item in _items(value):
+        try:
+            addrs.append(IPv6Interface(item if "/" in item else item + "/64"))
+        except ValueError:
+            raise _Bad(
+                "IPv6 addresses with prefix length, such as fd64:cafe::53/64", item
+            ) from None
+    return tuple(addrs)
+
+
+def _labels(value: object) -> tuple[str, ...]:
+    items = _items(value)
+    for item in items:
+        if _label(item):
+            raise _Bad("DNS labels: 1-63 characters of a-z, 0-9, '-'", item)
+    return tuple(items)
+
+
+def _env_bool(text: str) -> object:
+    return _ENV_BOOL.get(text.lower(), text)
+
+
+def _env_number(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One workload key: the key of NAME.toml, the variable NETMUX_KEY and the field of
+    WorkloadConfig, and with `flag` an option of `netmux up` and `netmux run` (argparse
+    keywords in `cli`). `parse` checks and converts a value from any of them (raising
+    _Bad); `env` turns the variable's text into such a value. `help` is the key's line in
+    docs/configuration.md (docs/configdoc.py)."""
+
+    key: str
+    parse: Callable[[object], Any]
+    help: str
+    flag: str = ""
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    env: Callable[[str], object] = str
+
+
+# The workload settings, in the order the documentation lists them: add a key here (and
+# its field in WorkloadConfig) and the file, the environment, the command line and the
+# documentation all know it.
+WORKLOAD_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "command", _command, "The command the workload runs (a list, or one shell-split string)."
+    ),
+    Setting(
+        "user",
+        _account,
+        "Run the command as this user (name or uid).",
+        "--user",
+        {"help": "run CMD as this user"},
+    ),
+    Setting("group", _account, "Run the command as this group (name or gid)."),
+    Setting(
+        "kind",
+        _one_of("process", "vm"),
+        "`process` gets a macvlan; `vm` gets a macvtap "
+        "(allmulticast) whose fd replaces `{tapfd}` and whose MAC replaces `{mac}` in the "
+        "command.",
+        "--vm",
+        {"action": "store_const", "const": "vm", "help": "a macvtap for QEMU instead of a macvlan"},
+    ),
+    Setting(
+        "ports",
+        _ports,
+        "Inbound ports the firewall opens: PROTO/PORT or PROTO/FIRST-LAST.",
+        "--port",
+        {"action": "append", "metavar": "PROTO/PORT", "help": "e.g. tcp/80"},
+    ),
+    Setting(
+        "addresses",
+        _addresses,
+        "Static addresses added besides SLAAC, e.g. fd64:cafe::53/64 for the resolver.",
+        "--address",
+        {"action": "append", "metavar": "ADDR/LEN", "help": "static address"},
+    ),
+    Setting("dns_names", _labels, "Extra DNS labels published besides NAME."),
+    Setting(
+        "publish", _bool, "Publish the workload's addresses in DNS while it runs.", env=_env_bool
+    ),
+    Setting(
+        "wait",
+        _one_of(*WAIT_CHOICES),
+        "What `netmux up` waits for: `global`, `ula` or `none` (default: workload.wait).",
+        "--wait",
+        {"choices": WAIT_CHOICES, "help": "what to wait for (workload.wait)"},
+    ),
+    Setting(
+        "timeout",
+        _seconds,
+        "Seconds to wait for it (default: workload.timeout).",
+        "--timeout",
+        {"type": float, "help": "seconds to wait for a usable address"},
+        env=_env_number,
+    ),
+)
+SETTINGS = {s.key: s for s in WORKLOAD_SETTINGS}
+WORKLOAD_KEYS = tuple(SETTINGS)
 
 
 def _workload_value(key: str, value: object, source: str) -> Any:
     """Check and convert one workload setting (from a file, the environment or argv)."""
-
-    def bad(allowed: str, shown: object = value) -> ConfigError:
-        return ConfigError(source, key, shown, f"expected {allowed}")
-
-    if key == "command":
-        if isinstance(value, str):
-            try:
-                value = shlex.split(value)
-            except ValueError as e:
-                raise bad(f"a command line that shell-splits ({e})") from None
-        if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
-            raise bad("a list of strings or one command-line string")
-        if any("\0" in a for a in value):
-            raise bad("arguments without NUL bytes")
-        return tuple(value)
-    if key in ("user", "group"):
-        if not isinstance(value, str) or not (value == "" or _USER_RE.fullmatch(value)):
-            raise bad("a user or group name or a numeric id")
-        return value
-    if key == "kind":
-        if value not in ("process", "vm"):
-            raise bad("'process' or 'vm'")
-        return value
-    if key == "wait":
-        if value not in ("global", "ula", "none"):
-            raise bad("'global', 'ula' or 'none'")
-        return value
-    if key == "timeout":
-        try:
-            t = _to_float(value)
-        except TypeError:
-            raise bad("a finite number of seconds greater than 0") from None
-        if t <= 0:
-            raise bad("a finite number of seconds greater than 0")
-        return t
-    if key == "publish":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    items = _as_list(value)
-    if items is None:
-        raise bad("a list of strings (or one space-separated string)")
-    if key == "ports":
-        ports = []
-        for item in items:
-            try:
-                ports.append(parse_port(item))
-            except ValueError:
-                raise bad(PORT_ALLOWED, item) from None
-        return tuple(sorted(set(ports)))
-    if key == "addresses":
-        addrs = []
-        for item in items:
-            try:
-                addrs.append(IPv6Interface(item if "/" in item else item + "/64"))
-            except ValueError:
-                raise bad(
-                    "IPv6 addresses with prefix length, such as fd64:cafe::53/64", item
-                ) from None
-        return tuple(addrs)
-    if key == "dns_names":
-        for item in items:
-            if _label(item):
-                raise bad("DNS labels: 1-63 characters of a-z, 0-9, '-'", item)
-        return tuple(items)
-    raise ConfigError(source, key, value, "known keys: " + ", ".join(WORKLOAD_KEYS))
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise ConfigError(source, key, value, "known keys: " + ", ".join(WORKLOAD_KEYS))
+    try:
+        return setting.parse(value)
+    except _Bad as e:
+        shown = value if e.item is None else e.item
+        raise ConfigError(source, key, shown, f"expected {e.allowed}") from None
 
 
 def _as_list(value: object) -> list[str] | None:
@@ -772,6 +897,7 @@ def _as_list(value: object) -> list[str] | None:
 
 _ENV_BOOL = {"1": True, "yes": True, "true": True, "0": False, "no": False, "false": False}
 ENV_KEYS = {f"NETMUX_{k.upper()}": k for k in WORKLOAD_KEYS}
+WORKLOAD_FLAGS = tuple(s for s in WORKLOAD_SETTINGS if s.flag)  # options of up and run
 
 
 def workload_from(
@@ -786,18 +912,10 @@ def workload_from(
     names.check_name(name)
     values: dict[str, Any] = {}
     for key, value in (file_table or {}).items():
-        if key not in WORKLOAD_KEYS:
-            raise ConfigError(file_source, key, value, "known keys: " + ", ".join(WORKLOAD_KEYS))
         values[key] = _workload_value(key, value, file_source)
     for var, key in ENV_KEYS.items():
         if env and var in env:
-            raw: object = env[var]
-            if key == "publish":
-                raw = _ENV_BOOL.get(env[var].lower(), env[var])
-            elif key == "timeout":
-                with contextlib.suppress(ValueError):
-                    raw = float(env[var])
-            values[key] = _workload_value(key, raw, f"environment {var}")
+            values[key] = _workload_value(key, SETTINGS[key].env(env[var]), f"environment {var}")
     for key, value in (overrides or {}).items():
         if value is None:
             continue

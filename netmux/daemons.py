@@ -106,13 +106,3 @@ def dhcpcd() -> DhcpcdFeatures:
     except (OSError, subprocess.TimeoutExpired):
         return DhcpcdFeatures()
     return DhcpcdFeatures(version=parse_version(r.stdout.splitlines()[0] if r.stdout else ""))
-
-
-def summary() -> dict[str, object]:
-    """Everything probed, for `netmux doctor` and bench reports."""
-    return {
-        "radvd": radvd().__dict__,
-        "unbound": unbound().__dict__,
-        "tayga": tayga().__dict__,
-        "dhcpcd": {"version": ".".join(map(str, dhcpcd().version))},
-    }

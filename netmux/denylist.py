@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any
 
-from . import firewall, journal, nsutil
+from . import files, firewall, journal, nsutil
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -66,10 +65,7 @@ def _read_state(host: HostConfig) -> dict[str, float | None]:
 
 def _write_state(host: HostConfig, entries: dict[str, float | None]) -> None:
     path = state_file(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    files.write_atomic(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 def entries_to_load(state: dict[str, float | None], now: float) -> list[firewall.DenyEntry]:
@@ -103,8 +99,13 @@ def ensure_guard(host: HostConfig) -> str:
     try:
         firewall.run_nft(netns, f"list table {firewall.FAMILY} {firewall.GUARD_TABLE}")
     except firewall.NftError:
-        firewall.apply_guard(host)
+        apply_guard(host)
     return netns
+
+
+def apply_guard(host: HostConfig) -> None:
+    """mux's guard table with the persisted denylist (idempotent; `mux up` calls it)."""
+    firewall.apply(host.mux.netns, firewall.render_guard(host, load(host)))
 
 
 def guard_at_mux_up(host: HostConfig) -> None:

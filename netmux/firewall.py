@@ -21,7 +21,7 @@ is never mistaken for a flood. The
 forward chain lets the uplink reach the service network behind the gateway, keeps the ULA
 host-internal and drops other uplink-initiated forwarding.
 
-One function applies a ruleset: `apply(text, netns)` runs libnftables (Debian's
+One function applies a ruleset: `apply(netns, text)` runs libnftables (Debian's
 python3-nftables) in a thread that entered the namespace (~0.2 ms vs 7-30 ms for `nft -f`).
 """
 
@@ -32,7 +32,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv6Network
@@ -371,19 +370,6 @@ def apply(netns: str | os.PathLike[str] | int | None, text: str) -> None:
     run_nft(netns, text)
 
 
-def apply_subprocess(netns: str, text: str) -> None:
-    """The same through `ip netns exec NAME nft -f -` (the peer measured in bench/)."""
-    r = subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "-f", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode:
-        raise NftError(f"nft -f in {netns}: {r.stderr.strip()}")
-
-
 def apply_workload(
     host: HostConfig, wl: WorkloadConfig, netns: str | int, link: tuple[str, str] | None = None
 ) -> None:
@@ -430,13 +416,6 @@ def ra_guard_drops(netns: str | int) -> int:
         if rule and rule.get("comment") == "ra-guard":
             n += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
     return n
-
-
-def apply_guard(host: HostConfig) -> None:
-    """mux's guard table with the persisted denylist (idempotent; `mux up` calls it)."""
-    from . import denylist
-
-    apply(host.mux.netns, render_guard(host, denylist.load(host)))
 
 
 def port_counters(netns: str | int) -> dict[str, dict[str, int]]:

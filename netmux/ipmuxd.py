@@ -34,11 +34,7 @@ import argparse
 import array
 import contextlib
 import errno
-import fcntl
 import grp
-import hashlib
-import hmac
-import ipaddress
 import json
 import os
 import selectors
@@ -52,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, journal, links, names, nsutil, tap
+from . import config, journal, links, names, nsutil, sd, tap
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -60,14 +56,8 @@ KINDS = ("macvlan", "macvtap", "ipvlan")
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
 MAX_MSG = 4096
-SD_LISTEN_FDS_START = 3
 ENV_FD = "NETMUX_IPMUX_FD"
 ENV_TAP_FD = "NETMUX_TAP_FD"  # macvtap: the tap fd for QEMU (-netdev tap,fd=$NETMUX_TAP_FD)
-
-# linux/nsfs.h
-NS_GET_USERNS = 0xB701
-NS_GET_NSTYPE = 0xB703
-NS_GET_OWNER_UID = 0xB704
 
 
 class RequestError(NetmuxError):
@@ -79,24 +69,9 @@ class RequestError(NetmuxError):
 
 def netns_owner_uid(fd: int) -> int:
     """The uid owning the user namespace that owns network namespace `fd`."""
-    if fcntl.ioctl(fd, NS_GET_NSTYPE) != nsutil.CLONE_NEWNET:
+    if not sd.is_netns(fd):
         raise RequestError("the fd passed is not a network namespace")
-    userns = fcntl.ioctl(fd, NS_GET_USERNS)
-    try:
-        buf = array.array("I", [0])
-        fcntl.ioctl(userns, NS_GET_OWNER_UID, buf, True)
-        return int(buf[0])
-    finally:
-        os.close(userns)
-
-
-def same_netns(fd: int, pid: int) -> bool:
-    a = os.fstat(fd)
-    try:
-        b = os.stat(f"/proc/{pid}/ns/net")
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return sd.userns_owner_uid(fd)
 
 
 # --- requests (pure checks) -------------------------------------------------------------------
@@ -345,15 +320,6 @@ def recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
 # --- kernel side ------------------------------------------------------------------------------
 
 
-def _ipr_in(netns: str | int) -> Any:
-    from pyroute2 import IPRoute
-
-    def make() -> int:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).detach()
-
-    return IPRoute(fileno=nsutil.run_in_netns(netns, make))
-
-
 def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     """(MAC, stable secret) of user `uid`'s device `name`. Pure.
 
@@ -362,60 +328,42 @@ def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     nobody can take over someone else's addresses by asking for their name.
     """
     names.check_name(name, "device name")
-    d = hmac.new(key, f"netmux/ipmux\0{uid}\0{name}".encode(), hashlib.sha256).digest()
-    raw = bytearray(d[16:22])
-    raw[0] = (raw[0] & 0xFC) | 0x02  # locally administered, unicast
-    return ":".join(f"{b:02x}" for b in raw), str(ipaddress.IPv6Address(d[:16]).exploded)
+    d = names.derive(key, "ipmux", str(uid), name)
+    return names.as_mac(d[16:22]), names.as_secret(d[:16])
 
 
 def create_device(
     host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
 ) -> dict[str, Any]:
-    """Create the device on mux's parent, registered directly in the caller's namespace."""
+    """Create the device on mux's parent, registered directly in the caller's namespace,
+    the way a workload's link is made (links.create_child_link, links.workload_sysctls)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     mac, secret = identity(key, uid, req.name)
-    kw: dict[str, Any] = {"ifname": req.ifname, "kind": req.kind, "net_ns_fd": netns_fd}
-    if req.kind == "ipvlan":
-        kw["ipvlan_mode"] = 0  # L2: neighbour discovery and SLAAC work as on a macvlan
-    else:
-        kw[f"{req.kind}_mode"] = "bridge"
-        kw["address"] = mac
-    kw.update(links.child_link_flags(req.kind))
     if not nsutil.netns_path(host.mux.netns).exists():
         raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
-    ipr = _ipr_in(host.mux.netns)
-    try:
-        parent = ipr.link_lookup(ifname=host.mux.parent)
-        if not parent:
-            raise StateError(f"parent link {host.mux.parent} is missing in mux")
-        ipr.link("add", link=parent[0], **kw)
-    except NetlinkError as e:
-        if e.code == errno.EOPNOTSUPP or "nknown device type" in str(e):
-            raise RequestError(f"{req.kind} is not supported by this kernel") from None
-        if e.code == errno.EEXIST:
-            raise RequestError(f"{req.ifname} already exists in your namespace") from None
-        raise StateError(f"cannot create {req.kind} {req.ifname}: {e.args[-1]}") from None
-    finally:
-        ipr.close()
-    tipr = _ipr_in(netns_fd)
+    with links.iproute(host.mux.netns) as ipr:
+        try:
+            links.create_child_link(
+                ipr, host.mux.parent, req.ifname, mac, req.kind, target_netns=netns_fd
+            )
+        except StateError as e:
+            cause = e.__cause__
+            if isinstance(cause, NetlinkError):
+                if cause.code == errno.EOPNOTSUPP or "nknown device type" in str(cause):
+                    raise RequestError(f"{req.kind} is not supported by this kernel") from None
+                if cause.code == errno.EEXIST:
+                    raise RequestError(f"{req.ifname} already exists in your namespace") from None
+            raise
+    tipr = links.open_ipr(netns_fd)
     try:
         idx = tipr.link_lookup(ifname=req.ifname)[0]
         mac = tipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
         if req.kind != "macvtap":
-            conf = f"net.ipv6.conf.{req.ifname}"
+            w = host.workload
             nsutil.write_sysctls(
                 netns_fd,
-                [
-                    (f"{conf}.stable_secret", secret),
-                    (f"{conf}.addr_gen_mode", "2"),
-                    (f"{conf}.router_solicitation_delay", "0"),
-                    (f"{conf}.ndisc_notify", "1"),
-                    (
-                        f"net.ipv6.neigh.{req.ifname}.retrans_time_ms",
-                        str(host.workload.retrans_time_ms),
-                    ),
-                ],
+                links.workload_sysctls(req.ifname, secret, w.optimistic_dad, w.retrans_time_ms),
             )
     except BaseException:
         with contextlib.suppress(Exception):
@@ -428,13 +376,13 @@ def create_device(
 
 def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
     """Delete the device if it is still ours (same index and MAC) in that namespace."""
-    ipr = _ipr_in(netns_fd)
+    ipr = links.open_ipr(netns_fd)
     try:
-        links = ipr.get_links(device["ifindex"])
+        found = ipr.get_links(device["ifindex"])
     except Exception:
-        links = []
+        found = []
     try:
-        if links and links[0].get_attr("IFLA_ADDRESS") == device["mac"]:
+        if found and found[0].get_attr("IFLA_ADDRESS") == device["mac"]:
             ipr.link("del", index=device["ifindex"])
             return True
         return False
@@ -477,23 +425,13 @@ def bind_socket(host: HostConfig) -> socket.socket:
     return s
 
 
-def listen_fds() -> list[int]:
-    """Sockets passed by systemd (LISTEN_FDS/LISTEN_PID), [] when not socket-activated."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return []
-    n = int(os.environ.get("LISTEN_FDS", "0"))
-    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(var, None)
-    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipmuxd", description=__doc__.splitlines()[0])
     ap.add_argument("--config", metavar="PATH", help="host configuration")
     args = ap.parse_args(argv)
     try:
         host = config.load_host(config.config_path(args.config) if args.config else None)
-        fds = listen_fds()
+        fds = [fd for _, fd in sd.listen_fds()]
         if fds:
             listener = socket.socket(fileno=fds[0])
             if listener.type != socket.SOCK_SEQPACKET:
@@ -510,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    from . import mux
-
-    mux.notify(ready="1", status=f"serving {host.ipmux.socket}")
+    sd.notify(ready="1", status=f"serving {host.ipmux.socket}")
     journal.info(f"ipmuxd: serving {'(socket-activated)' if fds else host.ipmux.socket}")
     daemon.serve()
     if not fds:

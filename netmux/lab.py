@@ -40,10 +40,10 @@ from . import config, journal, nsutil, supervise
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 from .render import radvd as radvd_render
+from .upstream import MUX_LL
 
 ALIAS = "netmux-lab uplink"  # marks the veth the lab made (ifalias survives netns moves)
 ROUTER_LL = IPv6Interface("fe80::1/64")
-MUX_LL = IPv6Interface("fe80::2/64")
 
 
 # --- small `ip` helpers -------------------------------------------------------------------

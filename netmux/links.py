@@ -10,8 +10,7 @@ Speed matters (`netmux up` is on the critical path of every workload start), so:
 - a workload's link is created by one request on mux's socket with the target namespace
   and the final name (IFLA_NET_NS_FD + IFLA_IFNAME): the kernel looks the parent up in
   mux and registers the device directly in the workload's namespace. There is no moment
-  at which the link sits in mux under a temporary name, so nothing can be left there;
-  `down` still removes a leftover `names.mux_link_name(NAME)` for robustness.
+  at which the link sits in mux under a temporary name, so nothing can be left there.
 """
 
 from __future__ import annotations
@@ -184,6 +183,18 @@ def set_up(ipr: Any, ifname: str) -> None:
     ipr.link("set", index=idx, state="up")
 
 
+def replace_route(ipr: Any, dst: str, ifname: str) -> None:
+    """`ip route replace DST dev IFNAME` (IPv4 or IPv6 by the form of DST)."""
+    idx = link_index(ipr, ifname)
+    if idx is None:
+        raise StateError(f"link {ifname} does not exist")
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        ipr.route("replace", dst=dst, oif=idx, family=family)
+    except NetlinkError as e:
+        raise StateError(f"cannot route {dst} via {ifname}: {e.args[1]}") from e
+
+
 # --- workload links ---------------------------------------------------------------------
 
 
@@ -214,21 +225,19 @@ def create_child_link(
     kind: str = "macvlan",
     target_netns: str | int | None = None,
 ) -> None:
-    """A macvlan/macvtap in bridge mode on `parent` (in mux), registered in `target_netns`.
+    """A macvlan/macvtap in bridge mode (an ipvlan in L2 mode) on `parent` (in mux),
+    registered in `target_netns`.
 
     None keeps it in mux itself (gw0). Raises StateError with the reason on failure.
     """
     parent_idx = link_index(mux_ipr, parent)
     if parent_idx is None:
         raise StateError(f"parent link {parent} is missing in mux: run `netmux mux up`")
-    kw: dict[str, Any] = {
-        "ifname": ifname,
-        "kind": kind,
-        "link": parent_idx,
-        f"{kind}_mode": "bridge",
-        "address": mac,
-        **child_link_flags(kind),
-    }
+    kw: dict[str, Any] = {"ifname": ifname, "kind": kind, "link": parent_idx}
+    if kind == "ipvlan":  # L2 mode: neighbour discovery and SLAAC work as on a macvlan;
+        kw["ipvlan_mode"] = 0  # an ipvlan has its parent's MAC, so `mac` is not used
+    else:
+        kw |= {f"{kind}_mode": "bridge", "address": mac, **child_link_flags(kind)}
     by_name = isinstance(target_netns, str)
     fd = nsutil.open_netns(target_netns) if isinstance(target_netns, str) else target_netns
     try:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
-import hmac
 import os
 import signal
 import threading
@@ -29,7 +27,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import config, denylist, ifaddr, journal, links, names, nsutil
+from . import config, denylist, ifaddr, journal, links, names, nsutil, sd
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
@@ -39,21 +37,13 @@ SELF_NETNS = "/proc/self/ns/net"
 # --- derived identities -----------------------------------------------------------------
 
 
-def _derive(key: bytes, purpose: str) -> bytes:
-    return hmac.new(key, f"netmux/mux/{purpose}".encode(), hashlib.sha256).digest()
-
-
 def derived_mac(key: bytes, purpose: str) -> str:
     """A stable, locally administered unicast MAC for mux's own links (gw0, root link)."""
-    raw = bytearray(_derive(key, purpose)[:6])
-    raw[0] = (raw[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in raw)
+    return names.as_mac(names.derive(key, "mux/" + purpose))
 
 
 def derived_secret(key: bytes, purpose: str) -> str:
-    import ipaddress
-
-    return ipaddress.IPv6Address(_derive(key, "secret/" + purpose)[:16]).exploded
+    return names.as_secret(names.derive(key, "mux/secret/" + purpose))
 
 
 def peer_name(parent: str) -> str:
@@ -69,25 +59,14 @@ def exists(host: HostConfig) -> bool:
 
 
 def require(host: HostConfig) -> None:
-    """StateError unless mux is up with its parent link (what a workload needs)."""
+    """StateError unless mux's namespace exists (what a workload needs first; a missing
+    parent link is reported when the workload's link is created on it)."""
     ns = host.mux.netns
     if not links.netns_exists(ns):
         raise StateError(
             f"mux namespace {ns!r} does not exist: run `netmux mux up` "
             "(or start netmux-mux.service) first"
         )
-
-
-def notify(**fields: str) -> bool:
-    """sd_notify when running under systemd (NOTIFY_SOCKET set); False otherwise."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return False
-    try:
-        from systemd import daemon
-    except ImportError:  # pragma: no cover - python3-systemd is a dependency
-        return False
-    msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
-    return bool(daemon.notify(msg))
 
 
 # --- up / down --------------------------------------------------------------------------
@@ -401,12 +380,15 @@ def watch_nics(
     stop: threading.Event,
     on_ready: Callable[[], None] | None = None,
     poll: float = 0.25,
+    on_handled: Callable[[str, str], None] | None = None,
 ) -> int:
     """Adopt every matching NIC now and each one hot-plugged later, until `stop` is set.
 
     The uevent monitor is started before the enumeration, so a NIC appearing in between is
     not missed (at worst seen twice; the second adopt finds it gone and skips).
-    Returns the number of NICs adopted.
+    `on_handled(action, ifname)` is called once each net uevent has been acted on (what a
+    test waits for before it checks that nothing was done). Returns the number of NICs
+    adopted.
     """
     import pyudev
 
@@ -427,6 +409,8 @@ def watch_nics(
             continue
         if config.uplink_matches(host.mux, dev.sys_name):
             adopted += adopt(host, dev.sys_name)
+        if on_handled:
+            on_handled(dev.action, dev.sys_name)
     return adopted
 
 
@@ -449,11 +433,11 @@ def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def ready() -> None:
-        notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
+        sd.notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
         journal.info(f"mux {host.mux.netns} ready; watching for NICs", netns=host.mux.netns)
 
     watch_nics(host, stop, ready)
-    notify(stopping="1")
+    sd.notify(stopping="1")
     return 0
 
 

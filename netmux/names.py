@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import secrets
+import struct
 from pathlib import Path
 
 from .errors import StateError, UsageError
@@ -80,31 +81,77 @@ def load_host_key(path: Path, create: bool = True) -> bytes:
     return data
 
 
-def _derive(key: bytes, purpose: str, name: str) -> bytes:
-    return hmac.new(key, f"netmux/{purpose}\0{name}".encode(), hashlib.sha256).digest()
+def derive(key: bytes, *parts: str) -> bytes:
+    """HMAC-SHA256 of "netmux/" + the parts joined by NUL: every MAC, secret and id netmux
+    derives from the host key comes from here (workloads, mux's own links, ipmux devices),
+    each with parts of its own so no two can collide. Changing this moves every address
+    (tests/test_names.py pins the results)."""
+    return hmac.new(key, ("netmux/" + "\0".join(parts)).encode(), hashlib.sha256).digest()
+
+
+def as_mac(raw: bytes) -> str:
+    """Six derived bytes as a locally administered unicast MAC."""
+    b = bytearray(raw[:6])
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def as_secret(raw: bytes) -> str:
+    """Sixteen derived bytes as a stable_secret value (IPv6 address syntax)."""
+    return ipaddress.IPv6Address(raw[:16]).exploded
 
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint of the host key, kept in workload state: a workload made
     with another key (the key file was lost and re-created) shows by a different id."""
-    return _derive(key, "key_id", "").hex()[:16]
+    return derive(key, "key_id", "").hex()[:16]
 
 
 def stable_secret(key: bytes, name: str) -> str:
     """The value for net.ipv6.conf.IF.stable_secret: 128 bits in IPv6 address syntax."""
     check_name(name)
-    return ipaddress.IPv6Address(_derive(key, "stable_secret", name)[:16]).exploded
+    return as_secret(derive(key, "stable_secret", name))
 
 
 def stable_mac(key: bytes, name: str) -> str:
     """A locally administered unicast MAC, so neighbour caches stay right across restarts."""
     check_name(name)
-    raw = bytearray(_derive(key, "mac", name)[:6])
-    raw[0] = (raw[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in raw)
+    return as_mac(derive(key, "mac", name))
 
 
-def mux_link_name(name: str) -> str:
-    """The temporary name of a workload's link while it is in mux (deterministic, ≤ 15)."""
-    check_name(name)
-    return "nm" + hashlib.sha256(name.encode()).hexdigest()[:12]
+def _sha1_block(block: bytes) -> list[int]:
+    """SHA-1's compression function on one 64-byte block from the standard IV (no padding):
+    what the kernel's stable-privacy generator runs, which is not a SHA-1 digest."""
+
+    def rol(x: int, n: int) -> int:
+        return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+    h = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0]
+    w = list(struct.unpack(">16I", block))
+    for i in range(16, 80):
+        w.append(rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1))
+    a, b, c, d, e = h
+    for i in range(80):
+        if i < 20:
+            f, k = (b & c) | (~b & d), 0x5A827999
+        elif i < 40:
+            f, k = b ^ c ^ d, 0x6ED9EBA1
+        elif i < 60:
+            f, k = (b & c) | (b & d) | (c & d), 0x8F1BBCDC
+        else:
+            f, k = b ^ c ^ d, 0xCA62C1D6
+        a, b, c, d, e = (rol(a, 5) + f + e + k + w[i]) & 0xFFFFFFFF, a, rol(b, 30), c, d
+    return [(x + y) & 0xFFFFFFFF for x, y in zip(h, (a, b, c, d, e), strict=True)]
+
+
+def stable_privacy_address(secret: str, prefix: str, dad_count: int = 0) -> ipaddress.IPv6Address:
+    """The address Linux's addr_gen_mode 2 gives a netmux link in /64 `prefix` (RFC 7217 as
+    the kernel implements it: secret, prefix, the permanent MAC (all zeros on a macvlan or
+    macvtap made with an address) and the DAD counter in one SHA-1 block). Pure: lets tests
+    pin a workload's addresses without a kernel; tests/test_names_kernel.py checks it
+    against the real kernel."""
+    net = ipaddress.IPv6Network(prefix, strict=False)
+    head = net.network_address.packed[:8]
+    block = ipaddress.IPv6Address(secret).packed + head + bytes(32) + bytes([dad_count])
+    digest = _sha1_block(block.ljust(64, b"\0"))
+    return ipaddress.IPv6Address(head + struct.pack("<2I", digest[0], digest[1]))

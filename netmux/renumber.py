@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Network
 from pathlib import Path
 
-from . import journal
+from . import files, journal
 from .config import HostConfig
 from .render.radvd import INFINITE, Lease
 
@@ -231,10 +231,7 @@ def apply(
     """Write the state and log prefix changes; re-render radvd.conf and SIGHUP radvd when
     its text changed, or always under `countdown` (radvd counts a lease's lifetimes down
     since its last reload: a renewed lease must restart the count, same text or not)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_path(state_dir).with_suffix(".tmp")
-    tmp.write_text(change.state.to_json())
-    tmp.replace(state_path(state_dir))
+    files.write_atomic(state_path(state_dir), change.state.to_json())
     for p in change.added:
         journal.info(f"prefix {p} on {gateway}", journal.PREFIX_CHANGED, prefix=p, ifname=gateway)
     for p in change.removed:
@@ -258,9 +255,7 @@ def apply(
         with contextlib.suppress(OSError):
             if radvd_conf.read_text() == text and not (change.changed or countdown):
                 return
-        tmp = radvd_conf.with_name(f".{radvd_conf.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(radvd_conf)
+        files.write_atomic(radvd_conf, text)
     elif not (change.changed or countdown):
         return
     if radvd_pid:

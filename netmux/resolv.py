@@ -12,10 +12,9 @@ Only a file netmux wrote (its first line) is ever replaced or removed.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
-from . import journal, nsutil
+from . import files, journal, nsutil
 from .config import HostConfig
 
 NETNS_ETC = Path("/etc/netns")
@@ -62,17 +61,14 @@ def write(cfg: HostConfig, name: str, root: Path = NETNS_ETC) -> Path | None:
     if not _ours(p):
         journal.info(f"workload {name}: keeping {p}, which netmux did not write", workload=name)
         return p
-    tmp = p.with_name(f".resolv.conf.{os.getpid()}")
     for attempt in range(3):  # a concurrent `down` may remove an empty /etc/netns meanwhile
         try:
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            tmp.write_text(text)
+            files.write_atomic(p, text)
             break
         except FileNotFoundError:
             if attempt == 2:
                 raise
-    tmp.chmod(0o644)
-    tmp.replace(p)
     return p
 
 

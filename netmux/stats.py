@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import denylist, firewall, links, workload
+from . import denylist, files, firewall, links, workload
 from .config import HostConfig
 from .errors import NetmuxError, UsageError
 
@@ -185,12 +184,6 @@ def text(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(data)
-    tmp.replace(path)
-
-
 def cmd_stats(args: argparse.Namespace, host: HostConfig) -> int:
     interval = getattr(args, "interval", 1.0)
     if interval < 0:
@@ -200,7 +193,7 @@ def cmd_stats(args: argparse.Namespace, host: HostConfig) -> int:
         path = Path(args.prometheus)
         if not path.parent.is_dir():
             raise UsageError(f"stats: --prometheus {path}: {path.parent} is not a directory")
-        write_atomic(path, prometheus(rep))
+        files.write_atomic(path, prometheus(rep))
     if args.json:
         print(json.dumps(rep, indent=2, sort_keys=True))
     else:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import journal, nsutil
+from . import files, journal, nsutil
 from .errors import StateError, UsageError
 
 # Processes started by this Python process, so that stop() can reap them (no zombies).
@@ -169,9 +169,7 @@ def start(
     if started is None:
         raise StateError(f"daemon {name} exited at start: {_tail(log)}")
     d = Daemon(name, pid, started, tuple(argv), netns, str(log))
-    tmp = state.with_name(f".{state.name}.tmp")
-    tmp.write_text(json.dumps(asdict(d)) + "\n")
-    tmp.replace(state)
+    files.write_atomic(state, json.dumps(asdict(d)) + "\n")
     pid_path.write_text(f"{pid}\n")
     journal.info(f"started {name} (pid {pid})", netns=netns)
     return d

@@ -17,10 +17,9 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from . import daemons, journal, nsutil, supervise
+from . import daemons, journal, links, nsutil, supervise
 from .config import HostConfig
 from .errors import StateError, UsageError
 from .render import dhcpcd as dhcpcd_render
@@ -129,15 +128,14 @@ def nat64_setup(host: HostConfig, conf: Path) -> None:
     ns = host.mux.netns
     feats = daemons.tayga()
     p = tayga_render.plan(host, feats)
-    existing = subprocess.run(
-        ["ip", "-n", ns, "link", "show", p.tun], capture_output=True, check=False
-    )
-    if existing.returncode != 0:
+    with links.iproute(ns) as ipr:
+        existing = links.link_index(ipr, p.tun) is not None
+    if not existing:
         _sh("tayga", "--mktun", "-c", str(conf), netns=ns)
-    _sh("ip", "link", "set", p.tun, "up", netns=ns)
-    _sh("ip", "-4", "route", "replace", str(p.pool), "dev", p.tun, netns=ns)
-    _sh("ip", "-6", "route", "replace", str(host.nat64.prefix), "dev", p.tun, netns=ns)
-    _sh("ip", "-6", "route", "replace", f"{p.ipv6_addr}/128", "dev", p.tun, netns=ns)
+    with links.iproute(ns) as ipr:
+        links.set_up(ipr, p.tun)
+        for dst in (str(p.pool), str(host.nat64.prefix), f"{p.ipv6_addr}/128"):
+            links.replace_route(ipr, dst, p.tun)
     nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
     _sh("nft", "-f", "-", netns=ns, stdin=nat_render.render(host, feats))
 
@@ -172,7 +170,8 @@ def nat64_down(host: HostConfig, run: Path) -> None:
     if not nsutil.netns_path(ns).exists():
         return
     p = tayga_render.plan(host, daemons.tayga())
-    subprocess.run(["ip", "-n", ns, "link", "del", p.tun], capture_output=True, check=False)
+    with contextlib.suppress(OSError), links.iproute(ns) as ipr:
+        links.delete_link(ipr, p.tun)
     subprocess.run(
         ["nsenter", f"--net={nsutil.netns_path(ns)}", "nft", "delete", "table", "ip",
          nat_render.TABLE],
@@ -204,32 +203,3 @@ def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
     else:
         nat64_down(host, host.paths.run_dir)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m netmux.uplink nat64-setup|nat64-teardown [TAYGA_CONF]` (older units;
-    `netmux nat64 setup|teardown` is the same)."""
-    from . import config
-    from .errors import NetmuxError
-
-    ap = argparse.ArgumentParser(prog="python -m netmux.uplink")
-    ap.add_argument("action", choices=["nat64-setup", "nat64-teardown"])
-    ap.add_argument("conf", nargs="?", help="the rendered tayga.conf (nat64-setup)")
-    ap.add_argument("--config", help="netmux.toml")
-    args = ap.parse_args(argv)
-    try:
-        host = config.load_host(Path(args.config) if args.config else None)
-        if args.action == "nat64-setup":
-            if not args.conf:
-                ap.error("nat64-setup needs the rendered tayga.conf")
-            nat64_setup(host, Path(args.conf))
-        else:
-            nat64_down(host, host.paths.run_dir)
-    except NetmuxError as e:
-        print(f"netmux.uplink: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,7 @@ from .config import HostConfig
 from .errors import StateError, UsageError
 
 ZONE = "isp.test"
+MUX_LL = IPv6Interface("fe80::2/64")  # mux's address on the ISP link (lab.py gives it)
 DNS6 = IPv6Interface("2001:db8::53/64")
 ROUTER4 = IPv4Interface("192.0.2.1/24")
 POOL4 = (IPv4Address("192.0.2.100"), IPv4Address("192.0.2.199"))
@@ -65,8 +66,6 @@ class Plan:
 
 
 def plan(host: HostConfig, delegated: IPv6Network | None = None) -> Plan:
-    from .lab import MUX_LL
-
     lab = host.lab
     return Plan(
         link=lab.router_link,

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, firewall, journal, links, mux, names, nsutil, resolv, tap
+from . import config, files, firewall, journal, links, mux, names, nsutil, resolv, sd, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -111,11 +111,7 @@ def read_state(host: HostConfig, name: str) -> dict[str, Any] | None:
 
 
 def _write_state(host: HostConfig, name: str, data: dict[str, Any]) -> None:
-    d = _state_dir(host)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(state_path(host, name))
+    files.write_atomic(state_path(host, name), json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def lookup_user(spec: str, what: str) -> pwd.struct_passwd:
@@ -369,7 +365,7 @@ def up(
         address=main_addr,
         ifname=p.ifname,
     )
-    mux.notify(status=_status_line(addrs, published), ready="1")
+    sd.notify(status=_status_line(addrs, published), ready="1")
     if not p.cmd or not exec_cmd:
         return 0
     argv = tap.substitute(p.cmd, tap_fd, p.mac)
@@ -580,14 +576,6 @@ def _teardown(
 
         step(f"link {ifname}", link)
 
-    def mux_leftover() -> bool:
-        if not links.netns_exists(host.mux.netns):
-            return False
-        with links.iproute(host.mux.netns) as mipr:
-            return links.delete_link(mipr, names.mux_link_name(name))
-
-    step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
-
     def resolv_conf() -> bool:
         if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
             return False  # the name is another instance's now, and so is its resolv.conf
@@ -604,9 +592,8 @@ def _teardown(
     step(f"state {state_path(host, name)}", lambda: _unlink_state(host, name, token))
 
     def scraps() -> bool:
-        for tmp in _state_dir(host).glob(f".{name}.*.tmp"):  # a write killed half-way
-            if tmp.name[len(name) + 2 : -4].isdigit():
-                tmp.unlink(missing_ok=True)
+        for tmp in files.scraps(state_path(host, name)):  # a write killed half-way
+            tmp.unlink(missing_ok=True)
         return False
 
     step("temporary files", scraps)
@@ -904,14 +891,8 @@ def _alive(pid: int) -> bool:
 
 def _workload_from_args(args: argparse.Namespace, host: HostConfig) -> WorkloadConfig:
     overrides: dict[str, object] = {
-        "ports": getattr(args, "port", None),
-        "user": getattr(args, "user", None),
-        "addresses": getattr(args, "address", None),
-        "timeout": getattr(args, "timeout", None),
-        "wait": getattr(args, "wait", None),
+        s.key: getattr(args, s.key, None) for s in config.WORKLOAD_FLAGS
     }
-    if getattr(args, "vm", False):
-        overrides["kind"] = "vm"
     wl = config.load_workload(host, args.name, env=os.environ, overrides=overrides)
     unit_user = systemd_user()
     if not wl.user and unit_user:

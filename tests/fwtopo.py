@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from netmux import config, firewall, nsutil
+from netmux import config, denylist, firewall, nsutil
 
 PREFIX = "2001:db8:1::"
 GW = "2001:db8:1::1"
@@ -97,7 +97,7 @@ def build(up: str, mux: str, wl: str, host: config.HostConfig, ports: list[str])
     ip("-n", wl, "addr", "add", f"{WL_ADDR}/64", "dev", "eth0", "nodad")
     ip("-n", wl, "link", "set", "eth0", "up")
     ip("-n", wl, "route", "add", "default", "via", GW)
-    firewall.apply_guard(host)
+    denylist.apply_guard(host)
     warm_up(up, WL_ADDR)
     return Topo(up, mux, wl, host)
 

@@ -257,7 +257,7 @@ class Stack:
         argv = [
             str(VENV_BIN / "python"),
             "-m",
-            "netmux.phonebook.daemon",
+            "netmux.phonebook.service",
             "--config",
             str(self.config),
             "--bus-address",

@@ -53,7 +53,7 @@ UNIT_BIN = Path("/opt/netmux/bin")
 _OPT_SRC, _OPT_SITE = "/opt/netmux/src", "/opt/netmux/site"
 ENTRY_POINTS = {
     "netmux": "netmux.cli",
-    "phonebookd": "netmux.phonebook.daemon",
+    "phonebookd": "netmux.phonebook.service",
     "ipmuxd": "netmux.ipmuxd",
 }
 UNITS_DIR = REPO / "units"

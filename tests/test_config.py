@@ -214,3 +214,36 @@ def test_seconds_arg_refuses_nan_inf_and_zero() -> None:
     assert config.seconds_or_zero_arg("0") == 0.0
     with pytest.raises(argparse.ArgumentTypeError):
         config.seconds_or_zero_arg("nan")
+
+
+def test_one_table_defines_every_workload_key() -> None:
+    """config.WORKLOAD_SETTINGS drives the file, the environment, the options of up and
+    run, and docs/configuration.md: every field of WorkloadConfig is in it, once."""
+    import dataclasses
+
+    from netmux import cli
+
+    fields = [f.name for f in dataclasses.fields(config.WorkloadConfig) if f.name != "name"]
+    assert list(config.WORKLOAD_KEYS) == fields
+    assert set(config.ENV_KEYS.values()) == set(fields)
+    parser = cli.build_parser()
+    for command in ("up", "run"):
+        args = parser.parse_args([command, "web"])
+        assert {s.key for s in config.WORKLOAD_FLAGS} <= set(vars(args))
+    args = parser.parse_args(["up", "web", "--vm", "--port", "tcp/80", "--wait", "ula"])
+    assert (args.kind, args.ports, args.wait) == ("vm", ["tcp/80"], "ula")
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for s in config.WORKLOAD_SETTINGS:
+        assert f"| `{s.key}` | `NETMUX_{s.key.upper()}` |" in doc
+
+
+def test_each_workload_key_from_the_environment_and_the_command_line() -> None:
+    env = {"NETMUX_PUBLISH": "no", "NETMUX_TIMEOUT": "2.5", "NETMUX_PORTS": "tcp/80 udp/53",
+           "NETMUX_WAIT": "ula", "NETMUX_KIND": "vm", "NETMUX_DNS_NAMES": "www api"}  # fmt: skip
+    wl = config.workload_from("web", {"wait": "none"}, env=env, overrides={"wait": "global"})
+    assert (wl.publish, wl.timeout, wl.kind, wl.dns_names, wl.wait) == (
+        False, 2.5, "vm", ("www", "api"), "global"
+    )  # fmt: skip
+    assert [str(p) for p in wl.ports] == ["tcp/80", "udp/53"]
+    with pytest.raises(ConfigError, match="environment NETMUX_TIMEOUT: timeout: 'x'"):
+        config.workload_from("web", env={"NETMUX_TIMEOUT": "x"})

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,11 +302,9 @@ def test_socket_activation(env: Env, procs: Callable[..., subprocess.Popen[bytes
     procs([sys.executable, "-c", wrapper, str(s.fileno()), "--config", str(env.cfg)],
           pass_fds=[s.fileno()], cwd=REPO)  # fmt: skip
     s.close()
-    t0 = time.monotonic()
     p = env.client(f"{RUN}sa", ["true"])
     _, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
-    assert time.monotonic() - t0 < 20
 
 
 def test_daemon_survives_fd_exhaustion(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import threading
 import time
@@ -195,15 +196,36 @@ def test_dummy_parent_fails_clearly_where_the_kernel_lacks_it(
     probe = subprocess.run(
         ["ip", "link", "add", f"{RUN}dprobe", "type", "dummy"], capture_output=True, text=True
     )
-    if probe.returncode == 0:
-        _del(f"{RUN}dprobe")
-        pytest.skip("this kernel has dummy: nothing to fail")
+    if probe.returncode != 0:  # the real kernel refuses: all of mux.up, rolled back
+        try:
+            with pytest.raises(StateError, match="none of dummy is available"):
+                mux.up(host)
+            assert not links.netns_exists(host.mux.netns)  # rolled back
+        finally:
+            mux.down(host)
+        return
+    _del(f"{RUN}dprobe")
+    # This kernel has dummy: a real netlink socket that answers a dummy request the way a
+    # kernel without it does (EOPNOTSUPP) stands in for that kernel in _ensure_parent.
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    ns = f"{RUN}nodummy"
+    links.create_netns(ns)
     try:
-        with pytest.raises(StateError, match="none of dummy is available"):
-            mux.up(host)
-        assert not links.netns_exists(host.mux.netns)  # rolled back
+        with links.iproute(ns) as ipr:
+            real_link = ipr.link
+
+            def link(cmd: str, **kw: object) -> object:
+                if cmd == "add" and kw.get("kind") == "dummy":
+                    raise NetlinkError(errno.EOPNOTSUPP, "Operation not supported")
+                return real_link(cmd, **kw)
+
+            ipr.link = link
+            with pytest.raises(StateError, match="none of dummy is available"):
+                mux._ensure_parent(ipr, host.mux)
+            assert links.link_info(ipr, host.mux.parent) is None
     finally:
-        mux.down(host)
+        links.remove_netns(ns)
 
 
 def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> None:
@@ -214,7 +236,12 @@ def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> No
     _veth(u)
     stop = threading.Event()
     ready = threading.Event()
-    t = threading.Thread(target=lambda: mux.watch_nics(host, stop, ready.set, poll=0.02))
+    handled: list[tuple[str, str]] = []
+    t = threading.Thread(
+        target=lambda: mux.watch_nics(
+            host, stop, ready.set, poll=0.02, on_handled=lambda *e: handled.append(e)
+        )
+    )
     t.start()
     try:
         assert ready.wait(10)
@@ -222,8 +249,11 @@ def test_mux_down_with_watcher_running_does_not_readopt(mux_radvd: MuxEnv) -> No
         if mux_radvd.radvd is not None:  # stop radvd first, as the units do
             muxfix.stop(mux_radvd.radvd)
             mux_radvd.radvd = None
+        handled.clear()
         mux.down(host)
-        time.sleep(0.3)  # give the watcher every chance to (wrongly) take it back
+        # The watcher has acted on u's return to this namespace: had it (wrongly) taken
+        # it back, that would be done by now.
+        wait_for(lambda: ("add", u) in handled or ("move", u) in handled, timeout=10)
         assert u in _ip("-br", "link")
     finally:
         stop.set()

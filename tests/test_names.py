@@ -76,12 +76,6 @@ def test_secrets_unique_across_many_names() -> None:
     assert len({names.stable_secret(KEY_A, f"w{i}") for i in range(2000)}) == 2000
 
 
-def test_mux_link_name_fits_and_is_deterministic() -> None:
-    n = names.mux_link_name("httpd")
-    assert n == names.mux_link_name("httpd") and len(n) <= 15
-    assert n != names.mux_link_name("httpe")
-
-
 def test_host_key_created_once_mode_0600(tmp_path: Path) -> None:
     p = tmp_path / "lib" / "host.key"
     k1 = names.load_host_key(p)
@@ -96,3 +90,46 @@ def test_host_key_of_wrong_size_is_an_error(tmp_path: Path) -> None:
     p.write_bytes(b"short")
     with pytest.raises(Exception, match="expected 32"):
         names.load_host_key(p)
+
+
+# Literal values computed before any refactor: a change of the HMAC inputs or of the
+# derivation moves every workload's addresses, so these must never change.
+PINNED = {
+    "httpd": (
+        "5a:47:e7:8a:e2:18",
+        "4dd7:2d9f:1b00:d158:b466:a261:ec40:47db",
+        "fe80::f15a:d255:d34a:8d23",
+        "fd64:cafe::cd03:125d:be83:431c",
+        "2001:db8:1:2:23a0:e7ed:99ff:95ab",
+    ),
+    "web-1": (
+        "32:64:97:40:5f:0a",
+        "1343:fe39:ecdd:89e3:87b1:1260:1216:1327",
+        "fe80::1cc4:475c:b2f8:7d6",
+        "fd64:cafe::88ba:dd11:2938:e10b",
+        "2001:db8:1:2:6b3e:5880:8ee5:5cb0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_workload_identity_is_pinned(name: str) -> None:
+    mac, secret, link_local, ula, global_ = PINNED[name]
+    assert names.stable_mac(KEY_A, name) == mac
+    assert names.stable_secret(KEY_A, name) == secret
+    assert str(names.stable_privacy_address(secret, "fe80::/64")) == link_local
+    assert str(names.stable_privacy_address(secret, "fd64:cafe::/64")) == ula
+    assert str(names.stable_privacy_address(secret, "2001:db8:1:2::/64")) == global_
+
+
+def test_host_mux_and_ipmux_identities_are_pinned() -> None:
+    from netmux import ipmuxd, mux
+
+    assert names.key_id(KEY_A) == "2132e75afabd0af3"
+    assert mux.derived_mac(KEY_A, "gateway") == "4a:07:5d:4b:bd:3e"
+    assert mux.derived_mac(KEY_A, "root") == "36:e9:af:89:0a:79"
+    assert mux.derived_secret(KEY_A, "root") == "1616:dfe8:f780:be9c:bbcc:2bab:44ec:c120"
+    assert ipmuxd.identity(KEY_A, 1000, "dev0") == (
+        "d6:23:10:72:72:4d",
+        "cf74:4158:4a33:2b28:c8ea:23de:9454:76e1",
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import names, nsutil
+from netmux import links, names, nsutil
 
 pytestmark = pytest.mark.netns
 
@@ -29,6 +29,22 @@ def test_secret_and_mac_are_accepted_by_the_kernel(netns: Callable[[str], str]) 
     out = subprocess.run(["ip", "-n", ns, "-br", "link", "show", "mv0"], check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
     assert mac in out
+
+
+def test_predicted_link_local_is_the_kernels(netns: Callable[[str], str]) -> None:
+    """names.stable_privacy_address (which pins the addresses in tests/test_names.py) is
+    what the kernel makes for a macvlan created the way netmux creates workload links."""
+    ns = netns("p")
+    key = bytes(range(32))
+    mac, secret = names.stable_mac(key, "httpd"), names.stable_secret(key, "httpd")
+    with links.iproute(ns) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge")
+        links.create_child_link(ipr, "br0", "mv0", mac)
+        nsutil.write_sysctls(ns, links.workload_sysctls("mv0", secret, False, 100))
+        links.set_up(ipr, "br0")
+        links.set_up(ipr, "mv0")
+        got = {str(a.address) for a in links.link_state(ipr, "mv0").link_local}
+    assert got == {str(names.stable_privacy_address(secret, "fe80::/64"))}
 
 
 def test_run_in_netns_sees_only_that_namespace(netns: Callable[[str], str]) -> None:

@@ -4,8 +4,9 @@ and tayga runs with the rendered config (the probed pool: class E or the fallbac
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from netmux import daemons, supervise
 from netmux.config import parse_host
 from netmux.render import nat, tayga
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -72,7 +74,16 @@ def test_tayga_runs_with_the_rendered_config(netns: Callable[[str], str], tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     d = supervise.start("tayga", ["tayga", "--nodetach", "-c", str(conf)], ns, tmp_path)
     try:
-        time.sleep(0.2)
+        # tayga opened its TUN (it is running, not starting) or exited: either proves it.
+        def attached_or_gone() -> bool:
+            if not d.alive:
+                return True
+            fds = Path(f"/proc/{d.pid}/fd")
+            with contextlib.suppress(OSError):
+                return any(os.readlink(f) == "/dev/net/tun" for f in fds.iterdir())
+            return False
+
+        wait_for(attached_or_gone, timeout=10)
         assert d.alive, Path(d.log).read_text()
         link = subprocess.run(["ip", "-n", ns, "link", "show", plan.tun],
                               capture_output=True, text=True)  # fmt: skip
@@ -97,7 +108,7 @@ def test_unit_entry_points_set_up_and_tear_down_nat64(
     netns: Callable[[str], str], tmp_path: Path
 ) -> None:
     """What netmux-tayga.service runs: `netmux render tayga --output F`, then
-    `python -m netmux.uplink nat64-setup F`; nat64-teardown undoes it."""
+    `netmux nat64 setup F`; `netmux nat64 teardown` undoes it."""
     import sys
 
     ns = netns("mx")
@@ -112,14 +123,14 @@ def test_unit_entry_points_set_up_and_tear_down_nat64(
                         str(conf)], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0 and "tun-device nat64" in conf.read_text(), r.stderr
     for _ in range(2):  # idempotent
-        r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-setup",
+        r = subprocess.run([*py, "netmux.cli", "--config", str(cfg), "nat64", "setup",
                             str(conf)], capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
     routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", "nat64"],
                             capture_output=True, text=True).stdout  # fmt: skip
     assert tayga.plan(parse_host(""), daemons.tayga()).pool.with_prefixlen.split("/")[0] in routes
     assert nat.TABLE in nft(ns, "list", "tables").stdout
-    r = subprocess.run([*py, "netmux.uplink", "--config", str(cfg), "nat64-teardown"],
+    r = subprocess.run([*py, "netmux.cli", "--config", str(cfg), "nat64", "teardown"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert nat.TABLE not in nft(ns, "list", "tables").stdout

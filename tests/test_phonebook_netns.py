@@ -1,7 +1,7 @@
 """phonebookd for real: knotd and tinydns answer `dig`, D-Bus via a private dbus-daemon.
 
-Timing assertions are generous functional bounds (the budget is 1.2 s); the measured
-latencies are printed (`-s`) and measured properly in bench/phonebook.py.
+No timing assertions: the latencies are printed (`-s`) and their budget (1.2 s) is
+measured in bench/phonebook.py; waits have generous timeouts that only bound a hang.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from tests.phonebookfix import PUBLIC, SETTLE_TIMEOUT, Stack, add_workload_link,
 pytestmark = pytest.mark.netns
 
 G1, G2, ULA = "2001:db8:1::15", "2001:db8:1::99", "fd64:cafe::15"
-BUDGET = 1.2
-SLACK = 2.5  # functional bound under load (2 cores, six slices): the budget is benched
+HANG = 15.0  # seconds: bounds a hang, never a budget (bench/phonebook.py measures those)
 
 
 stack = phonebookfix.stack
@@ -71,8 +70,7 @@ def test_address_to_dns_knot_and_tinydns(stack: Stack, wl: str) -> None:
     while "tentative" in nsrun(wl, ["ip", "-6", "addr", "show", "dev", "eth0"]).stdout:
         time.sleep(0.005)
     latency = stack.wait_dig(f"httpd.{PUBLIC}", has(G1))
-    print(f"\naddress usable -> knot answers: {latency:.3f}s")
-    assert latency < BUDGET * SLACK
+    print(f"\naddress usable -> knot answers: {latency:.3f}s (the budget: bench/phonebook.py)")
     assert stack.dig(f"www.{PUBLIC}") == G1
     assert nsrun(stack.ns, ["dig", "+short", "@::1", "-x", G1]).stdout.strip() == f"httpd.{PUBLIC}."
     if stack.want_tinydns:
@@ -82,8 +80,8 @@ def test_address_to_dns_knot_and_tinydns(stack: Stack, wl: str) -> None:
         data = (stack.tinydns_dir / "data").read_text()
         assert f":httpd.{PUBLIC}:28:" in data and "Zinternal:" in data
     client.close(pub)
-    stack.wait_dig(f"httpd.{PUBLIC}", empty, timeout=BUDGET * SLACK)
-    stack.wait_dig("httpd.internal", empty, timeout=BUDGET * SLACK)
+    stack.wait_dig(f"httpd.{PUBLIC}", empty, timeout=HANG)
+    stack.wait_dig("httpd.internal", empty, timeout=HANG)
 
 
 def test_publish_returns_once_every_sink_serves_the_record(stack: Stack, wl: str) -> None:
@@ -147,12 +145,16 @@ def test_kill9_of_every_holder_removes_the_record(stack: Stack, wl: str) -> None
         stack.wait_dig(f"held.{PUBLIC}", has(G1))
         holders[0].kill()
         holders[0].wait()
-        time.sleep(0.3)
+        # Had that closed the lifeline, phonebookd would have dropped the record before it
+        # handles a later publication, and the sinks removed it before they add the later.
+        later = publish(stack, "later", wl)
+        stack.wait_dig(f"later.{PUBLIC}", has(G1))
+        client.close(later)
         assert stack.dig(f"held.{PUBLIC}") == G1, "one holder is still alive"
         t0 = time.monotonic()
         holders[1].send_signal(signal.SIGKILL)
         holders[1].wait()
-        stack.wait_dig(f"held.{PUBLIC}", empty, timeout=BUDGET * SLACK)
+        stack.wait_dig(f"held.{PUBLIC}", empty, timeout=HANG)
         print(f"\nkill -9 -> record gone in {time.monotonic() - t0:.3f}s")
     finally:
         for h in holders:
@@ -422,8 +424,10 @@ def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: s
 
     try:
         fuzz()
-        if stack.want_tinydns:
-            time.sleep(1.2)
+        if stack.want_tinydns:  # a later record in the data: every fuzzed change is in too
+            later = publish(stack, "zzlatermark", wl)  # longer than any generated name
+            stack.wait_dig("zzlatermark.internal", has(ULA), server="127.0.0.1")
+            client.close(later)
             for line in (stack.tinydns_dir / "data").read_text().splitlines():
                 assert SAFE_LINE.fullmatch(line), line
         zones = (PUBLIC, "internal")

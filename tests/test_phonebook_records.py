@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from netmux import ifaddr
 from netmux.config import parse_host
-from netmux.errors import ConfigError, UsageError
-from netmux.phonebook import fdstore, knot, publish_socket
+from netmux.errors import ConfigError, StateError, UsageError
+from netmux.phonebook import errors, knot, publish_socket
 from netmux.phonebook import records as r
-from netmux.phonebook.daemon import check_ifname, check_netns_name
+from netmux.phonebook.checks import check_ifname, check_netns_name
 from netmux.phonebook.sinks import Rfc2136Sink, TsigKey, parse_tsig_key, render_tsig_key
 
 pytestmark = pytest.mark.unit
@@ -310,24 +310,6 @@ def test_phonebook_config_errors() -> None:
         parse_host('[phonebook]\nreverse = ["2001:db8::1/64"]\n')
 
 
-def test_listen_fds_parsing() -> None:
-    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "0", "LISTEN_FDNAMES": ""}
-    assert fdstore.listen_fds(env) == []
-    assert "LISTEN_PID" not in env
-    assert fdstore.listen_fds({"LISTEN_PID": "1", "LISTEN_FDS": "2"}) == []
-    r1, w1 = os.pipe()
-    try:
-        # LISTEN_FDS counts from fd 3: only check the names mapping on what is open there.
-        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "l.1.0"}
-        if r1 == 3 or os.path.exists("/proc/self/fd/3"):
-            assert fdstore.listen_fds(env, unset=False) == [("l.1.0", 3)]
-    finally:
-        os.close(r1)
-        os.close(w1)
-    with pytest.raises(ValueError):
-        fdstore.Notifier({}).store("bad:name", 0)
-
-
 def test_dns_recipe_files_parse() -> None:
     import tomllib
 
@@ -344,3 +326,32 @@ def test_dns_recipe_files_parse() -> None:
     assert "/var/lib/netmux/knot/knot.conf" in wl.command
     with pytest.raises(UsageError):
         knot.render_knot_conf(Z, Path("/x"), ["::"], 53, user="knot; evil")
+
+
+@pytest.mark.parametrize(
+    ("exc", "name", "raised"),
+    [
+        (errors.Denied("x"), "AccessDenied", errors.Denied),
+        (errors.NameTaken("x"), "NameTaken", errors.NameTaken),
+        (errors.NotFollowed("cannot follow eth0"), "NotFollowed", errors.NotFollowed),
+        (errors.NotServed("x"), "NotServed", errors.NotServed),
+        (errors.CallerUnknown("x"), "CallerUnknown", errors.CallerUnknown),
+        (UsageError("x"), "InvalidArgument", UsageError),
+        (StateError("x"), "Failed", StateError),
+        (RuntimeError("bug"), "Failed", StateError),
+    ],
+)
+def test_every_error_class_has_its_own_dbus_name_both_ways(
+    exc: BaseException, name: str, raised: type[Exception]
+) -> None:
+    assert errors.dbus_error_name(exc) == errors.PREFIX + name
+    back = errors.from_dbus_error(errors.PREFIX + name, "text")
+    assert isinstance(back, raised) and str(back) == "phonebook: text"
+
+
+def test_each_error_class_is_named_once() -> None:
+    names = [n for _, n in errors.DBUS_ERRORS]
+    assert len(set(names)) == len(names)
+    assert errors.from_dbus_error("org.example.Other", "t").args == (
+        "phonebook: org.example.Other: t",
+    )

@@ -89,8 +89,9 @@ def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None
         t1 = time.monotonic()
         p.send_signal(signal.SIGKILL)
         p.wait()
-        stack.wait_dig(f"{name}.{PUBLIC}", lambda a: a == "", timeout=5)
-        stack.wait_dig(f"{name}.internal", lambda a: a == "", timeout=5)
+        # Generous timeouts bound a hang only: the latency is benched (bench/phonebook.py).
+        stack.wait_dig(f"{name}.{PUBLIC}", lambda a: a == "", timeout=15)
+        stack.wait_dig(f"{name}.internal", lambda a: a == "", timeout=15)
         print(f"kill -9 -> records gone in {time.monotonic() - t1:.3f}s")
     finally:
         if p.poll() is None:

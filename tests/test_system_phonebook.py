@@ -111,10 +111,11 @@ def test_stopped_unit_drops_records_even_if_a_process_leaks(box: SysBox) -> None
 
 UNIT_HOLDER = (
     "import sys\n"
-    "from netmux.phonebook import client, fdstore\n"
+    "from netmux import sd\n"
+    "from netmux.phonebook import client\n"
     "pub = client.publish_workload(sys.argv[1], 'eth0', [], hold='unit')\n"
     "assert pub is not None\n"
-    "fdstore.Notifier().notify('READY=1')\n"
+    "sd.notify(ready='1')\n"
 )
 
 
@@ -133,8 +134,11 @@ def test_without_a_command_the_unit_holds_the_record(box: SysBox) -> None:
     box.wait_for(lambda: ":nocmd.internal:28:" in _data(box))
     show = box.show("nocmd.service", "ActiveState", "SubState", "NFileDescriptorStore")
     assert show["ActiveState"] == "active" and show["NFileDescriptorStore"] == "1", show
-    time.sleep(1.5)  # the process is long gone; the record stays
+    # The process is gone: had that dropped the record, a later record's data has it gone.
+    _hold(box, "later", "later")
+    box.wait_for(lambda: ":later.internal:28:" in _data(box))
     assert ":nocmd.internal:28:" in _data(box)
+    box.systemctl("stop", "later.service")
     box.systemctl("stop", "nocmd.service")
     box.wait_for(lambda: ":nocmd.internal:" not in _data(box), timeout=5)
 

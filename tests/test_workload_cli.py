@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 import pytest
@@ -68,4 +69,6 @@ def test_handlers_are_wired() -> None:
         "down": "workload:cmd_down", "exec": "workload:cmd_exec", "run": "workload:cmd_run",
         "ls": "workload:cmd_ls", "status": "workload:cmd_status",
     }.items():  # fmt: skip
-        assert sub.choices[command].get_default("handler") == handler
+        mod, _, fn = handler.partition(":")
+        source = inspect.getsource(sub.choices[command].get_default("handler"))
+        assert f"from .{mod} import {fn}\n" in source and f"return {fn}(args, cfg)" in source

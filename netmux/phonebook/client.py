@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import journal
-from ..errors import NetmuxError, StateError, UsageError
+from ..errors import NetmuxError
 
 BUS_NAME = "org.netmux.Phonebook1"
 PATH = "/org/netmux/Phonebook1"
@@ -90,11 +88,9 @@ async def _call(
         text = str(reply.body[0]) if reply.body else err
         if err in ABSENT:
             raise Unavailable(text)
-        if err.endswith(".NameTaken"):
-            raise StateError(f"phonebook: {text}")
-        if err.endswith(".InvalidArgument"):
-            raise UsageError(f"phonebook: {text}")
-        raise StateError(f"phonebook refused {member}: {err}: {text}")
+        from .errors import from_dbus_error
+
+        raise from_dbus_error(err, text)
     return list(reply.body)
 
 
@@ -187,7 +183,7 @@ def published_addresses(name: str, address: str | None = None, timeout: float = 
 def hand_to_unit(pub: Published) -> bool:
     """No command will inherit the lifeline (`netmux up NAME` without CMD): give it to our
     own unit's fd store, so the record lives as long as the unit. False outside systemd."""
-    from .fdstore import Notifier
+    from ..sd import Notifier
 
     n = Notifier()
     if not n.enabled:
@@ -219,7 +215,7 @@ def publish_workload(
     so nothing is published. Never raises for an absent phonebookd; a refusal (name taken)
     is a StateError/UsageError.
     """
-    from .fdstore import Notifier
+    from ..sd import Notifier
 
     if hold == "unit" and not Notifier().enabled:
         journal.info(
@@ -239,35 +235,6 @@ def publish_workload(
     if hold == "unit":
         close(pub)  # systemd holds the copy now
     return pub
-
-
-# --- publish socket --------------------------------------------------------------------------
-
-
-def publish_socket(
-    path: Path, name: str, ifname: str, aliases: Sequence[str] = (), timeout: float = 5.0
-) -> tuple[socket.socket, list[str]]:
-    """Connect to the publish socket and publish; keep the returned socket open (the lifeline)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(path))
-        s.sendall((" ".join([name, ifname, *aliases]) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-    except BaseException:
-        s.close()
-        raise
-    text = data.decode(errors="replace").strip()
-    if not text.startswith("ok"):
-        s.close()
-        raise StateError(f"phonebook: {text[6:] if text.startswith('error ') else text!r}")
-    s.settimeout(None)
-    return s, text.split()[1:]
 
 
 def close(pub: Published | None) -> None:

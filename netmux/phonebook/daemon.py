@@ -13,28 +13,23 @@ put in systemd's fd store; on start they come back through LISTEN_FDS and are ad
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import ipaddress
 import json
-import logging
 import os
-import signal
-import stat
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
-from pathlib import Path
 
-from .. import journal, names, nsutil
-from ..config import IFNAME_RE, HostConfig, load_host
-from ..errors import NetmuxError, StateError, UsageError
-from . import fdstore, verify
+from .. import journal, names, nsutil, sd
+from ..config import HostConfig
+from ..errors import NetmuxError, StateError
+from . import verify
+from .checks import check_ifname, check_lifeline, check_netns_fd
+from .errors import Denied, NameTaken, NotFollowed, NotServed
 from .follow import Follower, NsKey, ns_key
 from .records import (
     Address,
@@ -46,71 +41,8 @@ from .records import (
     publication_records,
     zone_records,
 )
-from .sinks import Rfc2136Sink, Sink, _Coalescer, make_sinks
-from .verify import Denied
-
-NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
-
-
-def check_netns_name(name: str) -> str:
-    ok = (
-        isinstance(name, str)
-        and 0 < len(name) <= 64
-        and all(c.isascii() and (c.isalnum() or c in "_.-") for c in name)
-        and name not in (".", "..")
-    )
-    if not ok:
-        raise UsageError(f"netns {name!r} is not allowed: {NETNS_NAME_ALLOWED}")
-    return name
-
-
-def check_ifname(name: str) -> str:
-    if not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", ".."):
-        raise UsageError(
-            f"interface {name!r} is not allowed: 1-15 characters of letters, digits, '_', '.', '-'"
-        )
-    return name
-
-
-def check_lifeline(fd: int) -> None:
-    """A lifeline is a socket or the read end of a pipe: its other end closing is the signal."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        raise UsageError("lifeline is not an open file descriptor") from None
-    if stat.S_ISSOCK(st.st_mode):
-        return
-    if stat.S_ISFIFO(st.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-        return
-    raise UsageError("lifeline must be a socket or the read end of a pipe")
-
-
-NS_GET_NSTYPE = 0xB703  # <linux/nsfs.h>: _IO(0xb7, 0x3)
-
-
-def check_netns_fd(fd: int) -> None:
-    """`fd` must be a network namespace (nsfs), whatever path it was opened by."""
-    try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        kind = 0
-    if kind != nsutil.CLONE_NEWNET:
-        raise UsageError("not a network namespace")
-
-
-def unit_of(pid: int) -> str:
-    """The systemd service a process runs in ('' if none), from its cgroup path."""
-    try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        hier, _, path = line.partition(":")[2].partition(":")
-        if hier in ("", "name=systemd"):
-            for part in reversed(path.split("/")):
-                if part.endswith(".service"):
-                    return part
-    return ""
+from .sinks import Rfc2136Sink, Sink
+from .units import NoUnits, UnitWatcher
 
 
 @dataclass(eq=False)
@@ -157,18 +89,19 @@ class Phonebook:
         self,
         cfg: HostConfig,
         sinks: Sequence[Sink],
-        notifier: fdstore.Notifier | None = None,
+        notifier: sd.Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.zones = Zones.from_config(cfg)
         self.sinks = list(sinks)
-        self.notifier = notifier or fdstore.Notifier({})
+        self.notifier = notifier or sd.Notifier({})
         self.pubs: dict[str, Publication] = {}
         self.follower = Follower()
         self.next_id = 1
         self.listeners: list[Callable[[], None]] = []
-        # Set by the D-Bus adapter: drop a unit's records when systemd says it stopped.
-        self.watch_unit: Callable[[str], Awaitable[None]] | None = None
+        # What drops a unit's records when systemd says it stopped (units.py); the
+        # composition (service.py) sets the D-Bus one when there is a bus.
+        self.units: UnitWatcher = NoUnits()
         self._emit_pending = False
         self._addr_event = asyncio.Event()
         self.fixed = zone_records(self.zones)
@@ -239,7 +172,7 @@ class Phonebook:
                     nsfd = -1
                     self._add_lifeline(other, lifeline)
                     return other
-                raise StateError(
+                raise NameTaken(
                     f"DNS name {sorted(clash)[0]!r} is already published by workload "
                     f"{other.name!r} (netns {other.netns}, interface {other.ifname})"
                 )
@@ -276,7 +209,7 @@ class Phonebook:
             )
         except OSError as e:
             os.close(pub.nsfd)
-            raise StateError(f"cannot follow {pub.ifname} in {pub.netns}: {e}") from None
+            raise NotFollowed(f"cannot follow {pub.ifname} in {pub.netns}: {e}") from None
         if pub.uid != 0:
             try:
                 self._check_device(pub)
@@ -324,7 +257,7 @@ class Phonebook:
                 token, addrs = self.follower.follow(fd, mux.gateway, self._gateway)
             except OSError as e:
                 os.close(fd)
-                raise StateError(f"cannot follow {mux.gateway} in {mux.netns}: {e}") from None
+                raise NotFollowed(f"cannot follow {mux.gateway} in {mux.netns}: {e}") from None
             self.mux = (key, token)
             self._gateway(addrs)
         return fd
@@ -432,7 +365,7 @@ class Phonebook:
             try:
                 await asyncio.wait_for(self._addr_event.wait(), max(deadline - loop.time(), 0))
             except TimeoutError:
-                raise StateError(
+                raise NotServed(
                     f"{pub.name}: duplicate address detection of "
                     + ", ".join(str(a.ip) for a in pub.addresses if in_dad(a))
                     + f" did not end within {timeout:g}s"
@@ -461,10 +394,15 @@ class Phonebook:
                 err = str(getattr(sink, "last_error", ""))
                 parts.append(f"{sink.name}{where}" + (f" ({err})" if err else ""))
             why = "; ".join(parts)
-            raise StateError(
+            raise NotServed(
                 f"{pub.name}: DNS sink {why} did not take the record within {timeout:g}s "
                 f"(journalctl -u phonebookd)"
             )
+
+    async def watch_unit_of(self, pub: Publication) -> None:
+        """Have pub's unit watched (its records go when it stops), if it has one."""
+        if pub.unit:
+            await self.units.watch(pub.unit)
 
     def unpublish(self, name: str) -> bool:
         pub = self.pubs.get(name)
@@ -599,77 +537,3 @@ def _same_ip(server: str, addrs: set[str]) -> bool:
         return str(ipaddress.ip_address(server)) in addrs
     except ValueError:
         return False
-
-
-# --- main --------------------------------------------------------------------------------
-
-
-class _QuietDBusErrors(logging.Filter):
-    """dbus-next logs every intended DBusError as 'unexpected error': they are not."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "unexpected error" not in record.getMessage()
-
-
-async def serve(args: argparse.Namespace) -> int:
-    cfg = load_host(args.config)
-    zones = Zones.from_config(cfg)
-    notifier = fdstore.Notifier()
-    book = Phonebook(cfg, make_sinks(cfg, zones), notifier)
-    stored = fdstore.listen_fds()
-    listen_sock = None
-    rest = []
-    for fdname, fd in stored:
-        if fdname == "publish" and listen_sock is None:
-            listen_sock = fd
-        else:
-            rest.append((fdname, fd))
-    n = book.restore(rest)
-    if n:
-        journal.info(f"restored {n} publication(s) from the fd store")
-    book.refresh()  # the sinks get the zones (and lose records left by an earlier run) now
-    from . import publish_socket
-
-    publish_server = await publish_socket.start(book, cfg.phonebook.socket, listen_sock)
-    bus = None
-    if not args.no_dbus:
-        from . import dbus
-
-        bus = await dbus.start(book, args.bus_address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    notifier.notify(f"READY=1\nSTATUS=serving {len(book.pubs)} publication(s)")
-    journal.info(f"ready ({', '.join(s.name for s in book.sinks) or 'no sinks'})")
-    await stop.wait()
-    notifier.notify("STOPPING=1")
-    for sink in book.sinks:  # records that changed last must still reach the sinks, now
-        if isinstance(sink, _Coalescer):
-            sink.hurry()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sink.flush(), 3)
-    publish_server.close()
-    if bus is not None:
-        bus.disconnect()  # type: ignore[no-untyped-call]
-    await book.close()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="phonebookd", description="netmux DNS publisher")
-    ap.add_argument("--config", type=Path, default=None)
-    ap.add_argument("--bus-address", default=None, help="default: the system bus")
-    ap.add_argument("--no-dbus", action="store_true", help="serve the publish socket only")
-    args = ap.parse_args(argv)
-    logging.getLogger().addFilter(_QuietDBusErrors())  # dbus-next logs on the root logger
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return asyncio.run(serve(args))
-    except NetmuxError as e:
-        journal.error(f"{e}")
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

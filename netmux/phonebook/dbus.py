@@ -1,9 +1,12 @@
 """D-Bus adapter: org.netmux.Phonebook1 at /org/netmux/Phonebook1 (dbus-next, system bus).
 
 Thin: it checks arguments, finds the caller's namespace and unit, and calls the Phonebook.
-Method calls are dispatched by a message handler (it needs the caller's unique name, which
-dbus-next does not hand to ServiceInterface methods); the ServiceInterface declares the
-same methods for introspection and owns the signal and the properties. Who may call is the
+Every method is one row of `METHODS` (name, arguments, reply, handler): the row drives the
+dispatch, the signature check, the reply and the introspection (the ServiceInterface gets
+its declarations from the table; it owns the signal and the properties). Calls go through
+a message handler because it needs the caller's unique name, which dbus-next does not
+hand to ServiceInterface methods. Each exception class answers with its own error name
+(errors.DBUS_ERRORS). Who may call is the
 policy file's job (dbus/org.netmux.Phonebook1.conf: root and group netmux).
 """
 
@@ -11,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dbus_next.aio.message_bus import MessageBus
@@ -22,9 +28,10 @@ from dbus_next.signature import Variant
 
 from .. import journal
 from ..errors import NetmuxError, StateError, UsageError
-from .daemon import check_netns_name, unit_of
+from ..sd import unit_of
+from .checks import check_netns_name
+from .errors import CallerUnknown, Denied, dbus_error_name
 from .sinks import TinydnsSink
-from .verify import Denied
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
@@ -32,41 +39,16 @@ if TYPE_CHECKING:
 BUS_NAME = "org.netmux.Phonebook1"
 PATH = "/org/netmux/Phonebook1"
 IFACE = "org.netmux.Phonebook1"
-ERR_TAKEN = "org.netmux.Phonebook1.Error.NameTaken"
-ERR_INVALID = "org.netmux.Phonebook1.Error.InvalidArgument"
-ERR_FAILED = "org.netmux.Phonebook1.Error.Failed"
-ERR_DENIED = "org.netmux.Phonebook1.Error.AccessDenied"
 SYSTEMD = "org.freedesktop.systemd1"
 
 
 class Phonebook1(ServiceInterface):
-    """Introspection, the RecordsChanged signal and properties; calls go through `Adapter`."""
+    """Introspection, the RecordsChanged signal and properties; calls go through `Adapter`
+    (the method declarations are added from `METHODS` below)."""
 
     def __init__(self, book: Phonebook) -> None:
         super().__init__(IFACE)
         self.book = book
-
-    @method()
-    def Publish(self, name: "s", ifname: "s", netns: "s", lifeline: "h") -> "as":
-        """Publish NAME for IFNAME in netns NETNS ('' = the caller's) while LIFELINE lives."""
-
-    @method()
-    def PublishWithAliases(
-        self, name: "s", aliases: "as", ifname: "s", netns: "s", lifeline: "h"
-    ) -> "as":
-        """Publish, with extra DNS labels besides NAME."""
-
-    @method()
-    def Unpublish(self, name: "s") -> "b":
-        """Remove NAME now, closing its lifelines."""
-
-    @method()
-    def List(self) -> "a(sssu)":
-        """Every record: (owner FQDN, type, value, TTL)."""
-
-    @method()
-    def Publications(self) -> "a(ssssasas)":
-        """(name, ifname, netns, unit, DNS names, usable addresses) of each publication."""
 
     @signal()
     def RecordsChanged(self) -> "u":
@@ -81,28 +63,37 @@ class Phonebook1(ServiceInterface):
         return len(self.book.pubs)
 
 
+Handler = Callable[["Adapter", Message, list[int]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    args: tuple[tuple[str, str], ...]  # (name, D-Bus type) of each argument
+    reply: str
+    handler: Handler
+    doc: str
+
+    @property
+    def signature(self) -> str:
+        return "".join(t for _, t in self.args)
+
+
 class Adapter:
     def __init__(self, bus: MessageBus, book: Phonebook) -> None:
         self.bus = bus
         self.book = book
         self.iface = Phonebook1(book)
-        self.units: dict[str, str] = {}  # unit -> object path being watched
-        self.systemd = True
-        self.subscribed = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- dispatch ---------------------------------------------------------------------
 
     def handle(self, msg: Message) -> bool:
-        if msg.message_type == MessageType.SIGNAL and msg.member == "PropertiesChanged":
-            self._unit_changed(msg)
-            return False
         if (
             msg.message_type != MessageType.METHOD_CALL
             or msg.path != PATH
             or msg.interface not in (IFACE, None)
-            or msg.member
-            not in ("Publish", "PublishWithAliases", "Unpublish", "List", "Publications")
+            or msg.member not in METHODS
         ):
             if msg.message_type == MessageType.METHOD_CALL:
                 self._close_fds(msg)  # fds nobody asked for must not leak
@@ -121,64 +112,71 @@ class Adapter:
                 os.close(fd)
 
     async def _call(self, msg: Message) -> None:
+        """Run the row's handler; every exception answers with its class's error name."""
         fds = list(msg.unix_fds or [])
+        m = METHODS[msg.member]
         try:
-            body = await self._dispatch(msg, fds)
-            sig = {
-                "Publish": "as",
-                "PublishWithAliases": "as",
-                "Unpublish": "b",
-                "List": "a(sssu)",
-                "Publications": "a(ssssasas)",
-            }[msg.member]
-            self.bus.send(Message.new_method_return(msg, sig, [body]))
-        except Denied as e:
-            self.bus.send(Message.new_error(msg, ERR_DENIED, str(e)))
-        except StateError as e:
-            self.bus.send(Message.new_error(msg, ERR_TAKEN, str(e)))
-        except UsageError as e:
-            self.bus.send(Message.new_error(msg, ERR_INVALID, str(e)))
-        except NetmuxError as e:
-            self.bus.send(Message.new_error(msg, ERR_FAILED, str(e)))
-        except Exception as e:  # a bug: the caller still gets an answer
-            journal.error(f"{msg.member} failed: {e!r}")
-            self.bus.send(Message.new_error(msg, ERR_FAILED, f"internal error: {e}"))
+            if msg.signature != m.signature:
+                raise UsageError(f"{m.name} takes signature {m.signature!r}, got {msg.signature!r}")
+            body = await m.handler(self, msg, fds)
+            self.bus.send(Message.new_method_return(msg, m.reply, [body]))
+        except Exception as e:
+            if isinstance(e, NetmuxError):
+                text = str(e)
+            else:  # a bug: the caller still gets an answer
+                journal.error(f"{msg.member} failed: {e!r}")
+                text = f"internal error: {e}"
+            self.bus.send(Message.new_error(msg, dbus_error_name(e), text))
         finally:
             for fd in fds:  # Phonebook.publish dup'ed what it keeps
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    async def _dispatch(self, msg: Message, fds: list[int]) -> Any:
-        m, b = msg.member, msg.body
-        if m == "List":
-            return [[r.name + ".", r.rtype, _dotted(r), r.ttl] for r in self.book.records()]
-        if m == "Publications":
-            return [
-                [
-                    p.name,
-                    p.ifname,
-                    p.netns,
-                    p.unit,
-                    self.book.fqdns(p.name, p.aliases),
-                    [str(a.ip) for a in p.addresses if a.usable],
-                ]
-                for p in self.book.pubs.values()
+    # -- the methods (rows of METHODS) --------------------------------------------------
+
+    async def list_records(self, msg: Message, fds: list[int]) -> Any:
+        return [[r.name + ".", r.rtype, _dotted(r), r.ttl] for r in self.book.records()]
+
+    async def publications(self, msg: Message, fds: list[int]) -> Any:
+        return [
+            [
+                p.name,
+                p.ifname,
+                p.netns,
+                p.unit,
+                self.book.fqdns(p.name, p.aliases),
+                [str(a.ip) for a in p.addresses if a.usable],
             ]
-        if m == "Unpublish":
-            _expect(msg, "s")
-            pub = self.book.pubs.get(b[0]) if isinstance(b[0], str) else None
-            if pub is not None:
-                uid = await self._caller_uid(msg.sender)
-                if uid not in (0, pub.uid):
-                    raise Denied(f"{b[0]!r} was published by uid {pub.uid}; only it or root may")
-            return self.book.unpublish(b[0])
-        if m == "Publish":
-            _expect(msg, "sssh")
-            name, ifname, netns, idx = b
-            aliases: list[str] = []
-        else:
-            _expect(msg, "sasssh")
-            name, aliases, ifname, netns, idx = b
+            for p in self.book.pubs.values()
+        ]
+
+    async def unpublish(self, msg: Message, fds: list[int]) -> Any:
+        (name,) = msg.body
+        pub = self.book.pubs.get(name) if isinstance(name, str) else None
+        if pub is not None:
+            uid = await self._caller_uid(msg.sender)
+            if uid not in (0, pub.uid):
+                raise Denied(f"{name!r} was published by uid {pub.uid}; only it or root may")
+        return self.book.unpublish(name)
+
+    async def publish(self, msg: Message, fds: list[int]) -> Any:
+        name, ifname, netns, idx = msg.body
+        return await self._publish(msg, fds, name, [], ifname, netns, idx)
+
+    async def publish_with_aliases(self, msg: Message, fds: list[int]) -> Any:
+        name, aliases, ifname, netns, idx = msg.body
+        return await self._publish(msg, fds, name, aliases, ifname, netns, idx)
+
+    async def _publish(
+        self,
+        msg: Message,
+        fds: list[int],
+        name: str,
+        aliases: list[str],
+        ifname: str,
+        netns: str,
+        idx: int,
+    ) -> Any:
         if not isinstance(idx, int) or not 0 <= idx < len(fds):
             raise UsageError("lifeline: no file descriptor was passed")
         pid = await self._caller_pid(msg.sender)
@@ -202,34 +200,135 @@ class Adapter:
         if unit == "phonebookd.service":
             unit = ""
         pub = self.book.publish(name, aliases, ifname, nsfd, label, lifeline, unit, uid, "dbus")
-        if pub.unit:
-            await self._watch_unit(pub.unit)
+        await self.book.watch_unit_of(pub)
         # The reply is the caller's "ready": only once every sink serves the record.
         await self.book.settle(pub, self.book.cfg.workload.timeout)
         return self.book.published_names(pub)
 
-    async def _bus_call(self, member: str, sig: str, body: list[Any]) -> Any:
-        reply = await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature=sig,
-                body=body,
-            )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            raise StateError(f"D-Bus {member} failed")
-        return reply.body[0] if reply.body else None
+    # -- the bus ------------------------------------------------------------------------
 
     async def _caller_pid(self, sender: str | None) -> int:
-        return int(await self._bus_call("GetConnectionUnixProcessID", "s", [sender]))
+        return int(await _caller(self.bus, "GetConnectionUnixProcessID", sender))
 
     async def _caller_uid(self, sender: str | None) -> int:
-        return int(await self._bus_call("GetConnectionUnixUser", "s", [sender]))
+        return int(await _caller(self.bus, "GetConnectionUnixUser", sender))
 
-    # -- systemd units ----------------------------------------------------------------
+    def emit(self) -> None:
+        self.iface.RecordsChanged()
+
+
+async def _bus_call(bus: MessageBus, member: str, sig: str, body: list[Any]) -> Any:
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member=member,
+            signature=sig,
+            body=body,
+        )
+    )
+    if reply is None or reply.message_type == MessageType.ERROR:
+        raise StateError(f"D-Bus {member} failed")
+    return reply.body[0] if reply.body else None
+
+
+async def _caller(bus: MessageBus, member: str, sender: str | None) -> Any:
+    try:
+        return await _bus_call(bus, member, "s", [sender])
+    except StateError as e:
+        raise CallerUnknown(f"cannot tell who called ({e}): the caller left?") from None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "Publish",
+            (("name", "s"), ("ifname", "s"), ("netns", "s"), ("lifeline", "h")),
+            "as",
+            Adapter.publish,
+            "Publish NAME for IFNAME in netns NETNS ('' = the caller's) while LIFELINE lives.",
+        ),
+        Method(
+            "PublishWithAliases",
+            (("name", "s"), ("aliases", "as"), ("ifname", "s"), ("netns", "s"), ("lifeline", "h")),
+            "as",
+            Adapter.publish_with_aliases,
+            "Publish, with extra DNS labels besides NAME.",
+        ),
+        Method(
+            "Unpublish",
+            (("name", "s"),),
+            "b",
+            Adapter.unpublish,
+            "Remove NAME now, closing its lifelines.",
+        ),
+        Method(
+            "List",
+            (),
+            "a(sssu)",
+            Adapter.list_records,
+            "Every record: (owner FQDN, type, value, TTL).",
+        ),
+        Method(
+            "Publications",
+            (),
+            "a(ssssasas)",
+            Adapter.publications,
+            "(name, ifname, netns, unit, DNS names, usable addresses) of each publication.",
+        ),
+    )
+}
+
+
+def _declare(m: Method) -> Any:
+    """The introspection stub of a row: dbus-next reads the argument types from the
+    signature; calls never reach it (Adapter.handle answers them first)."""
+
+    def stub(self: Phonebook1, *args: Any) -> None:
+        raise AssertionError("dispatched by Adapter.handle")
+
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t)
+        for n, t in m.args
+    ]
+    stub.__signature__ = inspect.Signature(params, return_annotation=m.reply)  # type: ignore[attr-defined]
+    stub.__name__ = stub.__qualname__ = m.name
+    stub.__doc__ = m.doc
+    return method(name=m.name)(stub)
+
+
+for _m in METHODS.values():
+    setattr(Phonebook1, _m.name, _declare(_m))
+
+
+class SystemdUnits:
+    """Unit watching over D-Bus (units.UnitWatcher): systemd's PropertiesChanged on the
+    unit says when it stops, and the phonebook drops its records then."""
+
+    def __init__(self, bus: MessageBus, book: Phonebook) -> None:
+        self.bus = bus
+        self.book = book
+        self.units: dict[str, str] = {}  # unit -> object path being watched
+        self.systemd = True
+        self.subscribed = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def start(cls, bus: MessageBus, book: Phonebook) -> SystemdUnits:
+        """Watch signals on `bus`, and the units of publications restored from the fd store."""
+        self = cls(bus, book)
+        bus.add_message_handler(self.handle)
+        for unit in sorted({p.unit for p in book.pubs.values() if p.unit}):
+            await self.watch(unit)
+        return self
+
+    def handle(self, msg: Message) -> bool:
+        if msg.message_type == MessageType.SIGNAL and msg.member == "PropertiesChanged":
+            self._unit_changed(msg)
+        return False
 
     async def _systemd(self, path: str, iface: str, member: str, sig: str, body: list[Any]) -> Any:
         reply = await self.bus.call(
@@ -247,7 +346,7 @@ class Adapter:
             raise StateError(f"systemd {member}: {err}")
         return reply.body
 
-    async def _watch_unit(self, unit: str) -> None:
+    async def watch(self, unit: str) -> None:
         """Drop the unit's records when it stops (besides the lifeline). Best effort."""
         if not self.systemd or unit in self.units:
             return
@@ -268,7 +367,7 @@ class Adapter:
                 f"type='signal',sender='{SYSTEMD}',interface='org.freedesktop.DBus.Properties',"
                 f"member='PropertiesChanged',path='{path}'"
             )
-            await self._bus_call("AddMatch", "s", [rule])
+            await _bus_call(self.bus, "AddMatch", "s", [rule])
             self.units[unit] = path
             (state,) = await self._systemd(
                 path,
@@ -305,19 +404,11 @@ class Adapter:
 
     async def _remove_match(self, rule: str) -> None:
         with contextlib.suppress(StateError):
-            await self._bus_call("RemoveMatch", "s", [rule])
-
-    def emit(self) -> None:
-        self.iface.RecordsChanged()
+            await _bus_call(self.bus, "RemoveMatch", "s", [rule])
 
 
 def _dotted(r: Any) -> str:
     return str(r.value) + "." if r.rtype in ("NS", "PTR") else str(r.value)
-
-
-def _expect(msg: Message, sig: str) -> None:
-    if msg.signature != sig:
-        raise UsageError(f"{msg.member} takes signature {sig!r}, got {msg.signature!r}")
 
 
 async def start(book: Phonebook, address: str | None = None) -> MessageBus:
@@ -331,12 +422,9 @@ async def start(book: Phonebook, address: str | None = None) -> MessageBus:
     bus.add_message_handler(adapter.handle)
     bus.export(PATH, adapter.iface)
     book.listeners.append(adapter.emit)
-    book.watch_unit = adapter._watch_unit
     from dbus_next.constants import RequestNameReply
 
     reply = await bus.request_name(BUS_NAME)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         raise StateError(f"cannot own {BUS_NAME} on the bus ({reply})")
-    for unit in sorted({p.unit for p in book.pubs.values() if p.unit}):
-        await adapter._watch_unit(unit)  # publications restored from the fd store
     return bus

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .. import journal
 from ..errors import NetmuxError
-from .daemon import unit_of
+from ..sd import unit_of
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
@@ -160,8 +160,7 @@ class PublishSocketServer:
             fd, nsfd = nsfd, -1
             pub = self.book.publish(name, aliases, ifname, fd, f"pid:{pid}", lifeline, unit, uid,
                                     "socket")  # fmt: skip
-            if pub.unit and self.book.watch_unit is not None:
-                await self.book.watch_unit(pub.unit)
+            await self.book.watch_unit_of(pub)
             await self.book.settle(pub, self.book.cfg.workload.timeout)
             reply = "ok " + " ".join(self.book.published_names(pub)) + "\n"
             await loop.sock_sendall(conn, reply.encode())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import journal
+from .. import files, journal
 from ..errors import ConfigError
 from .records import Record, Zones, render_tinydns
 
@@ -151,11 +151,8 @@ class TinydnsSink(_Coalescer):
         text = render_tinydns(self.records)
         if text == self.written:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Not "data.tmp": tinydns-data uses that name for its own temporary cdb.
-        tmp = self.dir / ".data.phonebook"
-        tmp.write_text(text)
-        os.replace(tmp, self.dir / "data")
+        # Not "data.tmp" (tinydns-data's own temporary cdb): write_atomic uses .data.*.tmp
+        files.write_atomic(self.dir / "data", text)
         proc = await asyncio.create_subprocess_exec(
             str(self.tinydns_data),
             cwd=self.dir,

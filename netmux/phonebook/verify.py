@@ -24,15 +24,11 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from .. import nsutil
-from ..errors import NetmuxError
 from ..ifaddr import IFA_F_NODAD
+from .errors import Denied
 from .records import Address
 
 DEVICE_KINDS = ("macvlan", "macvtap", "ipvlan")
-
-
-class Denied(NetmuxError):
-    """The caller may publish, but not this (a reserved name, a forged device, a limit)."""
 
 
 def reserved(label: str, workloads_dir: Path, netns_dir: Path = nsutil.NETNS_DIR) -> str:
