@@ -398,7 +398,7 @@ def apply_workload(
 
 def gateway_identity(host: HostConfig) -> tuple[str, str] | None:
     """(MAC, link-local) of mux's gateway as the kernel has them; None without one."""
-    from pyroute2 import IPRoute
+    from .pr2 import IPRoute
 
     def read() -> tuple[str, str] | None:
         with IPRoute() as ipr:

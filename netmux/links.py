@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import nsutil
 from .errors import NetmuxError, StateError
 from .ifaddr import (
@@ -40,6 +37,7 @@ from .ifaddr import (
     IFA_F_OPTIMISTIC,
     IFA_F_TENTATIVE,
 )
+from .pr2 import IPRoute, NetlinkError
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1

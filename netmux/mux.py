@@ -27,11 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import config, denylist, ifaddr, journal, links, names, nsutil
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
+from .pr2 import NetlinkError
 
 SELF_NETNS = "/proc/self/ns/net"
 

@@ -160,7 +160,7 @@ def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> 
     mark) is therefore in place before the name exists: a SIGKILL at any point leaves
     either no name or a marked namespace.
     """
-    from pyroute2 import netns as pr_netns
+    from .pr2 import netns as pr_netns
 
     def attach() -> int:
         unshare_netns()
