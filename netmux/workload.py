@@ -347,7 +347,12 @@ def up(
         if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(
-                p.name, p.ifname, wl.dns_names, hold, host.workload.timeout
+                p.name,
+                p.ifname,
+                wl.dns_names,
+                hold,
+                host.workload.timeout,
+                host.phonebook.socket,
             )
         published = [n.rstrip(".") for n in pub.names] if pub is not None else []
         if published:
@@ -651,7 +656,9 @@ def down(host: HostConfig, name: str) -> bool:
                 f"network namespace {path} was not made by netmux (no netmux mark on its "
                 f"lo): not touching it"
             )
-        phonebook.unpublish(name)  # records go first, whoever still holds a lifeline
+        phonebook.unpublish_workload(
+            name, host.phonebook.socket
+        )  # records go first, whoever still holds a lifeline
         did, left = _teardown(host, name, ifname, fd, None)
     finally:
         if fd is not None:

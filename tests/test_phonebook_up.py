@@ -38,9 +38,22 @@ def _addresses(env: MuxEnv, name: str) -> dict[str, list[str]]:
     return got
 
 
-def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None:
+def _via(env: MuxEnv, stack: Stack, via: str) -> None:
+    """`up`/`down` talk to the publish socket when one listens (the stack's, named in the
+    config), else to D-Bus (the config's default socket path has nothing behind it)."""
+    if via == "socket":
+        with env.config_path.open("a") as f:
+            f.write(f'[phonebook]\nsocket = "{stack.publish_sock}"\n')
+
+
+VIA = pytest.mark.parametrize("via", ["socket", "dbus"])
+
+
+@VIA
+def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack, via: str) -> None:
     env = mux_radvd
     name = env.name("h")
+    _via(env, stack, via)
     penv = env.env()
     penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
     t0 = time.monotonic()
@@ -74,7 +87,9 @@ def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None
         assert set(st["dns"]) == {f"{name}.{PUBLIC}", f"{name}.internal"}
         # The exec'ed CMD holds the lifeline: netmux up is gone, the record stays.
         fds = os.listdir(f"/proc/{p.pid}/fd")
-        assert any("pipe:" in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
+        kind = "socket:" if via == "socket" else "pipe:"
+        assert any(kind in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
+        assert f"on eth0 in {name}\n" in stack.log()  # labelled by its netns, either way
         # Renumbering: a new prefix on gw0 (radvd re-rendered and HUPed, as the dhcpcd hook
         # does), the old one deprecated as an RA with preferred lifetime 0 would do.
         subprocess.run(["ip", "-n", env.netns, "addr", "add", "2001:db8:0:2::1/64", "dev",
@@ -122,9 +137,13 @@ def test_up_without_phonebookd_still_works(mux_radvd: MuxEnv, tmp_path: object) 
         env.netmux("down", name, check=False)
 
 
-def test_down_unpublishes_even_while_the_lifeline_is_held(mux_radvd: MuxEnv, stack: Stack) -> None:
+@VIA
+def test_down_unpublishes_even_while_the_lifeline_is_held(
+    mux_radvd: MuxEnv, stack: Stack, via: str
+) -> None:
     env = mux_radvd
     name = env.name("d")
+    _via(env, stack, via)
     penv = env.env()
     penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
     p = subprocess.Popen(env.argv("up", name, "--", "sleep", "120"), env=penv)
