@@ -266,8 +266,15 @@ def publish_netns(
 
 
 def unpublish_workload(name: str, path: Path | None) -> bool:
-    """unpublish() through the publish socket at `path` when something listens there."""
+    """unpublish() through the publish socket at `path` when something listens there.
+
+    No socket file at all: phonebookd (which always listens there) is not running and was
+    not restarting (systemd keeps its runtime directory across a restart), so it holds no
+    record and D-Bus would only activate it to say so. A socket that refuses: it may be
+    restarting, and D-Bus waits for it."""
     if path is not None:
+        if not os.path.lexists(path):
+            return False
         try:
             s, words = _socket_request(path, f"unpublish={name}", 2.0)
         except NoSocket:
