@@ -3,9 +3,10 @@
 `import pyroute2` runs a package `__init__` that imports every module the library has
 (ndb, ipdb, conntrack, nl80211, ipvs, plan9, unittest.mock through ipmock, ...): ~370
 modules, 100-150 ms, on every `netmux up` and `down`. netmux uses IPRoute, NetlinkError
-and the netns mount code. Importing this module registers `pyroute2` as a bare package
-(its `__path__`, not its `__init__`) and imports just those submodules, which is about
-half the cost (docs/benchmarks.md, "The launcher's own cost").
+and the netns mount code. The first of those names asked of this module registers `pyroute2`
+as a bare package (its `__path__`, not its `__init__`) and imports just its submodule,
+which is about half the cost; the start path itself uses rtnl.py instead
+(docs/benchmarks.md, "The launcher's own cost").
 
 Anything else in the same process may still `from pyroute2 import NDB`: the first
 attribute the bare package lacks runs the real `__init__` once, in place (it then has
@@ -52,10 +53,20 @@ def _missing(pkg: ModuleType, name: str) -> Any:
     raise AttributeError(f"module {pkg.__name__!r} has no attribute {name!r}")
 
 
-_bare_package()
+def __getattr__(name: str) -> Any:
+    """IPRoute, NetlinkError, netns: imported on first use (`pr2.NetlinkError` in an
+    `except` clause is looked up only when an exception arrives there)."""
+    if name not in NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _bare_package()
+    if name == "netns":
+        from pyroute2 import netns as value
+    elif name == "IPRoute":
+        from pyroute2.iproute.linux import IPRoute as value
+    else:
+        from pyroute2.netlink.exceptions import NetlinkError as value
+    globals()[name] = value
+    return value
 
-from pyroute2 import netns  # noqa: E402
-from pyroute2.iproute.linux import IPRoute  # noqa: E402
-from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
-__all__ = ["IPRoute", "NetlinkError", "netns"]
+NAMES = ("IPRoute", "NetlinkError", "netns")

@@ -1,5 +1,6 @@
 """The start path's import structure (docs/benchmarks.md, "The launcher's own cost"):
-`netmux up`/`down` import only the parts of pyroute2 they use and no D-Bus library.
+`netmux up`/`down` import no pyroute2 (rtnl.py), no asyncio and no D-Bus library, and
+pyroute2 where used elsewhere comes without its package `__init__` (pr2.py).
 Checked in a fresh interpreter through sys.modules, never by timing."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 pytestmark = pytest.mark.unit
 
 HEAVY = (
+    "pyroute2",  # rtnl.py does the start path's netlink; pyroute2 only for other commands
+    "asyncio",
     "pyroute2.ndb",
     "pyroute2.ndb.main",
     "pyroute2.ipdb",
@@ -35,9 +38,14 @@ def _modules(code: str) -> set[str]:
 
 
 def test_up_path_imports_no_heavy_module() -> None:
-    mods = _modules("import netmux.cli, netmux.workload")
-    assert "pyroute2.iproute.linux" in mods  # what it does use
+    mods = _modules("import netmux.cli, netmux.workload, netmux.firewall, netmux.mux")
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_pr2_imports_only_what_is_asked() -> None:
+    mods = _modules("from netmux import pr2\nassert pr2.IPRoute and pr2.NetlinkError")
+    assert "pyroute2.iproute.linux" in mods
+    assert not mods & set(HEAVY[2:]), sorted(mods & set(HEAVY[2:]))
 
 
 def test_full_pyroute2_still_importable_after_the_bare_package() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import links, names, resolv, tap, workload
+from netmux import links, names, nsutil, resolv, tap, workload
 from tests import muxfix
 from tests.conftest import RUN, stop_process, wait_for
 from tests.muxfix import MuxEnv
@@ -63,6 +63,9 @@ def test_address_stable_across_down_up_and_changes_with_host_key(
     first = env.global_address(n)
     mac = workload.status(env.host, n)["mac"]
     assert first.startswith("2001:db8:0:1:")
+    # the short start timer (start_retrans_time_ms, for DAD) is gone once `up` returned
+    retrans = nsutil.read_sysctl(n, "net.ipv6.neigh.eth0.retrans_time_ms")
+    assert retrans == str(env.host.workload.retrans_time_ms)
     env.netmux("down", n)
     assert_gone(env, n)
     env.netmux("up", n)

@@ -14,7 +14,6 @@ they fall back to D-Bus, which also covers bus activation and an absent phoneboo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -111,6 +110,8 @@ def _run(
     address: str | None = None,
     timeout: float = 3.0,
 ) -> list[object]:
+    import asyncio  # only for D-Bus: `up`/`down` use the publish socket
+
     async def go() -> list[object]:
         try:
             return await asyncio.wait_for(_call(member, signature, body, fds, address), timeout)
