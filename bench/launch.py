@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, ms, now, summary, table, write_results
+from bench.common import compile_checkout, machine, ms, now, summary, table, write_results
 from bench.lifecycle import NEIGH, check_usable, cleanup, neigh_limits, setup
 from netmux import config, journal, workload
 from netmux.config import HostConfig
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.quick:
         args.runs, args.concurrent, args.running = 3, 10, 30
+    compile_checkout()
     journal.set_quiet(True)
     res: dict[str, Any] = {"machine": machine(), "args": vars(args)}
     host = setup()

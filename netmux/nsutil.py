@@ -15,7 +15,7 @@ import ctypes.util
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -70,6 +70,29 @@ def run_in_netns(netns: str | os.PathLike[str] | int | None, fn: Callable[[], T]
     finally:
         if not isinstance(netns, int):
             os.close(fd)
+
+
+def run_in_each_netns(names: Sequence[str], fn: Callable[[str], T]) -> list[T | OSError]:
+    """fn(name) inside each named namespace in turn, from one short-lived thread that moves
+    from one to the next (a thread may setns as often as it likes), so listing many
+    workloads costs one thread, not one each. An OSError (no such namespace, ...) is that
+    name's result; anything else propagates."""
+
+    def each() -> list[T | OSError]:
+        out: list[T | OSError] = []
+        for name in names:
+            try:
+                fd = open_netns(name)
+                try:
+                    setns(fd)
+                finally:
+                    os.close(fd)
+                out.append(fn(name))
+            except OSError as e:
+                out.append(e)
+        return out
+
+    return _in_thread(each, "netns-each") if names else []
 
 
 def run_in_new_netns(fn: Callable[[int], T]) -> T:

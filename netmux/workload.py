@@ -819,11 +819,31 @@ def known(host: HostConfig) -> list[str]:
         return []
 
 
+def statuses(host: HostConfig, names_: list[str]) -> list[dict[str, Any]]:
+    """status() of many workloads: one /proc scan and one thread that visits every
+    namespace in turn (`netmux ls` and `status` at hundreds of workloads)."""
+    members = nsutil.pids_by_netns()
+    ifnames = {n: str((read_state(host, n) or {}).get("ifname") or host.workload.ifname)
+               for n in names_}  # fmt: skip
+    live = [n for n in names_ if links.netns_exists(n)]
+
+    def one(n: str) -> links.LinkState:
+        with links.iproute() as ipr:  # the thread is in n's namespace now
+            return links.link_state(ipr, ifnames[n])
+
+    states = dict(zip(live, nsutil.run_in_each_netns(live, one), strict=True))
+    return [status(host, n, members, states.get(n)) for n in names_]
+
+
 def status(
-    host: HostConfig, name: str, members: dict[tuple[int, int], list[int]] | None = None
+    host: HostConfig,
+    name: str,
+    members: dict[tuple[int, int], list[int]] | None = None,
+    link: links.LinkState | OSError | None = None,
 ) -> dict[str, Any]:
     """Live status of one workload: state, interface, MAC, addresses (global/ULA), the
-    processes in it (`members`: nsutil.pids_by_netns() when listing many)."""
+    processes in it (`members`: nsutil.pids_by_netns() when listing many; `link`: its
+    link's state read already, see statuses())."""
     names.check_name(name)
     st = read_state(host, name) or {}
     ifname = str(st.get("ifname") or host.workload.ifname)
@@ -845,11 +865,15 @@ def status(
         out["state"] = "stale" if st else "absent"
         return out
     try:
-        with links.iproute(name) as ipr:
-            ls = links.link_state(ipr, ifname)
+        if isinstance(link, OSError):
+            raise link
+        if link is None:
+            with links.iproute(name) as ipr:
+                link = links.link_state(ipr, ifname)
     except OSError:
         out["state"] = "broken"
         return out
+    ls = link
     out["processes"] = _processes(name, members)
     out["addresses"] = links.split_addresses(ls.addrs)
     out["default_route"] = ls.default_route
@@ -988,8 +1012,7 @@ def cmd_run(args: argparse.Namespace, host: HostConfig) -> int:
 
 
 def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
-    members = nsutil.pids_by_netns()
-    rows = [status(host, n, members) for n in known(host)]
+    rows = statuses(host, known(host))
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -1013,8 +1036,7 @@ def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
     else:
         from . import renumber
 
-        members = nsutil.pids_by_netns()
-        rows = [status(host, n, members) for n in known(host)]
+        rows = statuses(host, known(host))
         prefixes = renumber.prefix_report(host)
         if args.json:
             print(json.dumps({"prefixes": prefixes, "workloads": rows}, indent=2, sort_keys=True))

@@ -98,6 +98,11 @@ def test_two_workloads_reach_each_other_and_the_gateway(
             capture_output=True, text=True,
         )  # fmt: skip
         assert r.returncode == 0, f"{ns} -> {dst}: {r.stdout}{r.stderr}"
+    # `ls`/`status` of many (one thread visiting each namespace) say what status() says
+    absent = wname()
+    many = workload.statuses(env.host, [a, b, absent])
+    assert many == [workload.status(env.host, n) for n in (a, b, absent)]
+    assert [r["state"] for r in many] == ["up", "up", "absent"]
 
 
 def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:
