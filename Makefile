@@ -91,11 +91,13 @@ demo: deps
 	@test "$$(id -u)" = 0 || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
 	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/demo.sh
 
-# Workload lifecycle speed and memory vs the CNI macvlan plugin, in a lab of its own
-# (bench/README.md). BENCH_ARGS=--quick for a smoke run.
+# Workload lifecycle speed and memory vs the CNI macvlan plugin, and the launcher's own
+# cost (command vs in-process, bulk), in a lab of their own (bench/README.md).
+# BENCH_ARGS=--quick for a smoke run.
 bench: deps
 	@test "$$(id -u)" = 0 || { echo "make bench: run as root"; exit 1; }
 	$(PY) -m bench.lifecycle $(BENCH_ARGS)
+	$(PY) -m bench.launch $(BENCH_ARGS)
 
 # The Debian package, built out of tree (dist/build/), lintian-checked; the .deb lands in
 # dist/. Downloads the pinned pyroute2 wheel it vendors (debian/README.source).

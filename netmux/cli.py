@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "down", "remove workload NAME (idempotent)", "workload:cmd_down")
     p.add_argument("name")
+    p.add_argument("more", nargs="*", metavar="NAME", help="more workloads, one after another")
 
     p = _add(sub, "exec", "run CMD inside workload NAME's namespace", "workload:cmd_exec")
     p.add_argument("name")

@@ -985,8 +985,20 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
 
 
 def cmd_down(args: argparse.Namespace, host: HostConfig) -> int:
-    down(host, args.name)
-    return 0
+    """One name: as `down`. Several (one interpreter for hundreds, docs/benchmarks.md): each
+    is tried; each failure is one line, and the exit status is the first failure's."""
+    more = list(getattr(args, "more", None) or [])
+    if not more:
+        down(host, args.name)
+        return 0
+    rc = 0
+    for name in [args.name, *more]:
+        try:
+            down(host, name)
+        except NetmuxError as e:
+            print(f"netmux down: {e}", file=sys.stderr)
+            rc = rc or e.exit_code
+    return rc
 
 
 def cmd_exec(args: argparse.Namespace, host: HostConfig) -> int:

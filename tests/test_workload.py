@@ -103,6 +103,12 @@ def test_two_workloads_reach_each_other_and_the_gateway(
     many = workload.statuses(env.host, [a, b, absent])
     assert many == [workload.status(env.host, n) for n in (a, b, absent)]
     assert [r["state"] for r in many] == ["up", "up", "absent"]
+    # `down` of several: each one, a bad name is one line and the rest still goes
+    r = env.netmux("-q", "down", a, "Bad/Name", b, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Bad/Name" in r.stderr, r.stderr
+    assert_gone(env, a)
+    assert_gone(env, b)
 
 
 def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:
