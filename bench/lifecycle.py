@@ -35,7 +35,16 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_config, machine, ms, now, summary, table, write_results
+from bench.common import (
+    compile_checkout,
+    load_config,
+    machine,
+    ms,
+    now,
+    summary,
+    table,
+    write_results,
+)
 from netmux import config, journal, lab, links, nsutil, workload
 from netmux.config import HostConfig
 
@@ -547,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.cni_runs, args.cli_runs, args.scale, args.memory = 5, 2, 3, "1,10,20", 5
     tiers = sorted({int(x) for x in args.scale.split(",") if x})
+    compile_checkout()
     journal.set_quiet(True)
     with_cni = CNI_PLUGIN.exists()
     res: dict[str, Any] = {"machine": machine(), "args": vars(args)}

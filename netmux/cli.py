@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "down", "remove workload NAME (idempotent)", _down)
     p.add_argument("name")
+    p.add_argument("more", nargs="*", metavar="NAME", help="more workloads, one after another")
 
     p = _add(sub, "exec", "run CMD inside workload NAME's namespace", _exec)
     p.add_argument("name")

@@ -157,6 +157,9 @@ class WorkloadDefaults:
     optimistic_dad: bool = True
     # The neighbour retransmit timer (also paces DAD and router solicitations).
     retrans_time_ms: int = check(_positive, 100)
+    # The retransmit timer while `netmux up` starts a workload, so its DAD (one probe) ends
+    # after this long and the address is published sooner; retrans_time_ms afterwards.
+    start_retrans_time_ms: int = check(_positive, 20)
     # Seconds `down` gives a workload's processes between SIGTERM and SIGKILL.
     stop_grace: float = check(_positive, 5.0)
 

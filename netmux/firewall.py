@@ -31,7 +31,6 @@ import ipaddress
 import json
 import os
 import re
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv6Network
@@ -384,24 +383,15 @@ def apply_workload(
 
 def gateway_identity(host: HostConfig) -> tuple[str, str] | None:
     """(MAC, link-local) of mux's gateway as the kernel has them; None without one."""
-    from pyroute2 import IPRoute
-
-    def read() -> tuple[str, str] | None:
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=host.mux.gateway)
-            if not idx:
-                return None
-            mac = ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS")
-            for a in ipr.get_addr(family=socket.AF_INET6, index=idx[0]):
-                ip = ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))
-                if ip.is_link_local:
-                    return str(mac), str(ip)
-            return None
+    from . import links
 
     try:
-        return nsutil.run_in_netns(host.mux.netns, read)
+        with links.iproute(host.mux.netns) as ipr:
+            st = links.link_state(ipr, host.mux.gateway)
     except OSError:
         return None
+    ll = [a for a in st.addrs if a.is_link_local]
+    return (st.mac, str(ll[0].address)) if st.mac and ll else None
 
 
 def ra_guard_drops(netns: str | int) -> int:

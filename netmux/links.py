@@ -5,6 +5,8 @@ counts as "usable") are small pure functions next to the code that applies them,
 can be unit-tested.
 
 Speed matters (`netmux up` is on the critical path of every workload start), so:
+- the requests of `up`, `down` and `status` go through rtnl.py's small client, not
+  pyroute2 (whose IPRoute the handle still offers for everything else);
 - a netlink socket for another namespace is opened by a short thread that entered it
   (~1 ms) instead of pyroute2's fork (~6 ms);
 - a workload's link is created by one request on mux's socket with the target namespace
@@ -27,9 +29,6 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import nsutil
 from .errors import NetmuxError, StateError
 from .ifaddr import (
@@ -39,6 +38,7 @@ from .ifaddr import (
     IFA_F_OPTIMISTIC,
     IFA_F_TENTATIVE,
 )
+from .rtnl import Link, NetlinkError, Rtnl
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
@@ -57,26 +57,35 @@ class WaitError(NetmuxError):
 # --- sockets and namespaces -------------------------------------------------------------
 
 
-def open_ipr(netns: str | int | None = None, groups: int = 0) -> Any:
-    """An IPRoute handle whose socket lives in `netns` (None: the caller's namespace).
-
-    `groups` are multicast groups to bind before the first request (events). The handle
-    must be used from the thread that opened it (pyroute2 keeps per-thread state).
+def open_ipr(netns: str | int | None = None) -> Rtnl:
+    """A route netlink handle whose socket lives in `netns` (None: the caller's namespace):
+    rtnl.Rtnl, which is also pyroute2's IPRoute API for what it does not do itself. Use it
+    from the thread that opened it (pyroute2 keeps per-thread state).
     """
 
     def make() -> int:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         return s.detach()
 
     fd = nsutil.run_in_netns(netns, make) if netns is not None and netns != "" else make()
-    ipr = IPRoute(fileno=fd)
-    if groups:
-        ipr.bind(groups=groups)
-    return ipr
+    return Rtnl(fd)
 
 
 @contextlib.contextmanager
-def iproute(netns: str | int | None = None) -> Iterator[Any]:
+def _rt(ipr: Any) -> Iterator[Rtnl]:
+    """`ipr` as an Rtnl: itself, or (a pyroute2 IPRoute of a caller's own) its socket."""
+    if isinstance(ipr, Rtnl):
+        yield ipr
+        return
+    rt = Rtnl(os.dup(ipr.fileno()))
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@contextlib.contextmanager
+def iproute(netns: str | int | None = None) -> Iterator[Any]:  # Rtnl, used as IPRoute too
     ipr = open_ipr(netns)
     try:
         yield ipr
@@ -111,7 +120,7 @@ MARK_PREFIX = "netmux:"
 def set_mark(mark: str) -> None:
     """Mark the calling thread's namespace (its loopback's alias)."""
     with iproute() as ipr:
-        ipr.link("set", index=link_index(ipr, "lo"), ifalias=mark)
+        ipr.link_set(1, ifalias=mark)  # lo is always ifindex 1 in its namespace
 
 
 def read_mark(netns: str | int) -> str | None:
@@ -120,11 +129,10 @@ def read_mark(netns: str | int) -> str | None:
         return None
     try:
         with iproute(netns) as ipr:
-            (msg,) = ipr.link("get", index=link_index(ipr, "lo"))
-            alias = msg.get_attr("IFLA_IFALIAS")
-    except (OSError, NetlinkError, ValueError):
+            alias = ipr.link_get(1).alias  # lo
+    except (OSError, ValueError):
         return None
-    return str(alias) if alias else None
+    return alias or None
 
 
 def remove_netns(name: str) -> bool:
@@ -133,54 +141,53 @@ def remove_netns(name: str) -> bool:
 
 
 def link_index(ipr: Any, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
+    with _rt(ipr) as rt:
+        return rt.link_index(ifname)
 
 
 def link_info(ipr: Any, ifname: str) -> dict[str, Any] | None:
     """kind, mac, index, state of a link, or None."""
-    idx = link_index(ipr, ifname)
-    if idx is None:
-        return None
-    try:
-        (msg,) = ipr.link("get", index=idx)
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
+    with _rt(ipr) as rt:
+        idx = rt.link_index(ifname)
+        if idx is None:
             return None
-        raise
-    kind = None
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND")
+        try:
+            link = rt.link_get(idx)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
     return {
         "index": idx,
         "ifname": ifname,
-        "kind": kind,
-        "mac": msg.get_attr("IFLA_ADDRESS"),
-        "up": bool(msg["flags"] & 1),
-        "operstate": msg.get_attr("IFLA_OPERSTATE"),
+        "kind": link.kind,
+        "mac": link.mac,
+        "up": bool(link.flags & IFF_UP),
+        "operstate": OPERSTATES.get(link.operstate or 0, "UNKNOWN"),
     }
 
 
 def delete_link(ipr: Any, ifname: str) -> bool:
     """Delete a link by name (synchronous in the kernel); False if it was not there."""
-    idx = link_index(ipr, ifname)
-    if idx is None:
-        return False
-    try:
-        ipr.link("del", index=idx)
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
+    with _rt(ipr) as rt:
+        idx = rt.link_index(ifname)
+        if idx is None:
             return False
-        raise
+        try:
+            rt.link_del(idx)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise
     return True
 
 
 def set_up(ipr: Any, ifname: str) -> None:
-    idx = link_index(ipr, ifname)
-    if idx is None:
-        raise StateError(f"link {ifname} does not exist")
-    ipr.link("set", index=idx, state="up")
+    with _rt(ipr) as rt:
+        idx = rt.link_index(ifname)
+        if idx is None:
+            raise StateError(f"link {ifname} does not exist")
+        rt.link_set(idx, IFF_UP, IFF_UP)
 
 
 def replace_route(ipr: Any, dst: str, ifname: str) -> None:
@@ -198,7 +205,10 @@ def replace_route(ipr: Any, dst: str, ifname: str) -> None:
 # --- workload links ---------------------------------------------------------------------
 
 
-IFF_ALLMULTI = 0x200
+IFF_UP, IFF_ALLMULTI = 0x1, 0x200
+# IFLA_OPERSTATE values (RFC 2863), named as pyroute2 names them
+OPERSTATES = {0: "UNKNOWN", 1: "NOTPRESENT", 2: "DOWN", 3: "LOWERLAYERDOWN", 4: "TESTING",
+              5: "DORMANT", 6: "UP"}  # fmt: skip
 NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 
 
@@ -233,17 +243,13 @@ def create_child_link(
     parent_idx = link_index(mux_ipr, parent)
     if parent_idx is None:
         raise StateError(f"parent link {parent} is missing in mux: run `netmux mux up`")
-    kw: dict[str, Any] = {"ifname": ifname, "kind": kind, "link": parent_idx}
-    if kind == "ipvlan":  # L2 mode: neighbour discovery and SLAAC work as on a macvlan;
-        kw["ipvlan_mode"] = 0  # an ipvlan has its parent's MAC, so `mac` is not used
-    else:
-        kw |= {f"{kind}_mode": "bridge", "address": mac, **child_link_flags(kind)}
+    flags = child_link_flags(kind) if kind != "ipvlan" else {}
     by_name = isinstance(target_netns, str)
     fd = nsutil.open_netns(target_netns) if isinstance(target_netns, str) else target_netns
     try:
-        if fd is not None:
-            kw["net_ns_fd"] = fd
-        mux_ipr.link("add", **kw)
+        with _rt(mux_ipr) as rt:
+            rt.link_add_child(ifname, kind, parent_idx, mac, flags.get("flags", 0),
+                              flags.get("change", 0), net_ns_fd=fd)  # fmt: skip
     except NetlinkError as e:
         where = f" in netns {target_netns}" if by_name else ""
         raise StateError(f"cannot create {kind} {ifname}{where} on {parent}: {e.args[1]}") from e
@@ -291,24 +297,17 @@ def add_addresses(
 ) -> None:
     """Static addresses. `optimistic` (RFC 4429, like SLAAC ones with optimistic_dad) lets a
     daemon bind them at once (e.g. a resolver on fd64:cafe::53) while DAD still runs."""
-    idx = link_index(ipr, ifname)
-    if idx is None:
-        raise StateError(f"link {ifname} does not exist")
-    for a in addrs:
-        kw: dict[str, Any] = {
-            "index": idx,
-            "address": str(a.ip),
-            "prefixlen": a.network.prefixlen,
-        }
-        if nodad:
-            kw["flags"] = IFA_F_NODAD
-        elif optimistic:
-            kw["flags"] = IFA_F_OPTIMISTIC
-        try:
-            ipr.addr("add", **kw)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise StateError(f"cannot add address {a} to {ifname}: {e.args[1]}") from e
+    flags = IFA_F_NODAD if nodad else IFA_F_OPTIMISTIC if optimistic else 0
+    with _rt(ipr) as rt:
+        idx = rt.link_index(ifname)
+        if idx is None:
+            raise StateError(f"link {ifname} does not exist")
+        for a in addrs:
+            try:
+                rt.addr_add(idx, a.ip.packed, a.network.prefixlen, flags)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise StateError(f"cannot add address {a} to {ifname}: {e.args[1]}") from e
 
 
 # --- addresses: what is usable ----------------------------------------------------------
@@ -447,36 +446,31 @@ def missing(
 
 def link_state(ipr: Any, ifname: str) -> LinkState:
     """Addresses (IPv6), default route, MAC and up-ness of `ifname` in ipr's namespace."""
-    idx = link_index(ipr, ifname)
-    if idx is None:
-        return LinkState(ifname)
-    info = link_info(ipr, ifname)
-    addrs = []
-    for msg in ipr.addr("dump", family=socket.AF_INET6, index=idx):
-        if msg["index"] != idx:
-            continue
-        flags = msg.get_attr("IFA_FLAGS")
-        if flags is None:
-            flags = msg["flags"]
-        addr = msg.get_attr("IFA_ADDRESS")
-        if addr is None:
-            continue
-        addrs.append(Addr(IPv6Address(addr), int(msg["prefixlen"]), int(flags)))
-    default = False
-    for msg in ipr.route("dump", family=socket.AF_INET6):
-        if msg["dst_len"] != 0 or msg.get_attr("RTA_TABLE") not in (None, 254):
-            continue
-        oif = msg.get_attr("RTA_OIF")
-        mp = msg.get_attr("RTA_MULTIPATH")
-        if oif == idx or (mp and any(nh.get("oif") == idx for nh in mp)):
-            default = True
-            break
+    with _rt(ipr) as rt:
+        idx = rt.link_index(ifname)
+        if idx is None:
+            return LinkState(ifname)
+        try:
+            link: Link | None = rt.link_get(idx)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise
+            link = None
+        addrs = [
+            Addr(IPv6Address(a.address), a.prefixlen, a.flags)
+            for a in rt.addr_dump(socket.AF_INET6)
+            if a.index == idx and len(a.address) == 16
+        ]
+        default = any(
+            r.dst_len == 0 and r.table in (None, 254) and idx in r.oifs
+            for r in rt.route_dump(socket.AF_INET6)
+        )
     return LinkState(
         ifname,
         tuple(sorted(addrs, key=lambda a: (a.address.packed, a.prefixlen))),
         default,
-        info["mac"] if info else None,
-        bool(info and info["up"]),
+        link.mac if link else None,
+        bool(link and link.flags & IFF_UP),
     )
 
 

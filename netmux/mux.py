@@ -25,11 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from . import config, denylist, ifaddr, journal, links, names, nsutil, sd
+from . import config, denylist, ifaddr, journal, links, names, nsutil, pr2, sd
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
+from .rtnl import NetlinkError
 
 SELF_NETNS = "/proc/self/ns/net"
 
@@ -88,7 +87,7 @@ def _ensure_parent(ipr: Any, cfg: config.MuxConfig) -> str:
             kw["peer"] = peer_name(cfg.parent)
         try:
             ipr.link("add", **kw)
-        except NetlinkError as e:
+        except pr2.NetlinkError as e:
             last = e
             if e.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOENT):
                 journal.debug(f"mux: parent kind {kind} not available here: {e.args[1]}")
@@ -319,7 +318,7 @@ def _move(ipr: Any, ifname: str, target: str, verb: str) -> bool:
     fd = nsutil.open_netns(target)
     try:
         ipr.link("set", index=idx, net_ns_fd=fd)
-    except NetlinkError as e:
+    except pr2.NetlinkError as e:
         if e.code in (errno.ENODEV, errno.ENOENT):
             journal.warning(f"NIC {ifname} vanished while being {verb}: skipped", ifname=ifname)
         else:

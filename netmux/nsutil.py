@@ -15,7 +15,7 @@ import ctypes.util
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ MNT_DETACH = 2
 MS_BIND = 4096
 MS_REC = 16384
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
 NETNS_DIR = Path("/run/netns")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -69,6 +70,29 @@ def run_in_netns(netns: str | os.PathLike[str] | int | None, fn: Callable[[], T]
     finally:
         if not isinstance(netns, int):
             os.close(fd)
+
+
+def run_in_each_netns(names: Sequence[str], fn: Callable[[str], T]) -> list[T | OSError]:
+    """fn(name) inside each named namespace in turn, from one short-lived thread that moves
+    from one to the next (a thread may setns as often as it likes), so listing many
+    workloads costs one thread, not one each. An OSError (no such namespace, ...) is that
+    name's result; anything else propagates."""
+
+    def each() -> list[T | OSError]:
+        out: list[T | OSError] = []
+        for name in names:
+            try:
+                fd = open_netns(name)
+                try:
+                    setns(fd)
+                finally:
+                    os.close(fd)
+                out.append(fn(name))
+            except OSError as e:
+                out.append(e)
+        return out
+
+    return _in_thread(each, "netns-each") if names else []
 
 
 def run_in_new_netns(fn: Callable[[int], T]) -> T:
@@ -155,12 +179,11 @@ def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> 
     return an open fd of the new namespace (the caller closes it).
 
     A short-lived thread unshares, runs `prepare()` inside the still nameless namespace,
-    then bind-mounts /proc/thread-self/ns/net (pyroute2's mount code, without its fork);
+    then bind-mounts /proc/thread-self/ns/net (bind_netns, without pyroute2's fork);
     the caller's thread never changes namespace. What `prepare` does (netmux's ownership
     mark) is therefore in place before the name exists: a SIGKILL at any point leaves
     either no name or a marked namespace.
     """
-    from pyroute2 import netns as pr_netns
 
     def attach() -> int:
         unshare_netns()
@@ -168,7 +191,7 @@ def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> 
         try:
             if prepare is not None:
                 prepare()
-            pr_netns.attach(str(netns_path(name)), "thread-self")
+            bind_netns(netns_path(name), "/proc/thread-self/ns/net")
         except BaseException:
             os.close(fd)
             raise
@@ -184,6 +207,26 @@ def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> 
             if not is_netns(netns_path(name)):
                 netns_path(name).unlink()
         raise
+
+
+def bind_netns(path: Path, source: str) -> None:
+    """Give the namespace at `source` the name `path` as `ip netns add` does (iproute2's
+    code, as pyroute2.netns ports it): /run/netns a shared mount (bound onto itself
+    first if it is not a mount point yet), an empty file, the namespace bound onto it.
+    FileExistsError if the name is taken."""
+    d = path.parent
+    d.mkdir(parents=True, exist_ok=True)
+    bdir = str(d).encode()
+    done = False
+    while _libc.mount(b"none", bdir, b"none", MS_SHARED | MS_REC, None) != 0:
+        if done or _libc.mount(bdir, bdir, b"none", MS_BIND | MS_REC, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"make {d} a shared mount: {os.strerror(err)}")
+        done = True
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    if _libc.mount(source.encode(), str(path).encode(), b"none", MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {source} onto {path}: {os.strerror(err)}")
 
 
 def netns_id(netns: str | os.PathLike[str] | int) -> tuple[int, int] | None:

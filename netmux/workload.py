@@ -251,7 +251,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
             sysctls = [(f"net.ipv6.conf.{p.ifname}.disable_ipv6", "1")]
         else:
             sysctls = links.workload_sysctls(
-                p.ifname, p.secret, host.workload.optimistic_dad, host.workload.retrans_time_ms
+                p.ifname, p.secret, host.workload.optimistic_dad, _start_retrans(host)
             )
         links.sysctl_write(fd, sysctls)
         # firewall: inbound default drop + declared ports, before the link goes up.
@@ -301,6 +301,13 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         raise
 
 
+def _start_retrans(host: HostConfig) -> int:
+    """The neighbour retransmit timer while a workload starts: it paces DAD (one probe),
+    so a short one publishes sooner (docs/benchmarks.md, "The launcher's own cost"); never
+    longer than the timer it runs with afterwards."""
+    return min(host.workload.start_retrans_time_ms, host.workload.retrans_time_ms)
+
+
 def up(
     host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = (), exec_cmd: bool = True
 ) -> int:
@@ -343,9 +350,19 @@ def up(
         if wl.publish:
             hold = "exec" if p.cmd and exec_cmd else ("self" if not exec_cmd else "unit")
             pub = phonebook.publish_workload(
-                p.name, p.ifname, wl.dns_names, hold, host.workload.timeout
+                p.name,
+                p.ifname,
+                wl.dns_names,
+                hold,
+                host.workload.timeout,
+                host.phonebook.socket,
             )
         published = [n.rstrip(".") for n in pub.names] if pub is not None else []
+        if p.kind == "macvlan" and _start_retrans(host) != host.workload.retrans_time_ms:
+            # DAD of the start's addresses is over once published (phonebookd publishes no
+            # tentative address) or, unpublished, armed with the short timer already.
+            key = f"net.ipv6.neigh.{p.ifname}.retrans_time_ms"
+            links.sysctl_write(inst.fd, [(key, str(host.workload.retrans_time_ms))])
         if published:
             record["dns"] = published
             _write_state(host, p.name, record)
@@ -638,7 +655,9 @@ def down(host: HostConfig, name: str) -> bool:
                 f"network namespace {path} was not made by netmux (no netmux mark on its "
                 f"lo): not touching it"
             )
-        phonebook.unpublish(name)  # records go first, whoever still holds a lifeline
+        phonebook.unpublish_workload(
+            name, host.phonebook.socket
+        )  # records go first, whoever still holds a lifeline
         did, left = _teardown(host, name, ifname, fd, None)
     finally:
         if fd is not None:
@@ -787,11 +806,31 @@ def known(host: HostConfig) -> list[str]:
         return []
 
 
+def statuses(host: HostConfig, names_: list[str]) -> list[dict[str, Any]]:
+    """status() of many workloads: one /proc scan and one thread that visits every
+    namespace in turn (`netmux ls` and `status` at hundreds of workloads)."""
+    members = nsutil.pids_by_netns()
+    ifnames = {n: str((read_state(host, n) or {}).get("ifname") or host.workload.ifname)
+               for n in names_}  # fmt: skip
+    live = [n for n in names_ if links.netns_exists(n)]
+
+    def one(n: str) -> links.LinkState:
+        with links.iproute() as ipr:  # the thread is in n's namespace now
+            return links.link_state(ipr, ifnames[n])
+
+    states = dict(zip(live, nsutil.run_in_each_netns(live, one), strict=True))
+    return [status(host, n, members, states.get(n)) for n in names_]
+
+
 def status(
-    host: HostConfig, name: str, members: dict[tuple[int, int], list[int]] | None = None
+    host: HostConfig,
+    name: str,
+    members: dict[tuple[int, int], list[int]] | None = None,
+    link: links.LinkState | OSError | None = None,
 ) -> dict[str, Any]:
     """Live status of one workload: state, interface, MAC, addresses (global/ULA), the
-    processes in it (`members`: nsutil.pids_by_netns() when listing many)."""
+    processes in it (`members`: nsutil.pids_by_netns() when listing many; `link`: its
+    link's state read already, see statuses())."""
     names.check_name(name)
     st = read_state(host, name) or {}
     ifname = str(st.get("ifname") or host.workload.ifname)
@@ -813,11 +852,15 @@ def status(
         out["state"] = "stale" if st else "absent"
         return out
     try:
-        with links.iproute(name) as ipr:
-            ls = links.link_state(ipr, ifname)
+        if isinstance(link, OSError):
+            raise link
+        if link is None:
+            with links.iproute(name) as ipr:
+                link = links.link_state(ipr, ifname)
     except OSError:
         out["state"] = "broken"
         return out
+    ls = link
     out["processes"] = _processes(name, members)
     out["addresses"] = links.split_addresses(ls.addrs)
     out["default_route"] = ls.default_route
@@ -923,8 +966,20 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
 
 
 def cmd_down(args: argparse.Namespace, host: HostConfig) -> int:
-    down(host, args.name)
-    return 0
+    """One name: as `down`. Several (one interpreter for hundreds, docs/benchmarks.md): each
+    is tried; each failure is one line, and the exit status is the first failure's."""
+    more = list(getattr(args, "more", None) or [])
+    if not more:
+        down(host, args.name)
+        return 0
+    rc = 0
+    for name in [args.name, *more]:
+        try:
+            down(host, name)
+        except NetmuxError as e:
+            print(f"netmux down: {e}", file=sys.stderr)
+            rc = rc or e.exit_code
+    return rc
 
 
 def cmd_exec(args: argparse.Namespace, host: HostConfig) -> int:
@@ -950,8 +1005,7 @@ def cmd_run(args: argparse.Namespace, host: HostConfig) -> int:
 
 
 def cmd_ls(args: argparse.Namespace, host: HostConfig) -> int:
-    members = nsutil.pids_by_netns()
-    rows = [status(host, n, members) for n in known(host)]
+    rows = statuses(host, known(host))
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -975,8 +1029,7 @@ def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
     else:
         from . import renumber
 
-        members = nsutil.pids_by_netns()
-        rows = [status(host, n, members) for n in known(host)]
+        rows = statuses(host, known(host))
         prefixes = renumber.prefix_report(host)
         if args.json:
             print(json.dumps({"prefixes": prefixes, "workloads": rows}, indent=2, sort_keys=True))

@@ -355,3 +355,25 @@ def test_each_error_class_is_named_once() -> None:
     assert errors.from_dbus_error("org.example.Other", "t").args == (
         "phonebook: org.example.Other: t",
     )
+
+
+def test_publish_socket_options() -> None:
+    """netmux's own `up`/`down` lines: leading KEY=VALUE options, then the original line."""
+    po = publish_socket.parse_options
+    assert po(b"httpd eth0\n") == ({}, b"httpd eth0\n")
+    assert po(b"netns=httpd httpd eth0 www\n") == ({"netns": "httpd"}, b"httpd eth0 www\n")
+    assert po(b"unpublish=httpd\n") == ({"unpublish": "httpd"}, b"")
+    for bad in (b"color=red httpd eth0\n", b"netns=a netns=b httpd eth0\n"):
+        with pytest.raises(ValueError):
+            po(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_fuzzed_publish_socket_options(data: bytes) -> None:
+    try:
+        opts, rest = publish_socket.parse_options(data)
+    except ValueError:
+        return
+    assert set(opts) <= set(publish_socket.OPTIONS)
+    assert data.endswith(rest)

@@ -3,11 +3,14 @@ knotd and tinydns answering `dig`; kill -9 of the workload removes the records."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -38,7 +41,23 @@ def _addresses(env: MuxEnv, name: str) -> dict[str, list[str]]:
     return got
 
 
-def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None:
+@pytest.fixture(params=["socket", "dbus"])
+def via(request: pytest.FixtureRequest, mux_radvd: MuxEnv, stack: Stack) -> Iterator[str]:
+    """`up`/`down` talk to the publish socket when one listens (the stack's, named in the
+    config), else to D-Bus: "dbus" names a socket that refuses, as while phonebookd
+    restarts (a bound socket nobody listens on)."""
+    path = stack.publish_sock
+    with contextlib.ExitStack() as cleanup:
+        if request.param == "dbus":
+            path = mux_radvd.tmp / "refusing.sock"
+            refusing = cleanup.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            refusing.bind(str(path))
+        with mux_radvd.config_path.open("a") as f:
+            f.write(f'[phonebook]\nsocket = "{path}"\n')
+        yield str(request.param)
+
+
+def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack, via: str) -> None:
     env = mux_radvd
     name = env.name("h")
     penv = env.env()
@@ -74,7 +93,9 @@ def test_up_publishes_and_kill9_removes(mux_radvd: MuxEnv, stack: Stack) -> None
         assert set(st["dns"]) == {f"{name}.{PUBLIC}", f"{name}.internal"}
         # The exec'ed CMD holds the lifeline: netmux up is gone, the record stays.
         fds = os.listdir(f"/proc/{p.pid}/fd")
-        assert any("pipe:" in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
+        kind = "socket:" if via == "socket" else "pipe:"
+        assert any(kind in os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in fds)
+        assert f"on eth0 in {name}\n" in stack.log()  # labelled by its netns, either way
         # Renumbering: a new prefix on gw0 (radvd re-rendered and HUPed, as the dhcpcd hook
         # does), the old one deprecated as an RA with preferred lifetime 0 would do.
         subprocess.run(["ip", "-n", env.netns, "addr", "add", "2001:db8:0:2::1/64", "dev",
@@ -123,7 +144,9 @@ def test_up_without_phonebookd_still_works(mux_radvd: MuxEnv, tmp_path: object) 
         env.netmux("down", name, check=False)
 
 
-def test_down_unpublishes_even_while_the_lifeline_is_held(mux_radvd: MuxEnv, stack: Stack) -> None:
+def test_down_unpublishes_even_while_the_lifeline_is_held(
+    mux_radvd: MuxEnv, stack: Stack, via: str
+) -> None:
     env = mux_radvd
     name = env.name("d")
     penv = env.env()

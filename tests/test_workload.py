@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import links, names, resolv, tap, workload
+from netmux import links, names, nsutil, resolv, tap, workload
 from tests import muxfix
 from tests.conftest import RUN, stop_process, wait_for
 from tests.muxfix import MuxEnv
@@ -62,6 +62,9 @@ def test_address_stable_across_down_up_and_changes_with_host_key(
     first = env.global_address(n)
     mac = workload.status(env.host, n)["mac"]
     assert first.startswith("2001:db8:0:1:")
+    # the short start timer (start_retrans_time_ms, for DAD) is gone once `up` returned
+    retrans = nsutil.read_sysctl(n, "net.ipv6.neigh.eth0.retrans_time_ms")
+    assert retrans == str(env.host.workload.retrans_time_ms)
     env.netmux("down", n)
     assert_gone(env, n)
     env.netmux("up", n)
@@ -94,6 +97,17 @@ def test_two_workloads_reach_each_other_and_the_gateway(
             capture_output=True, text=True,
         )  # fmt: skip
         assert r.returncode == 0, f"{ns} -> {dst}: {r.stdout}{r.stderr}"
+    # `ls`/`status` of many (one thread visiting each namespace) say what status() says
+    absent = wname()
+    many = workload.statuses(env.host, [a, b, absent])
+    assert many == [workload.status(env.host, n) for n in (a, b, absent)]
+    assert [r["state"] for r in many] == ["up", "up", "absent"]
+    # `down` of several: each one, a bad name is one line and the rest still goes
+    r = env.netmux("-q", "down", a, "Bad/Name", b, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Bad/Name" in r.stderr, r.stderr
+    assert_gone(env, a)
+    assert_gone(env, b)
 
 
 def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:

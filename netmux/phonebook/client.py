@@ -1,22 +1,28 @@
-"""Clients of phonebookd: D-Bus (what `netmux up` uses) and the publish socket (for scripts).
+"""Clients of phonebookd: the publish socket (what `netmux up`/`down` use) and D-Bus.
 
 `publish()` makes a pipe, hands its read end to phonebookd as the lifeline and returns the
 write end: whoever holds it (the exec'ed workload inherits it) keeps the record alive.
 When phonebookd is not on the bus, `publish()` returns None and says so in the journal —
 a host without phonebookd still runs workloads. A refusal (name taken, bad argument) is an
 error: the caller asked for something that cannot be.
+
+`netmux up` and `down` talk to the publish socket first (netns= and unpublish= options,
+phonebook/publish_socket.py): the same request and the same answer as D-Bus, without
+importing dbus-next (~85 ms, docs/benchmarks.md). Only when nothing listens there do
+they fall back to D-Bus, which also covers bus activation and an absent phonebookd.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import journal
-from ..errors import NetmuxError
+from ..errors import NetmuxError, StateError
 
 BUS_NAME = "org.netmux.Phonebook1"
 PATH = "/org/netmux/Phonebook1"
@@ -102,6 +108,8 @@ def _run(
     address: str | None = None,
     timeout: float = 3.0,
 ) -> list[object]:
+    import asyncio  # only for D-Bus: `up`/`down` use the publish socket
+
     async def go() -> list[object]:
         try:
             return await asyncio.wait_for(_call(member, signature, body, fds, address), timeout)
@@ -202,8 +210,90 @@ def hand_to_unit(pub: Published) -> bool:
 _held: list[int] = []  # lifelines this process holds itself (`netmux run`)
 
 
+class NoSocket(OSError):
+    """Nothing listens on the publish socket (phonebookd is not running, or only on D-Bus)."""
+
+
+def _socket_request(path: Path, line: str, timeout: float) -> tuple[socket.socket, list[str]]:
+    """Send one request line; (the connection, the words after "ok"). NoSocket when nothing
+    listens, Unavailable when no answer comes in time, StateError for a refusal."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise NoSocket(str(e)) from None
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        s.close()
+        raise Unavailable(f"no answer within {timeout}s") from None
+    except BaseException:
+        s.close()
+        raise
+    text = data.decode(errors="replace").strip()
+    if not text.startswith("ok"):
+        s.close()
+        raise StateError(f"phonebook: {text[6:] if text.startswith('error ') else text!r}")
+    s.settimeout(None)
+    return s, text.split()[1:]
+
+
+def publish_netns(
+    path: Path,
+    name: str,
+    ifname: str,
+    netns: str,
+    aliases: Sequence[str] = (),
+    timeout: float = 3.0,
+) -> Published | None:
+    """publish() through the publish socket at `path`; NoSocket if nothing listens there."""
+    line = " ".join([f"netns={netns}", name, ifname, *aliases])
+    try:
+        s, names = _socket_request(path, line, timeout)
+    except Unavailable as e:
+        journal.info(f"{name}: not published in DNS: phonebookd is not available ({e})",
+                     workload=name)  # fmt: skip
+        return None
+    return Published(s.detach(), tuple(names))
+
+
+def unpublish_workload(name: str, path: Path | None) -> bool:
+    """unpublish() through the publish socket at `path` when something listens there.
+
+    No socket file at all: phonebookd (which always listens there) is not running and was
+    not restarting (systemd keeps its runtime directory across a restart), so it holds no
+    record and D-Bus would only activate it to say so. A socket that refuses: it may be
+    restarting, and D-Bus waits for it."""
+    if path is not None:
+        if not os.path.lexists(path):
+            return False
+        try:
+            s, words = _socket_request(path, f"unpublish={name}", 2.0)
+        except NoSocket:
+            pass
+        except Exception as e:  # best effort, as unpublish()
+            journal.warning(f"{name}: could not unpublish: {e}", workload=name)
+            return False
+        else:
+            s.close()
+            return words == ["yes"]
+    return unpublish(name)
+
+
 def publish_workload(
-    name: str, ifname: str, aliases: Sequence[str], hold: str, timeout: float = 10.0
+    name: str,
+    ifname: str,
+    aliases: Sequence[str],
+    hold: str,
+    timeout: float = 10.0,
+    socket_path: Path | None = None,
 ) -> Published | None:
     """The phonebook step of `netmux up`, once the address is usable. Returns once every
     sink has the record (phonebookd waits up to the start timeout, `timeout`, for them).
@@ -223,7 +313,12 @@ def publish_workload(
             workload=name,
         )
         return None
-    pub = publish(name, ifname, name, aliases, timeout=timeout + 2.0)
+    try:
+        if socket_path is None:
+            raise NoSocket("no socket path")
+        pub = publish_netns(socket_path, name, ifname, name, aliases, timeout + 2.0)
+    except NoSocket:
+        pub = publish(name, ifname, name, aliases, timeout=timeout + 2.0)
     if pub is None:
         return None
     if hold == "exec":

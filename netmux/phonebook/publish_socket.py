@@ -12,6 +12,12 @@ instance (the daemon exec'ed at the end inherits the connection):
     s = socket.socket(socket.AF_UNIX); s.connect("/run/phonebook/publish")
     s.sendall(b"httpd eth0\\n"); print(s.recv(512).decode().strip(), file=sys.stderr)
     os.set_inheritable(s.fileno(), True); os.execvp(sys.argv[1], sys.argv[1:])' httpd -f
+
+netmux's own `up` and `down` use it too (it costs no D-Bus library: docs/benchmarks.md,
+"The launcher's own cost"), with leading `KEY=VALUE` options that no name can contain:
+`netns=NETNS NAME IFNAME ...` publishes in /run/netns/NETNS, labelled like D-Bus Publish
+with a netns (root only); `unpublish=NAME` alone removes NAME's records now, like D-Bus
+Unpublish (root or its publisher), and is answered `ok yes` or `ok no`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING
 from .. import journal
 from ..errors import NetmuxError
 from ..sd import unit_of
+from .checks import check_netns_name
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
@@ -79,6 +86,26 @@ def parse_request(data: bytes) -> tuple[str, str, list[str]]:
     if len(parts) < 2 or "" in parts:
         raise ValueError("expected 'NAME IFNAME [ALIAS ...]' separated by single spaces")
     return parts[0], parts[1], parts[2:]
+
+
+OPTIONS = ("netns", "unpublish")
+
+
+def parse_options(data: bytes) -> tuple[dict[str, str], bytes]:
+    """Leading `KEY=VALUE ` tokens of a request line -> ({KEY: VALUE}, the rest of the line).
+    ValueError for an unknown or repeated key; the values are checked by the caller."""
+    opts: dict[str, str] = {}
+    while True:
+        head, sep, rest = data.partition(b" ")
+        if b"=" not in head:
+            return opts, data
+        key, _, value = head.rstrip(b"\n").decode("ascii", "replace").partition("=")
+        if key not in OPTIONS or key in opts:
+            raise ValueError(f"unknown or repeated option {key!r} (known: {', '.join(OPTIONS)})")
+        opts[key] = value
+        if not sep:  # the option was the whole line (`unpublish=NAME\n`)
+            return opts, b""
+        data = rest
 
 
 class PublishSocketServer:
@@ -154,11 +181,24 @@ class PublishSocketServer:
                     if not chunk:
                         break
                     data += chunk
+            opts, data = parse_options(data)
+            if "unpublish" in opts:
+                await loop.sock_sendall(conn, self._unpublish(opts["unpublish"], uid, data))
+                return
+            label = f"pid:{pid}"
+            if "netns" in opts:
+                if uid != 0:  # a name under /run/netns is any namespace, mux's included
+                    raise PermissionError("only root may name a namespace (netns=)")
+                label = check_netns_name(opts["netns"])
+                os.close(nsfd)
+                nsfd = -1
+                nsfd = os.open(f"/run/netns/{label}", os.O_RDONLY | os.O_CLOEXEC)
+                unit = "" if unit == "phonebookd.service" else unit
             name, ifname, aliases = parse_request(data)
             self.reading.discard(me)  # type: ignore[arg-type]
             lifeline = os.dup(conn.fileno())
             fd, nsfd = nsfd, -1
-            pub = self.book.publish(name, aliases, ifname, fd, f"pid:{pid}", lifeline, unit, uid,
+            pub = self.book.publish(name, aliases, ifname, fd, label, lifeline, unit, uid,
                                     "socket")  # fmt: skip
             await self.book.watch_unit_of(pub)
             await self.book.settle(pub, self.book.cfg.workload.timeout)
@@ -178,6 +218,14 @@ class PublishSocketServer:
             if nsfd >= 0:
                 os.close(nsfd)
             conn.close()  # the daemon keeps its dup as the lifeline
+
+    def _unpublish(self, name: str, uid: int, rest: bytes) -> bytes:
+        if rest.strip():
+            raise ValueError("unpublish=NAME stands alone on its line")
+        pub = self.book.pubs.get(name)
+        if pub is not None and uid not in (0, pub.uid):
+            raise PermissionError(f"{name!r} was published by uid {pub.uid}; only it or root may")
+        return b"ok yes\n" if self.book.unpublish(name) else b"ok no\n"
 
     def close(self) -> None:
         self.task.cancel()

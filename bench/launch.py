@@ -1,0 +1,193 @@
+"""The launcher's own cost: `netmux up`/`down` through the command against the same work
+in-process, interpreter start-up peers, and bulk (many at once, many running).
+
+On bench/lifecycle.py's lab (netns bench-mux / bench-router, paths under
+/run/netmux-bench; never the host's NICs), without phonebookd (the publish step is
+measured under systemd by bench/systemd_dns.py):
+
+1. start   N rounds, interleaved: in-process up → usable global + default route, down;
+           the same through the command (`python -m netmux.cli up NAME`, then `down`);
+           peers in the same rounds: `python -c pass`, `python -S -c pass`, and
+           `python -c 'import netmux.cli, netmux.workload'` (the imports alone).
+2. bulk    one `netmux up` alone, then C of them at once (all usable = the last one
+           returned; each `up` returns only once its own address is usable), ratio to
+           the one; then workloads up to M running (in-process), `netmux ls` and
+           `netmux status` through the command at M, and `netmux down` of all M in one
+           command (`netmux down NAME...`), wall time.
+
+Run as root: `.venv/bin/python -m bench.launch` (or `make bench`); `--quick` for a smoke
+run. Prints tables and writes bench/results/launch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import compile_checkout, machine, ms, now, summary, table, write_results
+from bench.lifecycle import NEIGH, check_usable, cleanup, neigh_limits, setup
+from netmux import config, journal, workload
+from netmux.config import HostConfig
+
+PY = sys.executable
+
+
+def _cli(host: HostConfig) -> list[str]:
+    return [PY, "-m", "netmux.cli", "--config", host.source, "-q"]
+
+
+def _timed(argv: list[str]) -> float:
+    t0 = now()
+    subprocess.run(argv, check=True, capture_output=True)
+    return now() - t0
+
+
+def start(host: HostConfig, runs: int) -> dict[str, Any]:
+    cli = _cli(host)
+    keys = ("inproc_up", "inproc_down", "cli_up", "cli_down", "py_pass", "py_nosite", "imports")
+    s: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(runs):
+        t0 = now()
+        workload.up(host, config.workload_from("bench-w0"), exec_cmd=False)
+        s["inproc_up"].append(now() - t0)
+        check_usable(host, "bench-w0")
+        t0 = now()
+        workload.down(host, "bench-w0")
+        s["inproc_down"].append(now() - t0)
+        s["cli_up"].append(_timed([*cli, "up", "bench-w1"]))
+        check_usable(host, "bench-w1")
+        s["cli_down"].append(_timed([*cli, "down", "bench-w1"]))
+        s["py_pass"].append(_timed([PY, "-c", "pass"]))
+        s["py_nosite"].append(_timed([PY, "-S", "-c", "pass"]))
+        s["imports"].append(_timed([PY, "-c", "import netmux.cli, netmux.workload"]))
+    out: dict[str, Any] = {k: summary(v) for k, v in s.items()}
+    out["ratio_up"] = out["cli_up"]["median"] / out["inproc_up"]["median"]
+    out["ratio_down"] = out["cli_down"]["median"] / out["inproc_down"]["median"]
+    return out
+
+
+def _parallel(argvs: list[list[str]], workers: int) -> float:
+    t0 = now()
+    with ThreadPoolExecutor(workers) as ex:
+        for r in ex.map(lambda a: subprocess.run(a, capture_output=True, text=True), argvs):
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(r.args)}: {r.stderr.strip()}")
+    return now() - t0
+
+
+def bulk(host: HostConfig, concurrent: int, running: int) -> dict[str, Any]:
+    cli = _cli(host)
+    out: dict[str, Any] = {"concurrent": concurrent, "running": running}
+    one = []
+    for _ in range(3):
+        one.append(_timed([*cli, "up", "bench-w1"]))
+        check_usable(host, "bench-w1")
+        _timed([*cli, "down", "bench-w1"])
+    out["one_up"] = summary(one)
+    names = [f"bench-b{i}" for i in range(concurrent)]
+    out["concurrent_up_s"] = _parallel([[*cli, "up", n] for n in names], concurrent)
+    for n in names:
+        check_usable(host, n)
+    out["concurrent_down_s"] = _parallel([[*cli, "down", n] for n in names], concurrent)
+    out["ratio_concurrent_up"] = out["concurrent_up_s"] / out["one_up"]["median"]
+    names = [f"bench-r{i}" for i in range(running)]
+    saved = neigh_limits()  # ~2 neighbour entries per workload, one table for all netns
+    want = (max(saved[0], 2 * running + 512), max(saved[1], 4 * running + 1024))
+    Path(f"{NEIGH}2").write_text(f"{want[0]}\n")
+    Path(f"{NEIGH}3").write_text(f"{want[1]}\n")
+    try:
+        t0 = now()
+        for n in names:
+            workload.up(host, config.workload_from(n), exec_cmd=False)
+        out["inproc_up_all_s"] = now() - t0
+        _at_scale(host, cli, names, out)
+    finally:
+        Path(f"{NEIGH}2").write_text(f"{saved[0]}\n")
+        Path(f"{NEIGH}3").write_text(f"{saved[1]}\n")
+    return out
+
+
+def _at_scale(host: HostConfig, cli: list[str], names: list[str], out: dict[str, Any]) -> None:
+    out["ls"] = summary([_timed([*cli, "ls"]) for _ in range(3)])
+    out["status"] = summary([_timed([*cli, "status"]) for _ in range(3)])
+    out["status_one"] = summary([_timed([*cli, "status", names[-1]]) for _ in range(3)])
+    t0 = now()
+    subprocess.run([*cli, "down", *names], check=True, capture_output=True)
+    out["down_all_s"] = now() - t0
+    left = [n for n in names if workload.read_state(host, n) is not None]
+    if left:
+        raise RuntimeError(f"left after down: {left[:5]}")
+
+
+def report(res: dict[str, Any]) -> str:
+    s = res["start"]
+    rows = [
+        [label, s[k]["n"], ms(s[k]["median"]), ms(s[k]["p95"])]
+        for k, label in (
+            ("inproc_up", "up → usable global + default route (in-process)"),
+            ("cli_up", "up through the command (end to end)"),
+            ("inproc_down", "down (in-process)"),
+            ("cli_down", "down through the command"),
+            ("py_pass", "peer: python -c pass"),
+            ("py_nosite", "peer: python -S -c pass"),
+            ("imports", "peer: python -c 'import netmux.cli, netmux.workload'"),
+        )
+    ]
+    out = [table(rows, ["start", "n", "median ms", "p95 ms"])]
+    out.append(f"ratio command / in-process: up {s['ratio_up']:.2f}, down {s['ratio_down']:.2f}")
+    if "bulk" in res:
+        b = res["bulk"]
+        out.append("")
+        brows = [
+            ["one `netmux up` (median of 3)", ms(b["one_up"]["median"])],
+            [f"{b['concurrent']} `netmux up` at once → all usable", ms(b["concurrent_up_s"])],
+            [f"{b['concurrent']} `netmux down` at once", ms(b["concurrent_down_s"])],
+            [f"`netmux ls` at {b['running']} running (median of 3)", ms(b["ls"]["median"])],
+            [f"`netmux status` at {b['running']}", ms(b["status"]["median"])],
+            [f"`netmux status NAME` at {b['running']}", ms(b["status_one"]["median"])],
+            [f"`netmux down` of {b['running']} (one command)", ms(b["down_all_s"])],
+        ]
+        out.append(table(brows, ["bulk", "ms"]))
+        out.append(f"ratio {b['concurrent']} at once / one: {b['ratio_concurrent_up']:.2f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=30, help="start rounds")
+    ap.add_argument("--concurrent", type=int, default=50, help="`up`s at once")
+    ap.add_argument("--running", type=int, default=500, help="workloads for ls/status/down")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few of everything")
+    ap.add_argument(
+        "--raise-limits", action="store_true", help="accepted (this bench always raises them)"
+    )
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/launch.py: run as root", file=sys.stderr)
+        return 1
+    if args.quick:
+        args.runs, args.concurrent, args.running = 3, 10, 30
+    compile_checkout()
+    journal.set_quiet(True)
+    res: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    host = setup()
+    try:
+        t0 = now()
+        res["start"] = start(host, args.runs)
+        res["bulk"] = bulk(host, args.concurrent, args.running)
+        res["seconds"] = now() - t0
+    finally:
+        cleanup(host)
+    text = report(res)
+    print(text)
+    print(f"\nwritten: {write_results('launch', res)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
