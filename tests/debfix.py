@@ -38,7 +38,10 @@ def _host_release() -> str:
 
 def _available(package: str) -> bool:
     """Whether this machine's apt knows `package` (its release is the booted root's)."""
-    r = subprocess.run(["apt-cache", "show", package], capture_output=True, text=True)
+    try:
+        r = subprocess.run(["apt-cache", "show", package], capture_output=True, text=True)
+    except OSError:  # no apt here: the .deb tests fail on their own tools first
+        return False
     return r.returncode == 0 and "Package:" in r.stdout
 
 
