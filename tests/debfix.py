@@ -71,10 +71,13 @@ VOLATILE = (
     "run/",
     "etc/group-",
     "etc/gshadow-",
-    # Debian's own knot.service and unbound.service ran at boot, before the recipes
-    # disabled them.
+    # Debian's own knot.service, unbound.service and (Debian 13) tayga.service ran at boot,
+    # before the recipes disabled them; enabling them again after the purge rewrites their
+    # SysV links (netmux has no init scripts).
     "var/lib/knot/",
     "var/lib/unbound/",
+    "var/spool/tayga/",
+    "etc/rc",
 )
 
 _made: dict[str, Path] = {}  # once per session: "deb", "tar"
