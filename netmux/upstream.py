@@ -260,9 +260,12 @@ def kea_env(run: Path) -> dict[str, str]:
     }
 
 
-def up(host: HostConfig, run: Path) -> Plan:
-    """Start the upstream's daemons (idempotent). The router netns and cable must exist."""
-    p = plan(host)
+def up(host: HostConfig, run: Path, delegated: IPv6Network | None = None) -> Plan:
+    """Start the upstream's daemons (idempotent). The router netns and cable must exist.
+
+    `delegated`: what kea hands out instead of lab.prefix, e.g. a /60 of which mux's
+    dhcpcd puts one /64 on gw0 (as most home ISPs delegate)."""
+    p = plan(host, delegated)
     run.mkdir(parents=True, exist_ok=True)
     addresses_up(host, p)
     start_kea(host, p, run)

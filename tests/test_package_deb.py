@@ -1,161 +1,39 @@
 """The Debian package, end to end: build + lintian, install into a minimal Debian root
 booted with systemd as PID 1, `systemctl start netmux@httpd`, then `dpkg --purge`.
 
-The .deb is built by debian/make-package (the `make package` path: dpkg-buildpackage -b,
-then lintian, which fails on any error or warning) into this module's tmp dir, or taken
-from $NETMUX_DEB. The root is made once per module with mmdebstrap (variant apt plus
-the package's dependencies, ~25 s from Debian's mirror), under a tmp dir named for this
-run, and booted with systemd-nspawn -D ROOT (its own cgroup with the run prefix, private
-network, PR_SET_PDEATHSIG), driven through nsenter like tests/sysbox.py does.
+The .deb and the root come from tests/debfix.py (debian/make-package, mmdebstrap). The
+user's whole story against a simulated ISP (DHCPv6-PD, reboot) is tests/test_story_deb.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import debfix
 from tests.conftest import RUN, wait_for
-from tests.sysbox import SysBox
+from tests.debfix import OTHER, REPO, VOLATILE, RootBox, files
 
 pytestmark = pytest.mark.system
 
-REPO = Path(__file__).resolve().parent.parent
-RELEASES = ("bookworm", "trixie")  # Debian 12 and 13: both must build, install and run it
-
-
-def _host_release() -> str:
-    with open("/etc/os-release") as f:
-        fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-    codename = fields.get("VERSION_CODENAME", "").strip('"')
-    return codename if codename in RELEASES else "bookworm"
-
-
-# The root that is booted is this machine's own release (the .deb built here targets it);
-# the other release gets a build, lintian, install and purge in a chroot of its own.
-SUITE = os.environ.get("NETMUX_DEB_SUITE", _host_release())
-OTHER = next(r for r in RELEASES if r != SUITE)
-# The package's Depends (what apt would pull in) plus what the test itself uses.
-ROOT_PACKAGES = (
-    "systemd,dbus,iproute2,radvd,dhcpcd-base,nftables,adduser,python3,python3-dbus-next,"
-    "python3-dnspython,python3-nftables,python3-pyudev,python3-systemd,procps,bind9-dnsutils,"
-    "ndisc6,knot,unbound"  # the dns and resolver recipes
-)
+workdir = debfix.workdir  # fixture
+deb = debfix.deb  # fixture
+root = debfix.root  # fixture
 ZONE = "debroot.example.org"
 STATIC = "2001:db8:0:1::1/64"
-# What may differ after install + purge: logs, dpkg's and apt's own books, systemd state.
-VOLATILE = (
-    "var/log/",
-    "var/lib/dpkg/",
-    "var/cache/",
-    "var/lib/systemd/",
-    "var/tmp/",
-    "tmp/",
-    "run/",
-    "etc/group-",
-    "etc/gshadow-",
-    # Debian's own knot.service and unbound.service ran at boot, before the recipes
-    # disabled them.
-    "var/lib/knot/",
-    "var/lib/unbound/",
-)
-
-
-def _need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: `make deps` installs APT_PACKAGING")
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp(f"{RUN}deb")
-
-
-@pytest.fixture(scope="module")
-def deb(workdir: Path) -> Path:
-    """The .deb: $NETMUX_DEB, else built (and lintian-checked) by debian/make-package."""
-    if os.environ.get("NETMUX_DEB"):
-        return Path(os.environ["NETMUX_DEB"])
-    _need("dpkg-buildpackage", "lintian")
-    dist = workdir / "dist"
-    r = subprocess.run(
-        ["bash", str(REPO / "debian" / "make-package"), str(dist)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, f"make-package failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    (found,) = dist.glob("netmux_*_all.deb")
-    return found
-
-
-@pytest.fixture(scope="module")
-def root(workdir: Path) -> Iterator[Path]:
-    """A minimal Debian root with the package's dependencies, made once per module."""
-    _need("mmdebstrap", "systemd-nspawn")
-    root = workdir / "root"
-    r = subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=apt", "--mode=root",
-         f"--include={ROOT_PACKAGES}", SUITE, str(root)],
-        capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
-    assert r.returncode == 0, f"mmdebstrap failed:\n{r.stderr[-4000:]}"
-    (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")  # not a first boot
-    (root / "etc" / "hostname").write_text("debroot\n")
-    system = root / "etc" / "systemd" / "system"
-    for unit in ("console-getty.service", "getty.target", "systemd-logind.service"):
-        with contextlib.suppress(FileExistsError):
-            (system / unit).symlink_to("/dev/null")
-    yield root
-    shutil.rmtree(root, ignore_errors=True)  # ~300 MB: not kept with pytest's tmp dirs
-
-
-class RootBox(SysBox):
-    """tests.sysbox.SysBox, booting a Debian root directory instead of a volatile /."""
-
-    def __init__(self, name: str, workdir: Path, root: Path) -> None:
-        super().__init__(name, workdir)
-        self.root = root
-
-    def root_args(self) -> list[str]:
-        return ["-D", str(self.root)]
-
-    def start(self, veth_extra: Sequence[tuple[str, str]] = (), timeout: float = 30.0) -> None:
-        super().start(veth_extra, timeout)
-
-    def path(self, inside: str) -> Path:
-        return self.root / inside.lstrip("/")
 
 
 def want_resolver(box: RootBox, name: str) -> bool:
     """`ip netns exec NAME` sees the resolver netmux advertises."""
     out = box.run("ip", "netns", "exec", name, "cat", "/etc/resolv.conf").stdout
     return "nameserver fd64:cafe::53" in out.splitlines()
-
-
-def files(root: Path) -> dict[str, str]:
-    """Every path in the root (not the API filesystems) -> a short fingerprint."""
-    out: dict[str, str] = {}
-    skip = {"proc", "sys", "dev", "run", "tmp"}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel == ".":
-            dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            key = os.path.relpath(p, root)
-            out[key] = f"{st.st_mode:o} {st.st_uid}:{st.st_gid}"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +268,7 @@ def test_builds_installs_and_is_lintian_clean_on_the_other_release(
 ) -> None:
     """debian/make-package inside a root of the other release: dpkg-buildpackage -b, then
     that release's lintian (errors and warnings fail); units in /usr/lib/systemd/system."""
-    _need("mmdebstrap")
+    debfix.need("mmdebstrap")
     wheel = REPO / "debian" / "vendor" / "pyroute2-0.9.7-py3-none-any.whl"
     assert wheel.exists(), "the build here (fixture deb) downloads the pinned wheel"
     root = workdir / OTHER

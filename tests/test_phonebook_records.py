@@ -377,3 +377,35 @@ def test_fuzzed_publish_socket_options(data: bytes) -> None:
         return
     assert set(opts) <= set(publish_socket.OPTIONS)
     assert data.endswith(rest)
+
+
+def test_wait_served_returns_once_the_name_is_answered() -> None:
+    """The dns recipe's ExecStartPost: NXDOMAIN until phonebookd's update lands, then data."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rrset
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def serve() -> None:
+        for n in range(3):
+            data, peer = sock.recvfrom(4096)
+            q = dns.message.from_wire(data)
+            r = dns.message.make_response(q)
+            if n == 2:
+                r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "AAAA",
+                                                    "2001:db8::d"))  # fmt: skip
+            sock.sendto(r.to_wire(), peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert knot.wait_served("127.0.0.1", "dns.host.example.org", 10, port=port)
+    finally:
+        t.join(5)
+        sock.close()
+    assert not knot.wait_served("127.0.0.1", "dns.host.example.org", 0.2, port=port)

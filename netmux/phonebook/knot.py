@@ -9,6 +9,10 @@ ready directory (knot.conf, key file, one zone file per zone):
 
     python -m netmux.phonebook.knot /etc/netmux/knot --listen :: --listen 127.0.0.1
     knotd -c /etc/netmux/knot/knot.conf
+
+`--wait-published` (the recipe's ExecStartPost) waits until the server answers the name
+server's own AAAA: phonebookd does not hold the dns workload's start for its own Knot,
+so without it `systemctl start netmux@dns` would return before its name resolves.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,17 +195,51 @@ def record_created(state_dir: Path, path: Path) -> None:
         f.write(f"{path}\n")
 
 
+def wait_served(server: str, name: str, timeout: float, port: int = 53) -> bool:
+    """Until `server` answers NAME AAAA with data; False when `timeout` passes first."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    deadline = time.monotonic() + timeout
+    query = dns.message.make_query(name, "AAAA")
+    while True:
+        try:
+            if dns.query.udp(query, server, timeout=0.5, port=port).answer:
+                return True
+        except (OSError, dns.exception.DNSException):
+            pass  # knotd not listening yet, or no route yet
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m netmux.phonebook.knot", description=__doc__)
-    ap.add_argument("directory", type=Path)
+    ap.add_argument("directory", type=Path, nargs="?")
+    ap.add_argument(
+        "--wait-published",
+        action="store_true",
+        help="wait (workload.timeout) until phonebook.server answers the NS name's AAAA",
+    )
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--listen", action="append", default=[])
     ap.add_argument("--port", type=int, default=53)
     ap.add_argument("--key-file", type=Path, default=None, help="default: phonebook.tsig_key")
     ap.add_argument("--user", default="", help="knotd drops privileges to this user")
     args = ap.parse_args(argv)
+    if args.directory is None and not args.wait_published:
+        ap.error("DIRECTORY is required (or --wait-published)")
     try:
         cfg = load_host(args.config)
+        if args.wait_published:
+            ns = Zones.from_config(cfg).ns
+            server = cfg.phonebook.server or "::1"
+            if not wait_served(server, ns, cfg.workload.timeout):
+                print(f"netmux.phonebook.knot: {server} does not answer {ns} AAAA after "
+                      f"{cfg.workload.timeout:g}s: is phonebookd running with the rfc2136 "
+                      "sink? (journalctl -u phonebookd)", file=sys.stderr)  # fmt: skip
+            return 0
         key_file = args.key_file or cfg.phonebook.tsig_key
         existed = key_file.exists()
         include, extra = None, ""
