@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
     )
+    p.add_argument(
+        "--link", choices=["macvlan", "routed"], help="the workload's link (workload.link)"
+    )
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 
     p = _add(sub, "down", "remove workload NAME (idempotent)", "workload:cmd_down")
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds to wait for a usable address")
     p.add_argument(
         "--wait", choices=["global", "ula", "none"], help="what to wait for (workload.wait)"
+    )
+    p.add_argument(
+        "--link", choices=["macvlan", "routed"], help="the workload's link (workload.link)"
     )
     p.add_argument("cmd", nargs="*", help="-- CMD [ARG ...]")
 

@@ -148,6 +148,10 @@ class WorkloadDefaults:
     # What `netmux up` waits for before it reports ready: a global address and a default
     # route ("global"), a ULA address only ("ula"), or nothing ("none").
     wait: Literal["global", "ula", "none"] = "global"
+    # The workload's link: a macvlan on the shared segment ("macvlan"), or a routed veth
+    # to mux that is the workload's own ("routed": neighbours cannot reach its link-layer,
+    # see docs/architecture.md, "Isolation").
+    link: Literal["macvlan", "routed"] = "macvlan"
     timeout: float = check(_positive, 10.0)
     optimistic_dad: bool = True
     # The neighbour retransmit timer (also paces DAD and router solicitations).
@@ -632,11 +636,13 @@ class WorkloadConfig:
     dns_names: tuple[str, ...] = ()
     publish: bool = True
     wait: Literal["global", "ula", "none"] | None = None  # None: the host default
+    # "macvlan" or "routed" (a veth of its own); None: the host default (workload.link).
+    link: Literal["macvlan", "routed"] | None = None
     timeout: float | None = None
 
 
 WORKLOAD_KEYS = ("command", "user", "group", "kind", "ports", "addresses", "dns_names",
-                 "publish", "wait", "timeout")  # fmt: skip
+                 "publish", "wait", "link", "timeout")  # fmt: skip
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$|^[0-9]{1,10}$")
 
 
@@ -668,6 +674,10 @@ def _workload_value(key: str, value: object, source: str) -> Any:
     if key == "wait":
         if value not in ("global", "ula", "none"):
             raise bad("'global', 'ula' or 'none'")
+        return value
+    if key == "link":
+        if value not in ("macvlan", "routed"):
+            raise bad("'macvlan' or 'routed'")
         return value
     if key == "timeout":
         try:
@@ -788,6 +798,11 @@ def seconds_or_zero_arg(text: str) -> float:
 
 def effective_wait(host: HostConfig, wl: WorkloadConfig) -> str:
     return wl.wait or host.workload.wait
+
+
+def effective_link(host: HostConfig, wl: WorkloadConfig) -> str:
+    """'macvlan' or 'routed' (a VM always has its macvtap on the segment)."""
+    return "macvlan" if wl.kind == "vm" else (wl.link or host.workload.link)
 
 
 def effective_timeout(host: HostConfig, wl: WorkloadConfig) -> float:
