@@ -148,9 +148,9 @@ class WorkloadDefaults:
     # What `netmux up` waits for before it reports ready: a global address and a default
     # route ("global"), a ULA address only ("ula"), or nothing ("none").
     wait: Literal["global", "ula", "none"] = "global"
-    # The workload's link: a macvlan on the shared segment ("macvlan"), or a routed veth
-    # to mux that is the workload's own ("routed": neighbours cannot reach its link-layer,
-    # see docs/architecture.md, "Isolation").
+    # The workload's link: a macvlan on the shared segment ("macvlan"), or a veth to mux
+    # that is its own ("routed": nothing it sends reaches a neighbour's link, even as root;
+    # see docs/operations.md, "Security between neighbours"). VMs always use a macvtap.
     link: Literal["macvlan", "routed"] = "macvlan"
     timeout: float = check(_positive, 10.0)
     optimistic_dad: bool = True
@@ -636,7 +636,7 @@ class WorkloadConfig:
     dns_names: tuple[str, ...] = ()
     publish: bool = True
     wait: Literal["global", "ula", "none"] | None = None  # None: the host default
-    # "macvlan" or "routed" (a veth of its own); None: the host default (workload.link).
+    # "macvlan" or "routed" (a veth of its own to mux); default: workload.link.
     link: Literal["macvlan", "routed"] | None = None
     timeout: float | None = None
 
