@@ -14,7 +14,7 @@ APT_REQUIRED := iproute2 iputils-ping radvd dhcpcd-base nftables python3-nftable
 	python3-systemd python3-venv python3-dev python3-pip libsystemd-dev pkg-config gcc \
 	systemd systemd-container dbus kea-dhcp6-server unbound knot knot-dnsutils \
 	bind9-dnsutils ndisc6 tcpdump curl containernetworking-plugins busybox procps git groff-base \
-	qemu-system-x86 cpio
+	qemu-system-x86 cpio iperf3
 # The vm tier's guest (tests/guest.py) is made of these, fetched with `apt-get download` and
 # unpacked into its cache, never installed: the host's kernel and busybox stay as they are.
 APT_GUEST := linux-image-cloud-amd64 busybox-static

@@ -216,13 +216,12 @@ def apply_routed(
 
 def remove_routed(mux_netns: str | int, peer: str) -> bool:
     """Delete mux's table for `peer` (idempotent: False if it was not there)."""
-    table = routed_table(peer)
-    out = run_nft(mux_netns, "list tables netdev")
-    if not any(
-        (i.get("table") or {}).get("name") == table for i in (out or {}).get("nftables", [])
-    ):
-        return False
-    run_nft(mux_netns, f"delete table netdev {table}")
+    try:
+        run_nft(mux_netns, f"delete table netdev {routed_table(peer)}")
+    except NftError as e:
+        if "No such file or directory" in str(e):
+            return False
+        raise
     return True
 
 

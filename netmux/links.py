@@ -442,17 +442,7 @@ def link_state(ipr: Any, ifname: str) -> LinkState:
     if idx is None:
         return LinkState(ifname)
     info = link_info(ipr, ifname)
-    addrs = []
-    for msg in ipr.addr("dump", family=socket.AF_INET6, index=idx):
-        if msg["index"] != idx:
-            continue
-        flags = msg.get_attr("IFA_FLAGS")
-        if flags is None:
-            flags = msg["flags"]
-        addr = msg.get_attr("IFA_ADDRESS")
-        if addr is None:
-            continue
-        addrs.append(Addr(IPv6Address(addr), int(msg["prefixlen"]), int(flags)))
+    addrs = _addrs(ipr, idx)
     default = False
     for msg in ipr.route("dump", family=socket.AF_INET6):
         if msg["dst_len"] != 0 or msg.get_attr("RTA_TABLE") not in (None, 254):
@@ -464,11 +454,33 @@ def link_state(ipr: Any, ifname: str) -> LinkState:
             break
     return LinkState(
         ifname,
-        tuple(sorted(addrs, key=lambda a: (a.address.packed, a.prefixlen))),
+        addrs,
         default,
         info["mac"] if info else None,
         bool(info and info["up"]),
     )
+
+
+def link_addrs(ipr: Any, ifname: str) -> LinkState:
+    """Only the IPv6 addresses of `ifname` (no route dump: for mux's gateway, whose
+    namespace holds a route per routed workload)."""
+    idx = link_index(ipr, ifname)
+    return LinkState(ifname, _addrs(ipr, idx) if idx is not None else ())
+
+
+def _addrs(ipr: Any, idx: int) -> tuple[Addr, ...]:
+    addrs = []
+    for msg in ipr.addr("dump", family=socket.AF_INET6, index=idx):
+        if msg["index"] != idx:
+            continue
+        flags = msg.get_attr("IFA_FLAGS")
+        if flags is None:
+            flags = msg["flags"]
+        addr = msg.get_attr("IFA_ADDRESS")
+        if addr is None:
+            continue
+        addrs.append(Addr(IPv6Address(addr), int(msg["prefixlen"]), int(flags)))
+    return tuple(sorted(addrs, key=lambda a: (a.address.packed, a.prefixlen)))
 
 
 def event_socket(groups: int) -> socket.socket:

@@ -30,7 +30,7 @@ def addresses(
     """The workload's addresses: one per advertised /64 (as SLAAC would make it) and its
     static ones. StateError if what `wait` needs is not advertised (no global prefix)."""
     with links.iproute(host.mux.netns) as mipr:
-        gw = links.link_state(mipr, host.mux.gateway)
+        gw = links.link_addrs(mipr, host.mux.gateway)
     prefixes = links.advertised_prefixes(gw, host.mux.ula.network)
     if wait == "global" and not any(not p.subnet_of(links.ULA) for p in prefixes):
         raise StateError(
