@@ -785,14 +785,19 @@ def route_workload(mux_ipr: Any, peer: str, gateway: str, addrs: tuple[IPv6Addre
             raise StateError(f"cannot route {a} to {peer} in mux: {e.args[1]}") from e
 
 
-def unroute_workload(mux_ipr: Any, gateway: str, addrs: tuple[IPv6Address, ...]) -> bool:
-    """Remove the gateway's proxy entries for `addrs` (the routes go with the veth);
-    True if any was there. Idempotent."""
+def unroute_workload(
+    mux_ipr: Any, gateway: str, addrs: tuple[IPv6Address, ...], routes: bool = False
+) -> bool:
+    """Remove the gateway's proxy entries for `addrs` and, with `routes`, their /128
+    routes (without: they went with the veth); True if any was there. Idempotent."""
     gw_idx = link_index(mux_ipr, gateway)
     if gw_idx is None:
         return False
     did = False
     for a in addrs:
+        if routes:
+            with contextlib.suppress(NetlinkError):
+                mux_ipr.route("del", dst=f"{a}/128", family=socket.AF_INET6)
         try:
             mux_ipr.neigh("del", dst=str(a), ifindex=gw_idx, flags=NTF_PROXY,
                           family=socket.AF_INET6)  # fmt: skip
@@ -813,3 +818,19 @@ def default_via_gateway(ipr: Any, ifname: str) -> None:
                   family=socket.AF_INET6)  # fmt: skip
     except NetlinkError as e:
         raise StateError(f"cannot add the default route on {ifname}: {e.args[1]}") from e
+
+
+def deprecate_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
+    """Preferred lifetime 0 for routed /128s (what a deprecated prefix's RA does to a
+    SLAAC address): still answered, no longer chosen as a source for new connections."""
+    idx = link_index(ipr, ifname)
+    for a in addrs if idx is not None else ():
+        ipr.addr("replace", index=idx, address=str(a), prefixlen=128, flags=IFA_F_NODAD,
+                 preferred_lft=0, valid_lft=0xFFFFFFFF)  # fmt: skip
+
+
+def remove_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
+    idx = link_index(ipr, ifname)
+    for a in addrs if idx is not None else ():
+        with contextlib.suppress(NetlinkError):
+            ipr.addr("del", index=idx, address=str(a), prefixlen=128)

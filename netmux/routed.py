@@ -16,12 +16,15 @@ removes them again. Everything is named after the workload (names.mux_link_name)
 
 from __future__ import annotations
 
-from ipaddress import IPv6Address, IPv6Interface
+import select
+import threading
+import time
+from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from . import firewall, links, names
+from . import firewall, journal, links, names, nsutil
 from .config import HostConfig, WorkloadConfig
-from .errors import StateError
+from .errors import NetmuxError, StateError
 
 
 def addresses(
@@ -83,3 +86,134 @@ def detach(host: HostConfig, name: str, addrs: tuple[IPv6Address, ...]) -> bool:
     except firewall.NftError as e:
         raise StateError(f"cannot remove table {firewall.routed_table(peer)} in mux: {e}") from e
     return did
+
+
+# --- renumbering -------------------------------------------------------------------------
+
+
+def readdress(
+    secret: str,
+    have: tuple[IPv6Address, ...],
+    current: tuple[IPv6Network, ...],
+    deprecated: tuple[IPv6Network, ...],
+) -> tuple[tuple[IPv6Address, ...], tuple[IPv6Address, ...], tuple[IPv6Address, ...]]:
+    """(add, deprecate, remove) for a routed workload holding `have` when mux advertises
+    `current` and still `deprecated` /64s (the ULA among current). What SLAAC does on the
+    segment: an address in a new prefix, the old one deprecated, then gone. Static
+    addresses (those that are no prefix's derived one) stay. Pure."""
+    want = {links.stable_address(p, secret): p for p in current}
+    old = {links.stable_address(p, secret): p for p in deprecated if p not in current}
+    add = tuple(a for a in want if a not in have)
+    deprecate = tuple(a for a in old if a in have)
+    remove = tuple(
+        a
+        for a in have
+        if a not in want
+        and a not in old
+        and a == links.stable_address(IPv6Network(f"{a}/64", strict=False), secret)
+    )
+    return add, deprecate, remove
+
+
+def renumber_workloads(
+    host: HostConfig, current: tuple[IPv6Network, ...], deprecated: tuple[IPv6Network, ...]
+) -> list[str]:
+    """Give every routed workload its addresses in `current` global /64s (and the ULA),
+    deprecate those in `deprecated` ones, remove the rest (routed links get no RAs, so
+    this is what radvd's advertisement does for a macvlan). The workloads changed."""
+    from . import workload  # workload imports this module
+
+    key = names.load_host_key(host.paths.host_key, create=False)
+    nets = (*current, host.mux.ula.network)
+    changed = []
+    for name in workload.known(host):
+        st = workload.read_state(host, name) or {}
+        if st.get("link") != "routed" or st.get("phase") != "up" or not links.netns_exists(name):
+            continue
+        have = tuple(IPv6Address(a) for a in st.get("routed") or ())
+        add, deprecate, remove = readdress(names.stable_secret(key, name), have, nets, deprecated)
+        if not (add or remove or deprecate):
+            continue
+        keep = tuple(a for a in have if a not in remove) + add
+        _apply(host, name, str(st.get("ifname") or host.workload.ifname), str(st["mac"]),
+               keep, add, deprecate, remove)  # fmt: skip
+        now = workload.read_state(host, name) or {}
+        if now.get("token") == st.get("token"):  # not taken down (or rebuilt) meanwhile
+            now["routed"] = [str(a) for a in keep]
+            workload._write_state(host, name, now)
+        changed.append(name)
+    return changed
+
+
+def _apply(
+    host: HostConfig,
+    name: str,
+    ifname: str,
+    mac: str,
+    keep: tuple[IPv6Address, ...],
+    add: tuple[IPv6Address, ...],
+    deprecate: tuple[IPv6Address, ...],
+    remove: tuple[IPv6Address, ...],
+) -> None:
+    """New addresses are routed and filtered in mux before the workload holds them; old
+    ones leave the workload before mux forgets them."""
+    peer = names.mux_link_name(name)
+    firewall.apply_routed(host.mux.netns, peer, mac, (*keep, *remove))
+    with links.iproute(host.mux.netns) as mipr:
+        links.route_workload(mipr, peer, host.mux.gateway, add)
+    with links.iproute(name) as ipr:
+        addresses_on(ipr, ifname, add)
+        links.deprecate_addresses(ipr, ifname, deprecate)
+        links.remove_addresses(ipr, ifname, remove)
+    with links.iproute(host.mux.netns) as mipr:
+        links.unroute_workload(mipr, host.mux.gateway, remove, routes=True)
+    firewall.apply_routed(host.mux.netns, peer, mac, keep)
+
+
+def follow(host: HostConfig, stop: threading.Event, poll: float = 30.0) -> None:
+    """Re-address routed workloads whenever the gateway's prefixes change, until `stop`.
+
+    Runs in the mux watcher (`netmux mux up --watch`: root, allowed to enter workload
+    namespaces, which dhcpcd's hook is not). A /64 that leaves the gateway stays
+    deprecated for renumber.KEEP_DEPRECATED seconds, as radvd keeps advertising it, so
+    open connections on the old address survive; the hook's own list counts too."""
+    from . import renumber
+
+    events = nsutil.run_in_netns(
+        host.mux.netns, lambda: links.event_socket(links.RTMGRP_IPV6_IFADDR)
+    )
+    gone: dict[IPv6Network, float] = {}
+    last: tuple[tuple[IPv6Network, ...], tuple[IPv6Network, ...]] | None = None
+    try:
+        while not stop.is_set():
+            with links.iproute(host.mux.netns) as mipr:
+                gw = links.link_addrs(mipr, host.mux.gateway)
+            current = tuple(
+                p
+                for p in links.advertised_prefixes(gw, host.mux.ula.network)
+                if not p.subnet_of(links.ULA)
+            )
+            now = time.time()
+            if last is not None:
+                for p in last[0]:
+                    if p not in current:
+                        gone.setdefault(p, now + renumber.KEEP_DEPRECATED)
+            for p in [p for p, until in gone.items() if until <= now or p in current]:
+                del gone[p]
+            hook = renumber.load(host.paths.run_dir).deprecated
+            deprecated = tuple(
+                sorted({*gone, *(p for p, t in hook.items() if t > now)} - set(current))
+            )
+            if (current, deprecated) != last:
+                try:
+                    changed = renumber_workloads(host, current, deprecated)
+                except (NetmuxError, OSError) as e:
+                    journal.warning(f"routed workloads: re-addressing failed: {e}")
+                else:
+                    last = (current, deprecated)
+                    if changed:
+                        journal.info(f"routed workloads re-addressed: {', '.join(changed)}")
+            select.select([events], [], [], poll)
+            links._drain(events)
+    finally:
+        events.close()

@@ -16,12 +16,13 @@ import secrets
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from netmux import firewall, names, nsutil, workload
+from netmux import firewall, names, nsutil, routed, workload
 from tests import fwtopo, muxfix
 from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
@@ -288,3 +289,46 @@ def test_root_in_a_routed_workload_reaches_no_neighbours_link(
     assert ping(upstream.netns, stolen)
     with contextlib.suppress(Exception):
         subprocess.run(["ip", "-n", attacker, "addr", "del", f"{stolen}/128", "dev", "eth0"])
+
+
+def addr_info(netns: str) -> dict[str, dict[str, object]]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "-6", "addr", "show", "dev", "eth0"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return {a["local"]: a for link in json.loads(out) for a in link.get("addr_info", [])}
+
+
+def test_routed_workload_follows_the_gateways_prefixes(
+    env: MuxEnv, wname: Callable[[], str], upstream: Upstream
+) -> None:
+    """No RAs on a routed link: mux's watcher (routed.follow) gives the workload its
+    address in a new prefix and deprecates the old one when it leaves the gateway."""
+    w = wname()
+    up(env, w, "--link", "routed")
+    old = env.global_address(w)
+    new_net = ipaddress.IPv6Network("2001:db8:0:2::/64")
+    gw = ["ip", "-n", env.netns, "addr"]
+    route = ["ip", "-n", upstream.netns, "-6", "route"]
+    stop = threading.Event()
+    follower = threading.Thread(target=routed.follow, args=(env.host, stop, 0.2))
+    follower.start()
+    try:
+        subprocess.run([*gw, "add", "2001:db8:0:2::1/64", "dev", "gw0", "nodad"], check=True)
+        subprocess.run([*route, "add", str(new_net), "via", f"{UPSTREAM_NET}1"], check=True)
+        new = wait_for(
+            lambda: next((a for a in addr_info(w) if ipaddress.ip_address(a) in new_net), None),
+            timeout=10,
+        )
+        assert ping(upstream.netns, str(new))
+        subprocess.run([*gw, "del", muxfix.STATIC_GW, "dev", "gw0"], check=True)
+        wait_for(lambda: addr_info(w)[old].get("preferred_life_time") == 0, timeout=10)
+        assert ping(upstream.netns, old)  # deprecated, still answered
+        st = workload.read_state(env.host, w) or {}
+        assert str(new) in st["routed"] and old in st["routed"]
+    finally:
+        stop.set()
+        follower.join()
+        subprocess.run([*gw, "add", muxfix.STATIC_GW, "dev", "gw0", "nodad"], check=False)
+        subprocess.run([*gw, "del", "2001:db8:0:2::1/64", "dev", "gw0"], check=False)
+        subprocess.run([*route, "del", str(new_net)], check=False)
+    env.netmux("down", w)
+    assert mux_leftovers(env, w) == []
