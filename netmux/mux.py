@@ -458,7 +458,7 @@ def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
     follower.start()
     watch_nics(host, stop, ready)
     notify(stopping="1")
-    follower.join(timeout=5)
+    follower.join(timeout=2)
     return 0
 
 

@@ -22,6 +22,8 @@ import time
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from . import firewall, journal, links, names, nsutil
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError
@@ -184,10 +186,23 @@ def follow(host: HostConfig, stop: threading.Event, poll: float = 30.0) -> None:
     )
     gone: dict[IPv6Network, float] = {}
     last: tuple[tuple[IPv6Network, ...], tuple[IPv6Network, ...]] | None = None
+    due = 0.0  # the next check without an event (deprecated prefixes expire)
+    first = True
     try:
         while not stop.is_set():
-            with links.iproute(host.mux.netns) as mipr:
-                gw = links.link_addrs(mipr, host.mux.gateway)
+            woke = first or bool(select.select([events], [], [], min(poll, 1.0))[0])
+            first = False
+            if woke:
+                links._drain(events)
+            elif time.monotonic() < due:
+                continue
+            due = time.monotonic() + poll
+            try:
+                with links.iproute(host.mux.netns) as mipr:
+                    gw = links.link_addrs(mipr, host.mux.gateway)
+            except (OSError, NetlinkError) as e:  # mux going down: its watcher stops too
+                journal.debug(f"routed workloads: cannot read {host.mux.gateway}: {e}")
+                continue
             current = tuple(
                 p
                 for p in links.advertised_prefixes(gw, host.mux.ula.network)
@@ -201,19 +216,17 @@ def follow(host: HostConfig, stop: threading.Event, poll: float = 30.0) -> None:
             for p in [p for p, until in gone.items() if until <= now or p in current]:
                 del gone[p]
             hook = renumber.load(host.paths.run_dir).deprecated
-            deprecated = tuple(
-                sorted({*gone, *(p for p, t in hook.items() if t > now)} - set(current))
-            )
+            dep = {*gone, *(p for p, t in hook.items() if t > now)} - set(current)
+            deprecated = tuple(sorted(dep))
             if (current, deprecated) != last:
                 try:
                     changed = renumber_workloads(host, current, deprecated)
-                except (NetmuxError, OSError) as e:
+                except (NetmuxError, OSError, NetlinkError) as e:
                     journal.warning(f"routed workloads: re-addressing failed: {e}")
-                else:
-                    last = (current, deprecated)
-                    if changed:
-                        journal.info(f"routed workloads re-addressed: {', '.join(changed)}")
-            select.select([events], [], [], poll)
-            links._drain(events)
+                    due = time.monotonic() + 1.0  # try again soon
+                    continue
+                last = (current, deprecated)
+                if changed:
+                    journal.info(f"routed workloads re-addressed: {', '.join(changed)}")
     finally:
         events.close()
