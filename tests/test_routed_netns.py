@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from netmux import firewall, names, nsutil, routed, workload
-from tests import fwtopo, muxfix
+from tests import fwtopo, muxfix, phonebookfix
 from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
 
@@ -332,3 +332,37 @@ def test_routed_workload_follows_the_gateways_prefixes(
         subprocess.run([*route, "del", str(new_net)], check=False)
     env.netmux("down", w)
     assert mux_leftovers(env, w) == []
+
+
+stack = phonebookfix.stack
+
+
+def test_routed_workload_is_published_while_it_runs(
+    env: MuxEnv, wname: Callable[[], str], stack: phonebookfix.Stack
+) -> None:
+    """Through the real phonebookd and knotd, as `netmux up NAME -- CMD` publishes a
+    macvlan workload: the /128s on its veth are its published addresses."""
+    name = wname()
+    penv = env.env()
+    penv["DBUS_SYSTEM_BUS_ADDRESS"] = stack.bus
+    p = subprocess.Popen(env.argv("up", name, "--link", "routed", "--", "sleep", "120"),
+                         env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+
+        def execed() -> bool:
+            assert p.poll() is None, p.communicate()
+            with contextlib.suppress(OSError), open(f"/proc/{p.pid}/comm") as f:
+                return f.read().strip() == "sleep"
+            return False
+
+        wait_for(execed, timeout=20)
+        g, u = addrs(env, name)
+        assert g in stack.dig(f"{name}.{phonebookfix.PUBLIC}").split()
+        assert stack.dig(f"{name}.internal") == u
+        p.kill()
+        p.wait()
+        stack.wait_dig(f"{name}.{phonebookfix.PUBLIC}", lambda a: a == "", timeout=5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
