@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import random
 import secrets
 import socket
 import struct
@@ -366,3 +367,18 @@ def test_routed_workload_is_published_while_it_runs(
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_random_kills_of_a_routed_workload_leave_nothing(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    """bench/crash.py's cycles (kills at uniformly random points of up + down, each
+    finished by `down` or a repairing `up`) on a routed link: nothing left in mux either
+    (veth end, proxy entries, its table)."""
+    from bench import crash
+
+    n = wname()
+    res = crash.crash_cycles(env.host, n, 40, random.Random(RUN), link="routed")
+    assert res.leaks == []
+    assert res.killed > 5
+    assert mux_leftovers(env, n) == []
