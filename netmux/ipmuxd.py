@@ -19,6 +19,7 @@ the namespace cannot vanish under it.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message):
   request  {"name": "web", "kind": "macvlan", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
+           (kind: macvlan, macvtap, ipvlan or routed)
   reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "macvlan"}
            (+ SCM_RIGHTS [tap fd] for a macvtap: the caller could not mknod it)
            {"ok": false, "error": "one line saying what is wrong"}
@@ -26,6 +27,12 @@ Malformed requests get an error reply; the daemon keeps serving everyone else.
 
 Started by systemd (ipmuxd.socket, LISTEN_FDS) or standalone (binds `ipmux.socket`).
 The client side is `netmux ipmux NAME -- CMD` (cmd_ipmux below).
+
+kind "routed" (create_routed): a veth of the caller's own to mux (netmux/routed.py), up
+with its addresses and default route, its mux end named per uid and name (routed_peer);
+what the caller forges stops there. Not the default yet: phonebookd cannot verify such a
+device's addresses (it vouches for a macvlan's after DAD on the shared segment; on a veth
+only mux's routes would tell), and mux's watcher does not re-address it on renumbering.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from . import config, journal, links, names, nsutil, tap
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
-KINDS = ("macvlan", "macvtap", "ipvlan")
+KINDS = ("macvlan", "macvtap", "ipvlan", "routed")
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
 MAX_MSG = 4096
@@ -317,7 +324,7 @@ class Daemon:
         if c.netns_fd is not None:
             try:
                 if c.device:
-                    delete_device(c.netns_fd, c.device)
+                    delete_device(c.netns_fd, c.device, self.host)
                     journal.info(
                         f"ipmuxd: removed {c.device['ifname']} (uid {c.uid} disconnected)",
                         workload=c.device["name"],
@@ -368,12 +375,52 @@ def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     return ":".join(f"{b:02x}" for b in raw), str(ipaddress.IPv6Address(d[:16]).exploded)
 
 
+def routed_peer(uid: int, name: str) -> str:
+    """mux's end of user `uid`'s routed device `name` ("nm" + 12 hex digits, ≤ 15). Pure."""
+    return "nm" + hashlib.sha256(f"netmux/ipmux\0{uid}\0{name}".encode()).hexdigest()[:12]
+
+
+def create_routed(
+    host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
+) -> dict[str, Any]:
+    """A routed veth (netmux/routed.py) in the caller's namespace, up with its addresses
+    and default route: mux's end filters what the caller sends, root in its user namespace
+    or not."""
+    from . import routed
+
+    mac, secret = identity(key, uid, req.name)
+    if not nsutil.netns_path(host.mux.netns).exists():
+        raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
+    addrs = routed.derived_addresses(host, secret, f"ipmuxd: {req.name}")
+    peer = routed_peer(uid, req.name)
+    device: dict[str, Any] = {
+        "name": req.name,
+        "kind": req.kind,
+        "ifname": req.ifname,
+        "mac": mac,
+        "peer": peer,
+        "addresses": [str(a) for a in addrs],
+    }
+    try:
+        routed.attach(host, req.name, req.ifname, mac, secret, addrs, netns_fd, peer)
+        routed.bring_up(netns_fd, req.ifname, addrs)
+        with links.iproute(netns_fd) as ipr:
+            device["ifindex"] = links.link_index(ipr, req.ifname)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            routed.detach(host, req.name, addrs, peer)
+        raise
+    return device
+
+
 def create_device(
     host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
 ) -> dict[str, Any]:
     """Create the device on mux's parent, registered directly in the caller's namespace."""
     from pyroute2.netlink.exceptions import NetlinkError
 
+    if req.kind == "routed":
+        return create_routed(host, key, uid, req, netns_fd)
     mac, secret = identity(key, uid, req.name)
     kw: dict[str, Any] = {"ifname": req.ifname, "kind": req.kind, "net_ns_fd": netns_fd}
     if req.kind == "ipvlan":
@@ -426,8 +473,21 @@ def create_device(
     return {"name": req.name, "kind": req.kind, "ifname": req.ifname, "ifindex": idx, "mac": mac}
 
 
-def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
-    """Delete the device if it is still ours (same index and MAC) in that namespace."""
+def delete_device(netns_fd: int, device: dict[str, Any], host: HostConfig | None = None) -> bool:
+    """Delete the device if it is still ours (same index and MAC) in that namespace; a
+    routed one's side in mux (veth end, proxy entries, table) goes in any case."""
+    if device.get("kind") == "routed" and host is not None:
+        from . import routed
+
+        try:
+            return _delete_link(netns_fd, device)
+        finally:
+            addrs = tuple(ipaddress.IPv6Address(a) for a in device.get("addresses", ()))
+            routed.detach(host, device["name"], addrs, device["peer"])
+    return _delete_link(netns_fd, device)
+
+
+def _delete_link(netns_fd: int, device: dict[str, Any]) -> bool:
     ipr = _ipr_in(netns_fd)
     try:
         links = ipr.get_links(device["ifindex"])

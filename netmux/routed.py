@@ -34,16 +34,23 @@ def addresses(
 ) -> tuple[IPv6Address, ...]:
     """The workload's addresses: one per advertised /64 (as SLAAC would make it) and its
     static ones. StateError if what `wait` needs is not advertised (no global prefix)."""
+    derived = derived_addresses(host, secret, f"workload {wl.name}", wait == "global")
+    return tuple(dict.fromkeys([*derived, *(a.ip for a in wl.addresses)]))
+
+
+def derived_addresses(
+    host: HostConfig, secret: str, what: str, need_global: bool = True
+) -> tuple[IPv6Address, ...]:
+    """One address per /64 mux advertises, as SLAAC with `secret` would make it."""
     with links.iproute(host.mux.netns) as mipr:
         gw = links.link_addrs(mipr, host.mux.gateway)
     prefixes = links.advertised_prefixes(gw, host.mux.ula.network)
-    if wait == "global" and not any(not p.subnet_of(links.ULA) for p in prefixes):
+    if need_global and not any(not p.subnet_of(links.ULA) for p in prefixes):
         raise StateError(
-            f"workload {wl.name}: no global /64 on {host.mux.gateway} in mux to take a routed "
+            f"{what}: no global /64 on {host.mux.gateway} in mux to take a routed "
             'address from (no DHCPv6 prefix delegation yet?); or wait = "ula"'
         )
-    derived = [links.stable_address(p, secret) for p in prefixes]
-    return tuple(dict.fromkeys([*derived, *(a.ip for a in wl.addresses)]))
+    return tuple(links.stable_address(p, secret) for p in prefixes)
 
 
 def attach(
@@ -54,10 +61,12 @@ def attach(
     secret: str,
     addrs: tuple[IPv6Address, ...],
     fd: int,
+    peer: str = "",
 ) -> None:
     """Create and wire the veth (workload's end still down): mux's filter first, then
-    routes and proxy entries, so nothing passes unfiltered at any moment."""
-    peer = names.mux_link_name(name)
+    routes and proxy entries, so nothing passes unfiltered at any moment. `peer`: mux's
+    end (default names.mux_link_name(name))."""
+    peer = peer or names.mux_link_name(name)
     with links.iproute(host.mux.netns) as mipr:
         links.create_routed_link(mipr, peer, ifname, mac, fd)
         links.sysctl_write(host.mux.netns, links.routed_mux_sysctls(peer, host.mux.gateway))
@@ -74,12 +83,22 @@ def addresses_on(ipr: Any, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
     links.add_addresses(ipr, ifname, tuple(IPv6Interface(f"{a}/128") for a in addrs), nodad=True)
 
 
-def detach(host: HostConfig, name: str, addrs: tuple[IPv6Address, ...]) -> bool:
+def bring_up(fd: int, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
+    """Inside the namespace behind `fd`: the /128s, lo and the link up, the default route
+    (for a caller that cannot do it itself, such as ipmuxd's)."""
+    with links.iproute(fd) as ipr:
+        addresses_on(ipr, ifname, addrs)
+        links.set_up(ipr, "lo")
+        links.set_up(ipr, ifname)
+        links.default_via_gateway(ipr, ifname)
+
+
+def detach(host: HostConfig, name: str, addrs: tuple[IPv6Address, ...], peer: str = "") -> bool:
     """Remove mux's side: the veth end (if the workload's went first, it is gone already),
     its filter table and the proxy entries. Idempotent; True if anything was there."""
     if not links.netns_exists(host.mux.netns):
         return False
-    peer = names.mux_link_name(name)
+    peer = peer or names.mux_link_name(name)
     with links.iproute(host.mux.netns) as mipr:
         did = links.delete_link(mipr, peer)
         did |= links.unroute_workload(mipr, host.mux.gateway, addrs)

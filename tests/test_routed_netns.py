@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import random
+import re
 import secrets
 import socket
 import struct
@@ -23,14 +24,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from netmux import firewall, names, nsutil, routed, workload
+from netmux import firewall, ipmuxd, names, nsutil, routed, workload
 from tests import fwtopo, muxfix, phonebookfix
-from tests.conftest import RUN, wait_for
+from tests import test_security_netns as sec
+from tests.conftest import RUN, Unprivileged, wait_for
 from tests.muxfix import MuxEnv
 
 pytestmark = [pytest.mark.netns, pytest.mark.requires("radvd", "ping", "nft")]
 
 env = muxfix.mux_radvd_module
+lab = sec.lab  # mux with gw0, a macvlan victim, phonebookd and ipmuxd
 wname = muxfix.wname
 UPSTREAM_NET = "2001:db8:ff::"
 UPSTREAM = f"{UPSTREAM_NET}2"
@@ -382,3 +385,72 @@ def test_random_kills_of_a_routed_workload_leave_nothing(
     assert res.leaks == []
     assert res.killed > 5
     assert mux_leftovers(env, n) == []
+
+
+# --- an ipmuxd member on a routed device ----------------------------------------------------
+
+
+def test_ipmuxd_member_on_a_routed_device_reaches_no_neighbours_link(
+    lab: tuple[phonebookfix.Stack, str, str], unprivileged: Unprivileged
+) -> None:
+    """`netmux ipmux --kind routed`: the member (root only in its own user namespace)
+    gets a veth with its /128s and a default route; its forged router adverts stop at
+    mux's end, the segment's victim still reaches it, and its close removes mux's side."""
+    stack, mux, victim = lab
+    forwarding = "net.ipv6.conf.all.forwarding=1"  # as `netmux mux up` sets it
+    subprocess.run(["ip", "netns", "exec", mux, "sysctl", "-qw", forwarding], check=True)
+    m = sec.Member(stack, "mbrr", unprivileged, kind="routed")
+    peer = ipmuxd.routed_peer(sec.NOBODY, "mbrr")
+    try:
+        found = re.findall(r"inet6 (2001:db8:1:[0-9a-f:]+)/128", m.ip("-6", "addr"))
+        assert len(found) == 1, m.ip("-6", "addr")
+        assert "default via fe80::1" in m.ip("-6", "route")
+        assert ping(victim, found[0])  # segment -> mux (proxy NDP on gw0) -> the member
+        gw_mac, gw_lla = gateway_of(mux)
+        for frame in (forged_ra_frame(gw_mac, gw_lla, ROGUE_PREFIX),):
+            script = ("import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
+                      f"s.bind(('eth0', 0)); s.send(bytes.fromhex('{frame.hex()}'))")  # fmt: skip
+            assert m.do(f'sh python3 -c "{script}"').startswith("rc 0"), "member cannot send"
+        assert m.do(f'sh python3 -c "{SEND_RA.format(prefix=ROGUE_PREFIX)}"').startswith("rc 0")
+        wait_for(
+            lambda: (
+                (d := firewall.routed_drops(mux, peer)).get("source-mac", 0) >= 1
+                and d.get("router", 0) >= 1
+            ),
+            timeout=5,
+        )
+        assert not has_rogue(victim)
+    finally:
+        m.close()
+    wait_for(lambda: not routed_side(mux, peer), timeout=10)
+
+
+SEND_RA = (
+    "import socket, struct, ipaddress; "
+    "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6); "
+    "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255); "
+    "ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 1800, 0, 0) "
+    "+ struct.pack('!BBBBIII', 3, 4, 64, 0xC0, 86400, 14400, 0) "
+    "+ ipaddress.IPv6Address('{prefix}').packed; "
+    "s.sendto(ra, ('ff02::1', 0, 0, socket.if_nametoindex('eth0')))"
+)
+
+
+def gateway_of(mux: str) -> tuple[str, str]:
+    out = json.loads(subprocess.run(["ip", "-n", mux, "-j", "addr", "show", "dev", "gw0"],
+                                    capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    lla = next(a["local"] for a in out[0]["addr_info"] if a["local"].startswith("fe80:"))
+    return out[0]["address"], lla
+
+
+def routed_side(mux: str, peer: str) -> list[str]:
+    """What of the routed device with mux end `peer` is still in mux."""
+    left = []
+    if subprocess.run(["ip", "-n", mux, "link", "show", peer], capture_output=True).returncode == 0:
+        left.append(peer)
+    proxies = subprocess.run(["ip", "-n", mux, "-6", "neigh", "show", "proxy"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    left += proxies.split("\n")
+    tables = firewall.run_nft(mux, "list tables netdev") or {}
+    left += [t["table"]["name"] for t in tables.get("nftables", []) if "table" in t]
+    return [x for x in left if x.strip()]
