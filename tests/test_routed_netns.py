@@ -420,6 +420,17 @@ def test_ipmuxd_member_on_a_routed_device_reaches_no_neighbours_link(
             timeout=5,
         )
         assert not has_rogue(victim)
+        # Publication: phonebookd vouches for what mux routes to the veth, not for what
+        # the member adds (DAD on a veth proves nothing): the victim's address with nodad,
+        # another one of the prefix with DAD.
+        for a in (f"{sec.VICTIM}/128 dev eth0 nodad", f"{sec.PREFIX}99/64 dev eth0"):
+            assert m.do(f"sh ip addr add {a}") == "rc 0"
+        wait_for(lambda: sec.settled(m), timeout=10)
+        assert m.do("pub mbrr eth0").startswith(f"ok mbrr.{phonebookfix.PUBLIC}."), stack.log()
+        stack.wait_dig(f"mbrr.{phonebookfix.PUBLIC}", sec.has(found[0]), timeout=10)
+        assert stack.dig(f"mbrr.{phonebookfix.PUBLIC}") == found[0]
+        ula = re.findall(r"inet6 (fd64:cafe::[0-9a-f:]+)/128", m.ip("-6", "addr"))
+        assert stack.dig("mbrr.internal") == ula[0]
     finally:
         m.close()
     wait_for(lambda: not routed_side(mux, peer), timeout=10)

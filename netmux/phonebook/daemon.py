@@ -133,6 +133,7 @@ class Publication:
     records: list[Record] | None = None  # computed from addresses when first needed
     seen: tuple[Address, ...] = ()  # what the interface has; `addresses`: what is trusted
     link: tuple[int, int] = (0, 0)  # unprivileged: (ifindex, birth) of the checked device
+    routed: frozenset[ipaddress.IPv6Address] | None = None  # a routed veth: what mux routes to it
 
     @property
     def labels(self) -> set[str]:
@@ -342,6 +343,7 @@ class Phonebook:
         muxfd = self._mux_fd()
         try:
             index = verify.device_ifindex(pub.nsfd, pub.ifname, muxfd, self.cfg.mux.parent)
+            pub.routed = verify.routed_addresses(pub.nsfd, pub.ifname, muxfd)
         finally:
             os.close(muxfd)
         watcher = self.follower.watchers.get(pub.nskey)
@@ -355,6 +357,8 @@ class Phonebook:
         index, birth = pub.link
         if not birth or watcher is None or watcher.identity(index, pub.ifname) != birth:
             return ()  # the checked device is gone (or was replaced): nothing to vouch for
+        if pub.routed is not None:  # a routed veth: mux's routes vouch, not DAD
+            return tuple(a for a in addrs if a.ip in pub.routed)
         return verify.trusted_addresses(addrs, self.prefixes)
 
     def _store_state(self, pub: Publication) -> None:
