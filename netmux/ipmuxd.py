@@ -66,6 +66,7 @@ from .errors import NetmuxError, StateError, UsageError
 KINDS = ("macvlan", "macvtap", "ipvlan", "routed")
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
+PREFIX_CHECK = 2.0  # seconds between looks at the gateway's prefixes (routed devices)
 MAX_MSG = 4096
 SD_LISTEN_FDS_START = 3
 ENV_FD = "NETMUX_IPMUX_FD"
@@ -174,6 +175,8 @@ class Daemon:
         self.stopping = False
         self._key: bytes | None = None
         self.paused_until = 0.0  # out of file descriptors: accept again after this
+        self.prefixes: Any = None  # routed.Prefixes, once a routed device exists
+        self.prefix_check = 0.0
 
     # -- bookkeeping
     def held(self) -> dict[int, int]:
@@ -205,8 +208,50 @@ class Daemon:
                     self.accept()
                 else:
                     self.readable(skey.fd)
+            if time.monotonic() >= self.prefix_check:
+                self.prefix_check = time.monotonic() + PREFIX_CHECK
+                self.follow_prefixes()
         for fd in list(self.conns):
             self.close(fd)
+
+    def follow_prefixes(self) -> None:
+        """Routed devices get no RAs: when the gateway's prefixes change, give each its
+        new addresses and deprecate the old ones (routed.readdress_link), as the mux
+        watcher does for routed workloads."""
+        from . import routed
+
+        devices = [c for c in self.conns.values() if c.device.get("kind") == "routed"]
+        if not devices:
+            return
+        if self.prefixes is None:
+            self.prefixes = routed.Prefixes(self.host)
+        try:
+            now = self.prefixes.now()
+        except Exception as e:  # mux is down or going: nothing to follow now
+            journal.debug(f"ipmuxd: cannot read the gateway's prefixes: {e}")
+            return
+        if now == self.prefixes.last:
+            return
+        failed = False
+        for c in devices:
+            d = c.device
+            if c.netns_fd is None:
+                continue
+            have = tuple(ipaddress.IPv6Address(a) for a in d["addresses"])
+            secret = identity(self.key(), c.uid, d["name"])[1]
+            try:
+                keep = routed.readdress_link(self.host, c.netns_fd, d["peer"], d["ifname"],
+                                             d["mac"], secret, have, *now)  # fmt: skip
+            except Exception as e:  # one device's failure must not stop the others
+                journal.warning(f"ipmuxd: cannot re-address {d['ifname']} of uid {c.uid}: {e}")
+                failed = True  # tried again at the next check
+                continue
+            if keep is not None:
+                d["addresses"] = [str(a) for a in keep]
+                journal.info(f"ipmuxd: re-addressed {d['ifname']} of uid {c.uid}",
+                             workload=d["name"])  # fmt: skip
+        if not failed:
+            self.prefixes.last = now
 
     def accept(self) -> None:
         try:

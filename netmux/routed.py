@@ -136,28 +136,61 @@ def readdress(
     return add, deprecate, remove
 
 
+def readdress_link(
+    host: HostConfig,
+    netns: str | int,
+    peer: str,
+    ifname: str,
+    mac: str,
+    secret: str,
+    have: tuple[IPv6Address, ...],
+    current: tuple[IPv6Network, ...],
+    deprecated: tuple[IPv6Network, ...],
+) -> tuple[IPv6Address, ...] | None:
+    """Bring one routed link (its namespace, mux's end `peer`) to the addresses of
+    `current` global /64s and the ULA (readdress); the addresses it holds now, or None if
+    nothing changed. New ones are routed and filtered in mux before the workload holds
+    them; old ones leave the workload before mux forgets them."""
+    nets = (*current, host.mux.ula.network)
+    add, deprecate, remove = readdress(secret, have, nets, deprecated)
+    if not (add or remove or deprecate):
+        return None
+    keep = tuple(a for a in have if a not in remove) + add
+    firewall.apply_routed(host.mux.netns, peer, mac, (*keep, *remove))
+    with links.iproute(host.mux.netns) as mipr:
+        links.route_workload(mipr, peer, host.mux.gateway, add)
+    with links.iproute(netns) as ipr:
+        addresses_on(ipr, ifname, add)
+        links.deprecate_addresses(ipr, ifname, deprecate)
+        links.remove_addresses(ipr, ifname, remove)
+    with links.iproute(host.mux.netns) as mipr:
+        links.unroute_workload(mipr, host.mux.gateway, remove, routes=True)
+    firewall.apply_routed(host.mux.netns, peer, mac, keep)
+    return keep
+
+
 def renumber_workloads(
     host: HostConfig, current: tuple[IPv6Network, ...], deprecated: tuple[IPv6Network, ...]
 ) -> list[str]:
-    """Give every routed workload its addresses in `current` global /64s (and the ULA),
-    deprecate those in `deprecated` ones, remove the rest (routed links get no RAs, so
-    this is what radvd's advertisement does for a macvlan). The workloads changed."""
+    """readdress_link for every routed workload (routed links get no RAs, so this is what
+    radvd's advertisement does for a macvlan). The workloads changed."""
     from . import workload  # workload imports this module
 
     key = names.load_host_key(host.paths.host_key, create=False)
-    nets = (*current, host.mux.ula.network)
     changed = []
     for name in workload.known(host):
         st = workload.read_state(host, name) or {}
         if st.get("link") != "routed" or st.get("phase") != "up" or not links.netns_exists(name):
             continue
         have = tuple(IPv6Address(a) for a in st.get("routed") or ())
-        add, deprecate, remove = readdress(names.stable_secret(key, name), have, nets, deprecated)
-        if not (add or remove or deprecate):
+        ifname = str(st.get("ifname") or host.workload.ifname)
+        secret = names.stable_secret(key, name)
+        peer = names.mux_link_name(name)
+        keep = readdress_link(
+            host, name, peer, ifname, str(st["mac"]), secret, have, current, deprecated
+        )
+        if keep is None:
             continue
-        keep = tuple(a for a in have if a not in remove) + add
-        _apply(host, name, str(st.get("ifname") or host.workload.ifname), str(st["mac"]),
-               keep, add, deprecate, remove)  # fmt: skip
         now = workload.read_state(host, name) or {}
         if now.get("token") == st.get("token"):  # not taken down (or rebuilt) meanwhile
             now["routed"] = [str(a) for a in keep]
@@ -166,45 +199,47 @@ def renumber_workloads(
     return changed
 
 
-def _apply(
-    host: HostConfig,
-    name: str,
-    ifname: str,
-    mac: str,
-    keep: tuple[IPv6Address, ...],
-    add: tuple[IPv6Address, ...],
-    deprecate: tuple[IPv6Address, ...],
-    remove: tuple[IPv6Address, ...],
-) -> None:
-    """New addresses are routed and filtered in mux before the workload holds them; old
-    ones leave the workload before mux forgets them."""
-    peer = names.mux_link_name(name)
-    firewall.apply_routed(host.mux.netns, peer, mac, (*keep, *remove))
-    with links.iproute(host.mux.netns) as mipr:
-        links.route_workload(mipr, peer, host.mux.gateway, add)
-    with links.iproute(name) as ipr:
-        addresses_on(ipr, ifname, add)
-        links.deprecate_addresses(ipr, ifname, deprecate)
-        links.remove_addresses(ipr, ifname, remove)
-    with links.iproute(host.mux.netns) as mipr:
-        links.unroute_workload(mipr, host.mux.gateway, remove, routes=True)
-    firewall.apply_routed(host.mux.netns, peer, mac, keep)
+class Prefixes:
+    """The gateway's global /64s as radvd advertises them: current ones, and for
+    renumber.KEEP_DEPRECATED seconds after it left, each old one as deprecated (so open
+    connections on an old address survive); dhcpcd's hook's own list counts too."""
+
+    def __init__(self, host: HostConfig) -> None:
+        self.host = host
+        self.gone: dict[IPv6Network, float] = {}
+        self.last: tuple[tuple[IPv6Network, ...], tuple[IPv6Network, ...]] | None = None
+
+    def now(self) -> tuple[tuple[IPv6Network, ...], tuple[IPv6Network, ...]]:
+        """(current, deprecated) now; OSError/NetlinkError if mux cannot be read."""
+        from . import renumber
+
+        with links.iproute(self.host.mux.netns) as mipr:
+            gw = links.link_addrs(mipr, self.host.mux.gateway)
+        current = tuple(
+            p
+            for p in links.advertised_prefixes(gw, self.host.mux.ula.network)
+            if not p.subnet_of(links.ULA)
+        )
+        t = time.time()
+        for p in self.last[0] if self.last else ():
+            if p not in current:
+                self.gone.setdefault(p, t + renumber.KEEP_DEPRECATED)
+        for p in [p for p, until in self.gone.items() if until <= t or p in current]:
+            del self.gone[p]
+        hook = renumber.load(self.host.paths.run_dir).deprecated
+        dep = {*self.gone, *(p for p, until in hook.items() if until > t)} - set(current)
+        return current, tuple(sorted(dep))
 
 
 def follow(host: HostConfig, stop: threading.Event, poll: float = 30.0) -> None:
     """Re-address routed workloads whenever the gateway's prefixes change, until `stop`.
 
     Runs in the mux watcher (`netmux mux up --watch`: root, allowed to enter workload
-    namespaces, which dhcpcd's hook is not). A /64 that leaves the gateway stays
-    deprecated for renumber.KEEP_DEPRECATED seconds, as radvd keeps advertising it, so
-    open connections on the old address survive; the hook's own list counts too."""
-    from . import renumber
-
+    namespaces, which dhcpcd's hook is not); ipmuxd does the same for its routed devices."""
     events = nsutil.run_in_netns(
         host.mux.netns, lambda: links.event_socket(links.RTMGRP_IPV6_IFADDR)
     )
-    gone: dict[IPv6Network, float] = {}
-    last: tuple[tuple[IPv6Network, ...], tuple[IPv6Network, ...]] | None = None
+    prefixes = Prefixes(host)
     due = 0.0  # the next check without an event (deprecated prefixes expire)
     first = True
     try:
@@ -217,35 +252,20 @@ def follow(host: HostConfig, stop: threading.Event, poll: float = 30.0) -> None:
                 continue
             due = time.monotonic() + poll
             try:
-                with links.iproute(host.mux.netns) as mipr:
-                    gw = links.link_addrs(mipr, host.mux.gateway)
+                now = prefixes.now()
             except (OSError, NetlinkError) as e:  # mux going down: its watcher stops too
                 journal.debug(f"routed workloads: cannot read {host.mux.gateway}: {e}")
                 continue
-            current = tuple(
-                p
-                for p in links.advertised_prefixes(gw, host.mux.ula.network)
-                if not p.subnet_of(links.ULA)
-            )
-            now = time.time()
-            if last is not None:
-                for p in last[0]:
-                    if p not in current:
-                        gone.setdefault(p, now + renumber.KEEP_DEPRECATED)
-            for p in [p for p, until in gone.items() if until <= now or p in current]:
-                del gone[p]
-            hook = renumber.load(host.paths.run_dir).deprecated
-            dep = {*gone, *(p for p, t in hook.items() if t > now)} - set(current)
-            deprecated = tuple(sorted(dep))
-            if (current, deprecated) != last:
-                try:
-                    changed = renumber_workloads(host, current, deprecated)
-                except (NetmuxError, OSError, NetlinkError) as e:
-                    journal.warning(f"routed workloads: re-addressing failed: {e}")
-                    due = time.monotonic() + 1.0  # try again soon
-                    continue
-                last = (current, deprecated)
-                if changed:
-                    journal.info(f"routed workloads re-addressed: {', '.join(changed)}")
+            if now == prefixes.last:
+                continue
+            try:
+                changed = renumber_workloads(host, *now)
+            except (NetmuxError, OSError, NetlinkError) as e:
+                journal.warning(f"routed workloads: re-addressing failed: {e}")
+                due = time.monotonic() + 1.0  # try again soon
+                continue
+            prefixes.last = now
+            if changed:
+                journal.info(f"routed workloads re-addressed: {', '.join(changed)}")
     finally:
         events.close()

@@ -431,6 +431,17 @@ def test_ipmuxd_member_on_a_routed_device_reaches_no_neighbours_link(
         assert stack.dig(f"mbrr.{phonebookfix.PUBLIC}") == found[0]
         ula = re.findall(r"inet6 (fd64:cafe::[0-9a-f:]+)/128", m.ip("-6", "addr"))
         assert stack.dig("mbrr.internal") == ula[0]
+        # Renumbering: ipmuxd gives its routed devices their address in a new prefix (no
+        # RAs on a veth), routed in mux first, and phonebookd follows mux's routes.
+        subprocess.run(["ip", "-n", mux, "addr", "add", "2001:db8:2::1/64", "dev", "gw0",
+                        "nodad"], check=True)  # fmt: skip
+
+        def renumbered() -> list[str]:
+            return re.findall(r"inet6 (2001:db8:2:[0-9a-f:]+)/128", m.ip("-6", "addr"))
+
+        wait_for(renumbered, timeout=10)
+        (new,) = renumbered()
+        stack.wait_dig(f"mbrr.{phonebookfix.PUBLIC}", sec.has(new), timeout=10)
     finally:
         m.close()
     wait_for(lambda: not routed_side(mux, peer), timeout=10)

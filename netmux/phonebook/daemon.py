@@ -349,6 +349,20 @@ class Phonebook:
         watcher = self.follower.watchers.get(pub.nskey)
         pub.link = (index, watcher.identity(index, pub.ifname) if watcher else 0)
 
+    def _routed(self, pub: Publication) -> frozenset[ipaddress.IPv6Address]:
+        """What mux routes to a routed veth now (a renumbering adds to it); nothing if mux
+        cannot be read."""
+        try:
+            muxfd = self._mux_fd()
+        except Denied:
+            return frozenset()
+        try:
+            return verify.routed_addresses(pub.nsfd, pub.ifname, muxfd) or frozenset()
+        except OSError:
+            return frozenset()
+        finally:
+            os.close(muxfd)
+
     def _trusted(self, pub: Publication, addrs: tuple[Address, ...]) -> tuple[Address, ...]:
         """Root's addresses as they are; others' only on the checked device, in prefixes."""
         if pub.uid == 0:
@@ -357,7 +371,8 @@ class Phonebook:
         index, birth = pub.link
         if not birth or watcher is None or watcher.identity(index, pub.ifname) != birth:
             return ()  # the checked device is gone (or was replaced): nothing to vouch for
-        if pub.routed is not None:  # a routed veth: mux's routes vouch, not DAD
+        if pub.routed is not None:  # a routed veth: mux's routes vouch (now), not DAD
+            pub.routed = self._routed(pub)
             return tuple(a for a in addrs if a.ip in pub.routed)
         return verify.trusted_addresses(addrs, self.prefixes)
 
