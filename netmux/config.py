@@ -374,6 +374,15 @@ class IpmuxConfig:
     group: str = check(_group, "netmux")
     # Devices one user may hold at once.
     quota: int = check(_positive, 4)
+    # Kinds of device a caller other than root may ask for. "routed" is its own link; the
+    # others put it on the shared segment, where a caller (root in its user namespace)
+    # reaches its siblings' links: ["routed"] stops that (docs/operations.md).
+    kinds: tuple[Literal["routed", "macvlan", "macvtap", "ipvlan"], ...] = (
+        "routed",
+        "macvlan",
+        "macvtap",
+        "ipvlan",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ deletes it. ipmuxd keeps the namespace fd until then, so
 the namespace cannot vanish under it.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message):
-  request  {"name": "web", "kind": "macvlan", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
-           (kind: macvlan, macvtap, ipvlan or routed)
-  reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "macvlan"}
+  request  {"name": "web", "kind": "routed", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
+           (kind: routed, the default, macvlan, macvtap or ipvlan)
+  reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "routed", ...}
            (+ SCM_RIGHTS [tap fd] for a macvtap: the caller could not mknod it)
            {"ok": false, "error": "one line saying what is wrong"}
 Malformed requests get an error reply; the daemon keeps serving everyone else.
@@ -28,11 +28,13 @@ Malformed requests get an error reply; the daemon keeps serving everyone else.
 Started by systemd (ipmuxd.socket, LISTEN_FDS) or standalone (binds `ipmux.socket`).
 The client side is `netmux ipmux NAME -- CMD` (cmd_ipmux below).
 
-kind "routed" (create_routed): a veth of the caller's own to mux (netmux/routed.py), up
-with its addresses and default route, its mux end named per uid and name (routed_peer);
-what the caller forges stops there. Not the default yet: phonebookd cannot verify such a
-device's addresses (it vouches for a macvlan's after DAD on the shared segment; on a veth
-only mux's routes would tell), and mux's watcher does not re-address it on renumbering.
+kind "routed", the default (create_routed): a veth of the caller's own to mux
+(netmux/routed.py), up with its addresses (as SLAAC would make them) and default route,
+its mux end named per uid and name (routed_peer); what the caller forges stops there
+(a member is root in its user namespace: on a macvlan it reaches its siblings' links).
+phonebookd vouches for the addresses mux routes to it; ipmuxd re-addresses it when the
+gateway's prefixes change (follow_prefixes). "macvlan" is still there for callers that
+need the segment itself (multicast with siblings, their own SLAAC).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
 KINDS = ("macvlan", "macvtap", "ipvlan", "routed")
+# A member is root in its user namespace: on a macvlan it reaches its siblings' links
+# (forged RAs, MACs, addresses); a routed device is its own (netmux/routed.py).
+DEFAULT_KIND = "routed"
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
 PREFIX_CHECK = 2.0  # seconds between looks at the gateway's prefixes (routed devices)
@@ -135,7 +140,7 @@ def parse_request(data: bytes, default_ifname: str) -> Request:
         names.check_name(name, "device name")
     except UsageError as e:
         raise RequestError(str(e)) from None
-    kind = msg.get("kind", "macvlan")
+    kind = msg.get("kind", DEFAULT_KIND)
     if kind not in KINDS:
         raise RequestError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     ifname = msg.get("ifname", default_ifname)
@@ -336,6 +341,11 @@ class Daemon:
             raise RequestError(
                 f"that network namespace belongs to uid {owner}, not to you (uid {c.uid})"
             )
+        if c.uid != 0 and req.kind not in self.host.ipmux.kinds:
+            raise RequestError(
+                f"kind {req.kind!r} is not allowed here (ipmux.kinds: "
+                f"{', '.join(self.host.ipmux.kinds)})"
+            )
         if req.name in self.names_in_use(c.uid):
             raise RequestError(f"name {req.name!r} is in use (by you)")
         if req.name == self.host.mux.netns:
@@ -436,7 +446,8 @@ def create_routed(
     mac, secret = identity(key, uid, req.name)
     if not nsutil.netns_path(host.mux.netns).exists():
         raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
-    addrs = routed.derived_addresses(host, secret, f"ipmuxd: {req.name}")
+    # A ULA-only mux (no delegation yet) is enough: a global prefix is added when it comes.
+    addrs = routed.derived_addresses(host, secret, f"ipmuxd: {req.name}", need_global=False)
     peer = routed_peer(uid, req.name)
     device: dict[str, Any] = {
         "name": req.name,

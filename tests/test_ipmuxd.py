@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 def test_parse_request_defaults() -> None:
     req = ipmuxd.parse_request(b'{"name": "web"}', "eth0")
-    assert req == ipmuxd.Request("web", "macvlan", "eth0")
+    assert req == ipmuxd.Request("web", "routed", "eth0")
     req = ipmuxd.parse_request(b'{"name": "vm1", "kind": "macvtap", "ifname": "tap0"}', "eth0")
     assert req == ipmuxd.Request("vm1", "macvtap", "tap0")
 
