@@ -19,12 +19,13 @@ import argparse
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from netmux import config, journal, links, nsutil, workload
+from netmux import config, firewall, journal, links, names, nsutil, workload
 from netmux.config import HostConfig
 
 
@@ -101,14 +102,36 @@ def leaks(host: HostConfig, name: str) -> list[str]:
         found.append(f"namespace {name}")
     if workload.state_path(host, name).exists():
         found.append(f"state of {name}")
+    if links.netns_exists(host.mux.netns):
+        with links.iproute(host.mux.netns) as mipr:
+            if links.link_index(mipr, names.mux_link_name(name)) is not None:
+                found.append(f"mux link of {name}")
+        found += [f"proxy entry {a}" for a in proxies(host)]  # a routed link's
+        table = firewall.routed_table(names.mux_link_name(name))
+        listed = firewall.run_nft(host.mux.netns, "list tables netdev") or {}
+        if any(t.get("table", {}).get("name") == table for t in listed.get("nftables", [])):
+            found.append(f"mux table {table}")
     return found
 
 
+def proxies(host: HostConfig) -> list[str]:
+    """The gateway's proxy NDP entries (only routed workloads make them)."""
+    r = subprocess.run(["ip", "-n", host.mux.netns, "-6", "neigh", "show", "proxy", "dev",
+                        host.mux.gateway], capture_output=True, text=True, check=False)  # fmt: skip
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
 def crash_cycles(
-    host: HostConfig, name: str, cycles: int, rnd: random.Random, repair_share: float = 0.5
+    host: HostConfig,
+    name: str,
+    cycles: int,
+    rnd: random.Random,
+    repair_share: float = 0.5,
+    link: str = "macvlan",
 ) -> CrashResult:
-    """Run `cycles` killed cycles on workload NAME (see the module docstring)."""
-    wl = config.workload_from(name)
+    """Run `cycles` killed cycles on workload NAME (see the module docstring); `link`:
+    "routed" for a routed link (then mux's side must be gone too)."""
+    wl = config.workload_from(name, overrides={"link": link})
     res = CrashResult()
     t0 = time.monotonic()
     for _ in range(3):
@@ -156,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="50 cycles (make bench BENCH_ARGS=--quick)"
     )
+    ap.add_argument("--link", choices=["macvlan", "routed"], default="macvlan")
     args = ap.parse_args(argv)
     if args.quick:
         args.cycles = 50
@@ -165,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     journal.set_quiet(True)
     host = lifecycle.setup()
     try:
-        res = crash_cycles(host, "bench-wcrash", args.cycles, random.Random(args.seed))
+        rnd = random.Random(args.seed)
+        res = crash_cycles(host, "bench-wcrash", args.cycles, rnd, link=args.link)
     finally:
         lifecycle.cleanup(host)
     print(report(res))

@@ -247,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "ipmux", "run CMD in a new user+net namespace with a device from ipmuxd",
              _ipmux)  # fmt: skip
     p.add_argument("name", help="the device's name (stable secret and MAC derive from it)")
-    p.add_argument("--kind", choices=["macvlan", "macvtap", "ipvlan"], default="macvlan")
+    p.add_argument(
+        "--kind",
+        choices=["routed", "macvlan", "macvtap", "ipvlan"],
+        default="routed",
+        help="routed (default): a veth of its own to mux; macvlan: on the shared segment",
+    )
     p.add_argument("--ifname", help="its name inside the namespace (default: workload.ifname)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")

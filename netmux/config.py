@@ -36,6 +36,8 @@ from .errors import ConfigError
 # address only ("ula"), or nothing ("none"). The one list of the choices.
 Wait = Literal["global", "ula", "none"]
 WAIT_CHOICES: tuple[str, ...] = typing.get_args(Wait)
+Link = Literal["macvlan", "routed"]
+LINK_CHOICES: tuple[str, ...] = typing.get_args(Link)
 
 DEFAULT_CONFIG = Path("/etc/netmux/netmux.toml")
 CONFIG_ENV = "NETMUX_CONFIG"
@@ -153,6 +155,10 @@ class WorkloadDefaults:
     # What `netmux up` waits for before it reports ready: a global address and a default
     # route ("global"), a ULA address only ("ula"), or nothing ("none").
     wait: Wait = "global"
+    # The workload's link: a macvlan on the shared segment ("macvlan"), or a veth to mux
+    # that is its own ("routed": nothing it sends reaches a neighbour's link, even as root;
+    # see docs/operations.md, "Security between neighbours"). VMs always use a macvtap.
+    link: Link = "macvlan"
     timeout: float = check(_positive, 10.0)
     optimistic_dad: bool = True
     # The neighbour retransmit timer (also paces DAD and router solicitations).
@@ -429,6 +435,15 @@ class IpmuxConfig:
     group: str = check(_group, "netmux")
     # Devices one user may hold at once.
     quota: int = check(_positive, 4)
+    # Kinds of device a caller other than root may ask for. "routed" is its own link; the
+    # others put it on the shared segment, where a caller (root in its user namespace)
+    # reaches its siblings' links: ["routed"] stops that (docs/operations.md).
+    kinds: tuple[Literal["routed", "macvlan", "macvtap", "ipvlan"], ...] = (
+        "routed",
+        "macvlan",
+        "macvtap",
+        "ipvlan",
+    )
 
 
 @dataclass(frozen=True)
@@ -692,6 +707,8 @@ class WorkloadConfig:
     dns_names: tuple[str, ...] = ()
     publish: bool = True
     wait: Wait | None = None
+    # "macvlan" or "routed" (a veth of its own to mux); default: workload.link.
+    link: Link | None = None
     timeout: float | None = None
 
 
@@ -866,6 +883,14 @@ WORKLOAD_SETTINGS: tuple[Setting, ...] = (
         {"choices": WAIT_CHOICES, "help": "what to wait for (workload.wait)"},
     ),
     Setting(
+        "link",
+        _one_of(*LINK_CHOICES),
+        "`macvlan` (the shared segment) or `routed` (a veth of its own to mux; "
+        'docs/operations.md, "Security between neighbours"); default: workload.link.',
+        "--link",
+        {"choices": LINK_CHOICES, "help": "the workload's link (workload.link)"},
+    ),
+    Setting(
         "timeout",
         _seconds,
         "Seconds to wait for it (default: workload.timeout).",
@@ -961,6 +986,11 @@ def seconds_or_zero_arg(text: str) -> float:
 
 def effective_wait(host: HostConfig, wl: WorkloadConfig) -> str:
     return wl.wait or host.workload.wait
+
+
+def effective_link(host: HostConfig, wl: WorkloadConfig) -> str:
+    """'macvlan' or 'routed' (a VM always has its macvtap on the segment)."""
+    return "macvlan" if wl.kind == "vm" else (wl.link or host.workload.link)
 
 
 def effective_timeout(host: HostConfig, wl: WorkloadConfig) -> float:

@@ -18,14 +18,23 @@ deletes it. ipmuxd keeps the namespace fd until then, so
 the namespace cannot vanish under it.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message):
-  request  {"name": "web", "kind": "macvlan", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
-  reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "macvlan"}
+  request  {"name": "web", "kind": "routed", "ifname": "eth0"} + SCM_RIGHTS [netns fd]
+           (kind: routed, the default, macvlan, macvtap or ipvlan)
+  reply    {"ok": true, "ifname": "eth0", "ifindex": 2, "mac": "..", "kind": "routed", ...}
            (+ SCM_RIGHTS [tap fd] for a macvtap: the caller could not mknod it)
            {"ok": false, "error": "one line saying what is wrong"}
 Malformed requests get an error reply; the daemon keeps serving everyone else.
 
 Started by systemd (ipmuxd.socket, LISTEN_FDS) or standalone (binds `ipmux.socket`).
 The client side is `netmux ipmux NAME -- CMD` (cmd_ipmux below).
+
+kind "routed", the default (create_routed): a veth of the caller's own to mux
+(netmux/routed.py), up with its addresses (as SLAAC would make them) and default route,
+its mux end named per uid and name (routed_peer); what the caller forges stops there
+(a member is root in its user namespace: on a macvlan it reaches its siblings' links).
+phonebookd vouches for the addresses mux routes to it; ipmuxd re-addresses it when the
+gateway's prefixes change (follow_prefixes). "macvlan" is still there for callers that
+need the segment itself (multicast with siblings, their own SLAAC).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import array
 import contextlib
 import errno
 import grp
+import hashlib
+import ipaddress
 import json
 import os
 import selectors
@@ -52,9 +63,13 @@ from . import config, journal, links, names, nsutil, sd, tap
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 
-KINDS = ("macvlan", "macvtap", "ipvlan")
+KINDS = ("macvlan", "macvtap", "ipvlan", "routed")
+# A member is root in its user namespace: on a macvlan it reaches its siblings' links
+# (forged RAs, MACs, addresses); a routed device is its own (netmux/routed.py).
+DEFAULT_KIND = "routed"
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PAUSE = 0.5  # seconds the listener rests after running out of file descriptors
+PREFIX_CHECK = 2.0  # seconds between looks at the gateway's prefixes (routed devices)
 MAX_MSG = 4096
 ENV_FD = "NETMUX_IPMUX_FD"
 ENV_TAP_FD = "NETMUX_TAP_FD"  # macvtap: the tap fd for QEMU (-netdev tap,fd=$NETMUX_TAP_FD)
@@ -102,7 +117,7 @@ def parse_request(data: bytes, default_ifname: str) -> Request:
         names.check_name(name, "device name")
     except UsageError as e:
         raise RequestError(str(e)) from None
-    kind = msg.get("kind", "macvlan")
+    kind = msg.get("kind", DEFAULT_KIND)
     if kind not in KINDS:
         raise RequestError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     ifname = msg.get("ifname", default_ifname)
@@ -142,6 +157,8 @@ class Daemon:
         self.stopping = False
         self._key: bytes | None = None
         self.paused_until = 0.0  # out of file descriptors: accept again after this
+        self.prefixes: Any = None  # routed.Prefixes, once a routed device exists
+        self.prefix_check = 0.0
 
     # -- bookkeeping
     def held(self) -> dict[int, int]:
@@ -173,8 +190,50 @@ class Daemon:
                     self.accept()
                 else:
                     self.readable(skey.fd)
+            if time.monotonic() >= self.prefix_check:
+                self.prefix_check = time.monotonic() + PREFIX_CHECK
+                self.follow_prefixes()
         for fd in list(self.conns):
             self.close(fd)
+
+    def follow_prefixes(self) -> None:
+        """Routed devices get no RAs: when the gateway's prefixes change, give each its
+        new addresses and deprecate the old ones (routed.readdress_link), as the mux
+        watcher does for routed workloads."""
+        from . import routed
+
+        devices = [c for c in self.conns.values() if c.device.get("kind") == "routed"]
+        if not devices:
+            return
+        if self.prefixes is None:
+            self.prefixes = routed.Prefixes(self.host)
+        try:
+            now = self.prefixes.now()
+        except Exception as e:  # mux is down or going: nothing to follow now
+            journal.debug(f"ipmuxd: cannot read the gateway's prefixes: {e}")
+            return
+        if now == self.prefixes.last:
+            return
+        failed = False
+        for c in devices:
+            d = c.device
+            if c.netns_fd is None:
+                continue
+            have = tuple(ipaddress.IPv6Address(a) for a in d["addresses"])
+            secret = identity(self.key(), c.uid, d["name"])[1]
+            try:
+                keep = routed.readdress_link(self.host, c.netns_fd, d["peer"], d["ifname"],
+                                             d["mac"], secret, have, *now)  # fmt: skip
+            except Exception as e:  # one device's failure must not stop the others
+                journal.warning(f"ipmuxd: cannot re-address {d['ifname']} of uid {c.uid}: {e}")
+                failed = True  # tried again at the next check
+                continue
+            if keep is not None:
+                d["addresses"] = [str(a) for a in keep]
+                journal.info(f"ipmuxd: re-addressed {d['ifname']} of uid {c.uid}",
+                             workload=d["name"])  # fmt: skip
+        if not failed:
+            self.prefixes.last = now
 
     def accept(self) -> None:
         try:
@@ -259,6 +318,11 @@ class Daemon:
             raise RequestError(
                 f"that network namespace belongs to uid {owner}, not to you (uid {c.uid})"
             )
+        if c.uid != 0 and req.kind not in self.host.ipmux.kinds:
+            raise RequestError(
+                f"kind {req.kind!r} is not allowed here (ipmux.kinds: "
+                f"{', '.join(self.host.ipmux.kinds)})"
+            )
         if req.name in self.names_in_use(c.uid):
             raise RequestError(f"name {req.name!r} is in use (by you)")
         if req.name == self.host.mux.netns:
@@ -292,7 +356,7 @@ class Daemon:
         if c.netns_fd is not None:
             try:
                 if c.device:
-                    delete_device(c.netns_fd, c.device)
+                    delete_device(c.netns_fd, c.device, self.host)
                     journal.info(
                         f"ipmuxd: removed {c.device['ifname']} (uid {c.uid} disconnected)",
                         workload=c.device["name"],
@@ -332,6 +396,45 @@ def identity(key: bytes, uid: int, name: str) -> tuple[str, str]:
     return names.as_mac(d[16:22]), names.as_secret(d[:16])
 
 
+def routed_peer(uid: int, name: str) -> str:
+    """mux's end of user `uid`'s routed device `name` ("nm" + 12 hex digits, ≤ 15). Pure."""
+    return "nm" + hashlib.sha256(f"netmux/ipmux\0{uid}\0{name}".encode()).hexdigest()[:12]
+
+
+def create_routed(
+    host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
+) -> dict[str, Any]:
+    """A routed veth (netmux/routed.py) in the caller's namespace, up with its addresses
+    and default route: mux's end filters what the caller sends, root in its user namespace
+    or not."""
+    from . import routed
+
+    mac, secret = identity(key, uid, req.name)
+    if not nsutil.netns_path(host.mux.netns).exists():
+        raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
+    # A ULA-only mux (no delegation yet) is enough: a global prefix is added when it comes.
+    addrs = routed.derived_addresses(host, secret, f"ipmuxd: {req.name}", need_global=False)
+    peer = routed_peer(uid, req.name)
+    device: dict[str, Any] = {
+        "name": req.name,
+        "kind": req.kind,
+        "ifname": req.ifname,
+        "mac": mac,
+        "peer": peer,
+        "addresses": [str(a) for a in addrs],
+    }
+    try:
+        routed.attach(host, req.name, req.ifname, mac, secret, addrs, netns_fd, peer)
+        routed.bring_up(netns_fd, req.ifname, addrs)
+        with links.iproute(netns_fd) as ipr:
+            device["ifindex"] = links.link_index(ipr, req.ifname)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            routed.detach(host, req.name, addrs, peer)
+        raise
+    return device
+
+
 def create_device(
     host: HostConfig, key: bytes, uid: int, req: Request, netns_fd: int
 ) -> dict[str, Any]:
@@ -339,6 +442,8 @@ def create_device(
     the way a workload's link is made (links.create_child_link, links.workload_sysctls)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
+    if req.kind == "routed":
+        return create_routed(host, key, uid, req, netns_fd)
     mac, secret = identity(key, uid, req.name)
     if not nsutil.netns_path(host.mux.netns).exists():
         raise StateError(f"the mux namespace {host.mux.netns!r} does not exist (mux is not up)")
@@ -374,8 +479,21 @@ def create_device(
     return {"name": req.name, "kind": req.kind, "ifname": req.ifname, "ifindex": idx, "mac": mac}
 
 
-def delete_device(netns_fd: int, device: dict[str, Any]) -> bool:
-    """Delete the device if it is still ours (same index and MAC) in that namespace."""
+def delete_device(netns_fd: int, device: dict[str, Any], host: HostConfig | None = None) -> bool:
+    """Delete the device if it is still ours (same index and MAC) in that namespace; a
+    routed one's side in mux (veth end, proxy entries, table) goes in any case."""
+    if device.get("kind") == "routed" and host is not None:
+        from . import routed
+
+        try:
+            return _delete_link(netns_fd, device)
+        finally:
+            addrs = tuple(ipaddress.IPv6Address(a) for a in device.get("addresses", ()))
+            routed.detach(host, device["name"], addrs, device["peer"])
+    return _delete_link(netns_fd, device)
+
+
+def _delete_link(netns_fd: int, device: dict[str, Any]) -> bool:
     ipr = links.open_ipr(netns_fd)
     try:
         found = ipr.get_links(device["ifindex"])

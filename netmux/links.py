@@ -456,22 +456,35 @@ def link_state(ipr: Any, ifname: str) -> LinkState:
             if e.code != errno.ENODEV:
                 raise
             link = None
-        addrs = [
-            Addr(IPv6Address(a.address), a.prefixlen, a.flags)
-            for a in rt.addr_dump(socket.AF_INET6)
-            if a.index == idx and len(a.address) == 16
-        ]
+        addrs = _addrs(rt, idx)
         default = any(
             r.dst_len == 0 and r.table in (None, 254) and idx in r.oifs
             for r in rt.route_dump(socket.AF_INET6)
         )
     return LinkState(
         ifname,
-        tuple(sorted(addrs, key=lambda a: (a.address.packed, a.prefixlen))),
+        addrs,
         default,
         link.mac if link else None,
         bool(link and link.flags & IFF_UP),
     )
+
+
+def link_addrs(ipr: Any, ifname: str) -> LinkState:
+    """Only the IPv6 addresses of `ifname` (no route dump: for mux's gateway, whose
+    namespace holds a route per routed workload)."""
+    idx = link_index(ipr, ifname)
+    return LinkState(ifname, _addrs(ipr, idx) if idx is not None else ())
+
+
+def _addrs(ipr: Any, idx: int) -> tuple[Addr, ...]:
+    with _rt(ipr) as rt:
+        addrs = [
+            Addr(IPv6Address(a.address), a.prefixlen, a.flags)
+            for a in rt.addr_dump(socket.AF_INET6)
+            if a.index == idx and len(a.address) == 16
+        ]
+    return tuple(sorted(addrs, key=lambda a: (a.address.packed, a.prefixlen)))
 
 
 def event_socket(groups: int) -> socket.socket:
@@ -624,3 +637,204 @@ def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:
         key = "ula" if a.is_ula else "link_local" if a.is_link_local else "global"
         out[key].append(str(a) + ("" if a.state() == "ok" else f" ({a.state()})"))
     return out
+
+
+# --- routed links ------------------------------------------------------------------------
+#
+# A routed workload's link is its own: a veth whose other end (names.mux_link_name) is in
+# mux, where the workload cannot touch it. The workload's end holds /128s of the addresses
+# it would have made by SLAAC on the segment (stable_address: the kernel's own algorithm,
+# so its names keep their addresses) and a default route via ROUTED_GATEWAY on mux's end;
+# mux routes each /128 to the veth and answers neighbour solicitations for it on the
+# gateway (proxy NDP), so the segment and upstream still reach it. Nothing the workload
+# sends reaches a neighbour's link: RAs, redirects, forged MACs and sources stop at mux's
+# filter on its end of the veth (firewall.render_routed).
+
+ROUTED_GATEWAY = IPv6Address("fe80::1")
+NTF_PROXY = 0x08
+_SHA1_K = (0x5A827999, 0x6ED9EBA1, 0x8F1BBCDC, 0xCA62C1D6)
+
+
+def _sha1_block(block: bytes) -> tuple[int, ...]:
+    """SHA-1's compression of one 64-byte block from the standard initial state, without
+    padding: what the kernel's stable-privacy generator hashes (sha1_transform). Pure."""
+
+    def rol(x: int, n: int) -> int:
+        return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
+
+    h = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
+    w = list(struct.unpack(">16I", block))
+    for i in range(16, 80):
+        w.append(rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1))
+    a, b, c, d, e = h
+    for i in range(80):
+        if i < 20:
+            f = (b & c) | (~b & d)
+        elif i < 40 or i >= 60:
+            f = b ^ c ^ d
+        else:
+            f = (b & c) | (b & d) | (c & d)
+        t = (rol(a, 5) + (f & 0xFFFFFFFF) + e + _SHA1_K[i // 20] + w[i]) & 0xFFFFFFFF
+        a, b, c, d, e = t, a, rol(b, 30), c, d
+    return tuple((x + y) & 0xFFFFFFFF for x, y in zip(h, (a, b, c, d, e), strict=True))
+
+
+def _reserved_iid(iid: bytes) -> bool:
+    """RFC 5453 interface identifiers the kernel skips (ipv6_reserved_interfaceid)."""
+    if iid == bytes(8):
+        return True
+    if iid[:5] == bytes.fromhex("02005efffe"):
+        return True
+    return iid[:7] == bytes.fromhex("fdffffffffffff") and iid[7] >= 0x80
+
+
+def stable_address(prefix: IPv6Network, secret: str, dad_count: int = 0) -> IPv6Address:
+    """The address Linux makes by SLAAC in a /64 on a link with `stable_secret` (addr_gen_
+    mode 2) whose MAC was set by netmux (no permanent hardware address). Pure.
+
+    RFC 7217 as net/ipv6/addrconf.c implements it (ipv6_generate_stable_address): one
+    SHA-1 block of secret, the prefix's 64 bits, the (zero) hardware address and the DAD
+    counter; the first two digest words, in the CPU's byte order, are the identifier.
+    tests/test_routed_netns.py checks it against the kernel's own addresses."""
+    if prefix.prefixlen != 64:
+        raise ValueError(f"SLAAC needs a /64, not {prefix}")
+    head = prefix.network_address.packed[:8]
+    for count in range(dad_count, 256):
+        data = IPv6Address(secret).packed + head + bytes(32) + bytes([count])
+        digest = _sha1_block(data.ljust(64, b"\0"))
+        iid = struct.pack("=II", digest[0], digest[1])
+        if not _reserved_iid(iid):
+            return IPv6Address(head + iid)
+    raise ValueError("no usable interface identifier")  # pragma: no cover - 2^-64 per try
+
+
+def advertised_prefixes(gateway: LinkState, ula: IPv6Network) -> tuple[IPv6Network, ...]:
+    """The /64s radvd advertises from the gateway's addresses (its global, preferred /64s,
+    as renumber.gateway_leases reads them) and the ULA, global first. Pure."""
+    nets = [
+        IPv6Network(f"{a.address}/64", strict=False)
+        for a in gateway.global_addrs
+        if a.prefixlen == 64 and not a.flags & IFA_F_DEPRECATED
+    ]
+    if ula.prefixlen == 64:
+        nets.append(ula)
+    return tuple(dict.fromkeys(nets))
+
+
+def routed_workload_sysctls(
+    ifname: str, secret: str, retrans_time_ms: int
+) -> list[tuple[str, str]]:
+    """The workload's end of a routed link: the same stable link-local as on the segment,
+    no router discovery, no SLAAC, no DAD (mux's end has fe80::1 only), no redirects. Pure."""
+    conf = f"net.ipv6.conf.{ifname}"
+    return [
+        (f"{conf}.stable_secret", secret),
+        (f"{conf}.addr_gen_mode", "2"),
+        (f"{conf}.forwarding", "0"),
+        (f"{conf}.accept_ra", "0"),
+        (f"{conf}.autoconf", "0"),
+        (f"{conf}.accept_dad", "0"),
+        (f"{conf}.accept_redirects", "0"),
+        (f"net.ipv6.neigh.{ifname}.retrans_time_ms", str(retrans_time_ms)),
+    ]
+
+
+def routed_mux_sysctls(peer: str, gateway: str) -> list[tuple[str, str]]:
+    """mux's end of a routed link and the gateway's proxy NDP, in mux. Pure.
+
+    The end gets no address of its own making (addr_gen_mode 1: only ROUTED_GATEWAY) and
+    ignores router adverts and redirects whatever comes down the veth. proxy_delay 0: a
+    proxied solicitation is answered at once, not after up to 0.8 s."""
+    conf = f"net.ipv6.conf.{peer}"
+    return [
+        (f"{conf}.addr_gen_mode", "1"),
+        (f"{conf}.accept_ra", "0"),
+        (f"{conf}.accept_redirects", "0"),
+        (f"{conf}.accept_dad", "0"),
+        (f"{conf}.forwarding", "1"),
+        (f"net.ipv6.conf.{gateway}.proxy_ndp", "1"),
+        (f"net.ipv6.neigh.{gateway}.proxy_delay", "0"),
+    ]
+
+
+def create_routed_link(mux_ipr: Any, peer: str, ifname: str, mac: str, target_netns: int) -> None:
+    """A veth: `peer` in mux (where mux_ipr lives), `ifname` with `mac` in `target_netns`.
+    StateError with the reason on failure. mux's end is created down."""
+    try:
+        mux_ipr.link(
+            "add",
+            ifname=peer,
+            kind="veth",
+            peer={"ifname": ifname, "address": mac, "net_ns_fd": target_netns},
+        )
+    except NetlinkError as e:
+        raise StateError(f"cannot create veth {peer} (mux) / {ifname}: {e.args[1]}") from e
+
+
+def route_workload(mux_ipr: Any, peer: str, gateway: str, addrs: tuple[IPv6Address, ...]) -> None:
+    """In mux: ROUTED_GATEWAY on the veth, up, a /128 route and a proxy entry on the
+    gateway for every address of the workload."""
+    idx = link_index(mux_ipr, peer)
+    gw_idx = link_index(mux_ipr, gateway)
+    if idx is None or gw_idx is None:
+        raise StateError(f"link {peer if idx is None else gateway} is missing in mux")
+    add_addresses(mux_ipr, peer, (IPv6Interface(f"{ROUTED_GATEWAY}/64"),), nodad=True)
+    mux_ipr.link("set", index=idx, state="up")
+    for a in addrs:
+        try:
+            mux_ipr.route("replace", dst=f"{a}/128", oif=idx, family=socket.AF_INET6)
+            mux_ipr.neigh("replace", dst=str(a), ifindex=gw_idx, flags=NTF_PROXY,
+                          family=socket.AF_INET6)  # fmt: skip
+        except NetlinkError as e:
+            raise StateError(f"cannot route {a} to {peer} in mux: {e.args[1]}") from e
+
+
+def unroute_workload(
+    mux_ipr: Any, gateway: str, addrs: tuple[IPv6Address, ...], routes: bool = False
+) -> bool:
+    """Remove the gateway's proxy entries for `addrs` and, with `routes`, their /128
+    routes (without: they went with the veth); True if any was there. Idempotent."""
+    gw_idx = link_index(mux_ipr, gateway)
+    if gw_idx is None:
+        return False
+    did = False
+    for a in addrs:
+        if routes:
+            with contextlib.suppress(NetlinkError):
+                mux_ipr.route("del", dst=f"{a}/128", family=socket.AF_INET6)
+        try:
+            mux_ipr.neigh("del", dst=str(a), ifindex=gw_idx, flags=NTF_PROXY,
+                          family=socket.AF_INET6)  # fmt: skip
+            did = True
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ESRCH):
+                raise
+    return did
+
+
+def default_via_gateway(ipr: Any, ifname: str) -> None:
+    """The workload's default route via mux's end of its routed link."""
+    idx = link_index(ipr, ifname)
+    if idx is None:
+        raise StateError(f"link {ifname} does not exist")
+    try:
+        ipr.route("replace", dst="::/0", gateway=str(ROUTED_GATEWAY), oif=idx,
+                  family=socket.AF_INET6)  # fmt: skip
+    except NetlinkError as e:
+        raise StateError(f"cannot add the default route on {ifname}: {e.args[1]}") from e
+
+
+def deprecate_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
+    """Preferred lifetime 0 for routed /128s (what a deprecated prefix's RA does to a
+    SLAAC address): still answered, no longer chosen as a source for new connections."""
+    idx = link_index(ipr, ifname)
+    for a in addrs if idx is not None else ():
+        ipr.addr("replace", index=idx, address=str(a), prefixlen=128, flags=IFA_F_NODAD,
+                 preferred_lft=0, valid_lft=0xFFFFFFFF)  # fmt: skip
+
+
+def remove_addresses(ipr: Any, ifname: str, addrs: tuple[IPv6Address, ...]) -> None:
+    idx = link_index(ipr, ifname)
+    for a in addrs if idx is not None else ():
+        with contextlib.suppress(NetlinkError):
+            ipr.addr("del", index=idx, address=str(a), prefixlen=128)

@@ -435,8 +435,13 @@ def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
         sd.notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
         journal.info(f"mux {host.mux.netns} ready; watching for NICs", netns=host.mux.netns)
 
+    from . import routed  # routed workloads follow the gateway's prefixes (no RAs there)
+
+    follower = threading.Thread(target=routed.follow, args=(host, stop), name="routed", daemon=True)
+    follower.start()
     watch_nics(host, stop, ready)
     sd.notify(stopping="1")
+    follower.join(timeout=2)
     return 0
 
 

@@ -41,6 +41,12 @@ def check_name(name: str, what: str = "workload name") -> str:
     return name
 
 
+def mux_link_name(name: str) -> str:
+    """The name of a routed workload's veth end in mux (deterministic, ≤ 15 characters)."""
+    check_name(name)
+    return "nm" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
 def is_valid_name(name: str) -> bool:
     try:
         check_name(name)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, files, firewall, journal, links, mux, names, nsutil, resolv, sd, tap
+from . import config, files, firewall, journal, links, mux, names, nsutil, resolv, routed, sd, tap
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -57,7 +57,7 @@ class Plan:
     """Everything `up` will do, computed and checked before anything is changed."""
 
     name: str
-    kind: str  # "macvlan" or "macvtap"
+    kind: str  # "macvlan", "macvtap" or "veth" (link = "routed": see routed.py)
     ifname: str
     mac: str
     secret: str
@@ -68,6 +68,7 @@ class Plan:
     gid: int | None
     key_id: str = ""
     repair: str = ""  # why a half-built workload of ours is rebuilt ("" = a fresh one)
+    routed: tuple[ipaddress.IPv6Address, ...] = ()  # a routed link's addresses
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,13 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
         found = shutil.which(exe) if "/" not in exe else (exe if os.access(exe, os.X_OK) else None)
         if not found:
             raise UsageError(f"workload {name}: command {exe!r} not found or not executable")
-    kind = "macvtap" if wl.kind == "vm" else "macvlan"
+    if wl.kind == "vm" and wl.link == "routed":
+        raise UsageError(
+            f'workload {name}: link = "routed" is for processes, not VMs '
+            "(a VM's macvtap sits on the segment; its egress guard filters it)"
+        )
+    routed_link = config.effective_link(host, wl) == "routed"
+    kind = "macvtap" if wl.kind == "vm" else "veth" if routed_link else "macvlan"
     if kind == "macvtap" and cmd and not any(TAPFD in a for a in cmd):
         raise UsageError(
             f"workload {name}: a VM command needs {TAPFD} where QEMU takes the tap's fd, "
@@ -152,12 +159,13 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
     key_id = names.key_id(key)
     check_host_key(host, key_id)
     wait = "none" if kind == "macvtap" else config.effective_wait(host, wl)
+    secret = names.stable_secret(key, name)
     return Plan(
         name=name,
         kind=kind,
         ifname=host.workload.ifname,
         mac=names.stable_mac(key, name),
-        secret=names.stable_secret(key, name),
+        secret=secret,
         wait=wait,
         timeout=config.effective_timeout(host, wl),
         cmd=tuple(cmd),
@@ -165,6 +173,7 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
         gid=gid,
         key_id=key_id,
         repair=repair,
+        routed=routed.addresses(host, wl, secret, wait) if routed_link else (),
     )
 
 
@@ -236,7 +245,8 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
     # The state goes first, so that a SIGKILL at any later point leaves a record of it.
     _write_state(host, name, {"name": name, "phase": "building", "pid": os.getpid(),
                               "ifname": p.ifname, "kind": wl.kind, "token": token,
-                              "key_id": p.key_id, "wait": p.wait})  # fmt: skip
+                              "key_id": p.key_id, "wait": p.wait,
+                              **_routed_state(p)})  # fmt: skip
     try:
         fd = links.create_marked_netns(name, _mark(token))  # StateError if the name is taken
     except BaseException:
@@ -245,9 +255,16 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
     inst = Instance(name, token, fd)
     try:
         resolv.write(host, name)  # the RDNSS address for `ip netns exec` and our exec paths
-        with links.iproute(host.mux.netns) as mipr:
-            links.create_child_link(mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=fd)
-        if p.kind == "macvtap":
+        if p.kind == "veth":
+            routed.attach(host, name, p.ifname, p.mac, p.secret, p.routed, fd)
+        else:
+            with links.iproute(host.mux.netns) as mipr:
+                links.create_child_link(
+                    mipr, host.mux.parent, p.ifname, p.mac, p.kind, target_netns=fd
+                )
+        if p.kind == "veth":
+            sysctls = []  # routed.attach wrote the workload end's
+        elif p.kind == "macvtap":
             sysctls = [(f"net.ipv6.conf.{p.ifname}.disable_ipv6", "1")]
         else:
             sysctls = links.workload_sysctls(
@@ -278,7 +295,11 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
                     links.add_addresses(
                         ipr, p.ifname, statics, optimistic=host.workload.optimistic_dad
                     )
+                if p.routed:
+                    routed.addresses_on(ipr, p.ifname, p.routed)
                 links.set_up(ipr, p.ifname)
+                if p.kind == "veth":
+                    links.default_via_gateway(ipr, p.ifname)
                 state = links.wait_ready(
                     ipr,
                     events,
@@ -286,7 +307,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
                     p.wait,
                     p.timeout,
                     host.mux.gateway,
-                    required=tuple(a.ip for a in statics),
+                    required=tuple(a.ip for a in statics) + p.routed,
                     solicit=early_rs,
                 )
         finally:
@@ -334,6 +355,7 @@ def up(
             "netns_path": str(nsutil.netns_path(p.name)),
             "ifname": p.ifname,
             "mac": p.mac,
+            **_routed_state(p),
             "user": p.user.pw_name if p.user else None,
             "command": list(p.cmd),
             "pid": os.getpid(),
@@ -389,6 +411,11 @@ def up(
     fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
     exec_in(p.name, argv, p.user, p.gid, pass_fds=fds)
     return 127  # not reached
+
+
+def _routed_state(p: Plan) -> dict[str, Any]:
+    """The state's record of a routed link: what `down` removes in mux (see routed.py)."""
+    return {"link": "routed", "routed": [str(a) for a in p.routed]} if p.kind == "veth" else {}
 
 
 def holds_unit(env: Mapping[str, str] = os.environ) -> bool:
@@ -592,6 +619,23 @@ def _teardown(
                 return links.delete_link(ipr, ifname)
 
         step(f"link {ifname}", link)
+
+    def mux_leftover() -> bool:
+        if not links.netns_exists(host.mux.netns):
+            return False
+        with links.iproute(host.mux.netns) as mipr:
+            return links.delete_link(mipr, names.mux_link_name(name))
+
+    step(f"link {names.mux_link_name(name)} in mux", mux_leftover)
+
+    def routed_link() -> bool:
+        st = read_state(host, name) or {}
+        if st.get("link") != "routed" or (token is not None and st.get("token") != token):
+            return False  # not routed, or another instance's now (its proxies are its own)
+        addrs = tuple(ipaddress.IPv6Address(a) for a in st.get("routed") or ())
+        return routed.detach(host, name, addrs)
+
+    step("routed link's routes, proxy entries and filter in mux", routed_link)
 
     def resolv_conf() -> bool:
         if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
@@ -840,6 +884,7 @@ def status(
         "netns_path": str(nsutil.netns_path(name)),
         "ifname": ifname,
         "kind": st.get("kind", "process"),
+        "link": st.get("link", "macvlan"),
         "processes": [],
         "mac": st.get("mac"),
         "pid": st.get("pid"),
@@ -1045,7 +1090,7 @@ def cmd_status(args: argparse.Namespace, host: HostConfig) -> int:
 
 def _print_status(r: dict[str, Any]) -> None:
     print(f"{r['name']}: {r['state']} ({r['kind']}, netns {r['netns_path']})")
-    print(f"  interface {r['ifname']} mac {r['mac'] or '-'}")
+    print(f"  interface {r['ifname']} ({r.get('link', 'macvlan')}) mac {r['mac'] or '-'}")
     for key in ("global", "ula"):
         for a in r["addresses"][key]:
             print(f"  {key:6} {a}")

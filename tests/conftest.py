@@ -48,6 +48,7 @@ PROGRAM_PACKAGES = {
     "radvd": "radvd",
     "dhcpcd": "dhcpcd-base",
     "busybox": "busybox",
+    "iperf3": "iperf3",
     "nft": "nftables",
     "systemd-analyze": "systemd",
     "groff": "groff-base",
@@ -55,7 +56,6 @@ PROGRAM_PACKAGES = {
     "cpio": "cpio",
     "curl": "curl",
     "dig": "bind9-dnsutils",
-    "iperf3": "iperf3",
 }
 
 

@@ -73,6 +73,7 @@ def test_env_names_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ('[nat64]\nprefix = "64:ff9b::1/96"\n', "nat64.prefix", "host bits clear"),
         ('[workload]\ntimeout = -1\n', "workload.timeout", "greater than 0"),
         ('[workload]\ntimeout = true\n', "workload.timeout", "a number"),
+        ('[workload]\nlink = "veth"\n', "workload.link", "'macvlan', 'routed'"),
         ('[dns]\ndomain = "bad_domain"\n', "dns.domain", "DNS name"),
         ('[paths]\nrun_dir = "relative"\n', "paths.run_dir", "absolute"),
     ],
@@ -126,6 +127,8 @@ def test_workload_static_address_and_names() -> None:
         ({"colour": "red"}, {}, "colour", "known keys"),
         ({}, {"NETMUX_PORTS": "tcp/http"}, "NETMUX_PORTS", "PROTO/PORT"),
         ({}, {"NETMUX_TIMEOUT": "soon"}, "NETMUX_TIMEOUT", "seconds"),
+        ({"link": "veth"}, {}, "link", "'macvlan' or 'routed'"),
+        ({}, {"NETMUX_LINK": "bridge"}, "NETMUX_LINK", "'macvlan' or 'routed'"),
     ],
 )  # fmt: skip
 def test_workload_errors(table: dict, env: dict, key: str, allowed: str) -> None:
@@ -133,6 +136,18 @@ def test_workload_errors(table: dict, env: dict, key: str, allowed: str) -> None
         workload_from("w", table, "/etc/netmux/workloads/w.toml", env=env)
     msg = str(e.value)
     assert key in msg and allowed in msg, msg
+
+
+def test_link_file_env_cli_and_host_default() -> None:
+    host = parse_host('[workload]\nlink = "routed"\n', source="netmux.toml")
+    assert config.effective_link(host, workload_from("w")) == "routed"
+    assert config.effective_link(config.HostConfig(), workload_from("w")) == "macvlan"
+    wl = workload_from("w", {"link": "routed"}, env={"NETMUX_LINK": "macvlan"})
+    assert wl.link == "macvlan"
+    wl = workload_from("w", {"link": "macvlan"}, overrides={"link": "routed"})
+    assert config.effective_link(config.HostConfig(), wl) == "routed"
+    vm = workload_from("w", {"kind": "vm"})
+    assert config.effective_link(host, vm) == "macvlan"  # a VM's macvtap is on the segment
 
 
 def test_bad_workload_name_is_rejected() -> None:

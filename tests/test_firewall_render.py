@@ -66,6 +66,7 @@ def test_guard_sets_meter_and_forward_policy() -> None:
     assert "timeout 30s" in text
     assert 'iifname { "enp*", "eth*", "wan0" } jump guard' in text
     assert 'oifname "gw1" accept' in text
+    assert 'oifname "nm*" accept' in text
     assert "ip6 daddr fc00::/7 counter drop" in text
     assert "ct state != established update @rate" in text
 
@@ -160,3 +161,18 @@ def test_ra_guard_only_with_a_known_gateway() -> None:
     assert text.index("ra-guard") < text.index("nd-router-advert, nd-neighbor-solicit")
     assert "ra-guard" not in firewall.render_workload(config.HostConfig(), wl())
     assert "nd-redirect" not in text  # redirects are never accepted
+
+
+def test_routed_filter_on_muxs_end_of_the_veth() -> None:
+    from ipaddress import IPv6Address
+
+    text = firewall.render_routed("nmabc", "02:00:00:00:00:01", [IPv6Address("2001:db8::5")])
+    assert text.startswith("table netdev netmux_nmabc\ndelete table netdev netmux_nmabc\n")
+    assert 'hook ingress device "nmabc" priority filter; policy drop;' in text
+    assert 'ether saddr != 02:00:00:00:00:01 counter drop comment "source-mac"' in text
+    assert "icmpv6 type { nd-router-advert, nd-redirect } counter drop" in text
+    assert "ip6 saddr { 2001:db8::5, fe80::/10, :: } accept" in text
+    lines = text.splitlines()
+    assert lines.index('\t\tcounter drop comment "source-address"') > next(
+        i for i, x in enumerate(lines) if "ip6 saddr {" in x
+    )

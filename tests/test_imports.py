@@ -25,8 +25,9 @@ LAZY_CYCLES = {
     frozenset({"netmux.delegation", "netmux.hosts", "netmux.phonebook.sinks"}),
     # `netmux mux up` in the lab starts the lab's daemons (lab.py) and the workloads that
     # were running (workload.py), both of which need mux; the lab's ISP (upstream.py)
-    # runs its DNS servers as workloads.
-    frozenset({"netmux.lab", "netmux.mux", "netmux.upstream", "netmux.workload"}),
+    # runs its DNS servers as workloads. mux's watcher re-addresses routed workloads
+    # (routed.py), which reads their state through workload.py.
+    frozenset({"netmux.lab", "netmux.mux", "netmux.routed", "netmux.upstream", "netmux.workload"}),
 }
 
 

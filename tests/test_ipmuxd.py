@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 def test_parse_request_defaults() -> None:
     req = ipmuxd.parse_request(b'{"name": "web"}', "eth0")
-    assert req == ipmuxd.Request("web", "macvlan", "eth0")
+    assert req == ipmuxd.Request("web", "routed", "eth0")
     req = ipmuxd.parse_request(b'{"name": "vm1", "kind": "macvtap", "ifname": "tap0"}', "eth0")
     assert req == ipmuxd.Request("vm1", "macvtap", "tap0")
 
@@ -54,3 +54,11 @@ def test_identity_is_per_user_and_never_a_workloads() -> None:
     assert secret != ipmuxd.identity(key, 1001, "web")[1]
     assert mac != names.stable_mac(key, "web") and secret != names.stable_secret(key, "web")
     assert int(mac[:2], 16) & 0x03 == 0x02  # locally administered unicast
+
+
+def test_routed_devices_are_requested_and_named_per_user() -> None:
+    req = ipmuxd.parse_request(b'{"name": "web", "kind": "routed"}', "eth0")
+    assert req.kind == "routed"
+    peer = ipmuxd.routed_peer(1000, "web")
+    assert peer.startswith("nm") and len(peer) == 14
+    assert peer != ipmuxd.routed_peer(1001, "web") != ipmuxd.routed_peer(1000, "db")

@@ -334,3 +334,15 @@ def test_daemon_survives_fd_exhaustion(
     assert c.returncode == 0, err
     assert "accepting again" in log.read_text()
     assert p.poll() is None
+
+
+def test_kinds_a_member_may_ask_for(
+    env: Env, procs: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """`[ipmux] kinds = ["routed"]`: a member cannot get onto the shared segment."""
+    env.cfg.write_text(env.cfg.read_text().replace("[ipmux]\n", '[ipmux]\nkinds = ["routed"]\n'))
+    start_daemon(env, procs)
+    p = env.client(f"{RUN}kd", ["true"], kind="macvlan")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode != 0
+    assert "kind 'macvlan' is not allowed here (ipmux.kinds: routed)" in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from ipaddress import IPv6Address
 
 import pytest
@@ -124,3 +125,60 @@ def test_drain_reports_new_link_local_addresses() -> None:
         a.send(msg(links.RTM_NEWADDR, socket.AF_INET, links.RT_SCOPE_LINK, 10))
         assert links._drain(b) == {7}
         assert links._drain(b) == set()
+
+
+# --- routed links -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the identifier is in the CPU's byte order")
+def test_stable_address_is_the_kernels() -> None:
+    """The value Linux 6.x made for this secret's link-local address on a veth with a set
+    MAC (tests/test_routed_netns.py checks the global and ULA ones against the kernel)."""
+    from ipaddress import IPv6Network
+
+    secret = "2001:db8:1234:5678:9abc:def0:1111:2222"
+    assert links.stable_address(IPv6Network("fe80::/64"), secret) == IPv6Address(
+        "fe80::cd59:e762:a806:1c"
+    )
+    other = links.stable_address(IPv6Network("2001:db8:0:1::/64"), secret)
+    assert other in IPv6Network("2001:db8:0:1::/64") and other.packed[8:] != bytes(8)
+    with pytest.raises(ValueError, match="/64"):
+        links.stable_address(IPv6Network("2001:db8::/48"), secret)
+
+
+def test_reserved_identifiers_are_skipped() -> None:
+    assert links._reserved_iid(bytes(8))
+    assert links._reserved_iid(bytes.fromhex("02005efffe000001"))
+    assert links._reserved_iid(bytes.fromhex("fdffffffffffff80"))
+    assert not links._reserved_iid(bytes.fromhex("fdffffffffffff7f"))
+
+
+def test_advertised_prefixes_global_then_ula_without_deprecated() -> None:
+    from ipaddress import IPv6Network
+
+    gw = LinkState(
+        "gw0",
+        (
+            LL,
+            Addr(IPv6Address("2001:db8:0:1::1"), 64, 0),
+            Addr(IPv6Address("2001:db8:0:2::1"), 64, ifaddr.IFA_F_DEPRECATED),
+            Addr(IPv6Address("2001:db8:0:3::1"), 56, 0),
+            ULA,
+        ),
+    )
+    assert links.advertised_prefixes(gw, IPv6Network("fd64:cafe::/64")) == (
+        IPv6Network("2001:db8:0:1::/64"),
+        IPv6Network("fd64:cafe::/64"),
+    )
+
+
+def test_routed_ends_take_no_router_adverts() -> None:
+    wl = dict(links.routed_workload_sysctls("eth0", "::1", 100))
+    assert wl["net.ipv6.conf.eth0.accept_ra"] == "0"
+    assert wl["net.ipv6.conf.eth0.autoconf"] == "0"
+    assert next(iter(wl)) == "net.ipv6.conf.eth0.stable_secret"
+    mux = dict(links.routed_mux_sysctls("nmabc", "gw0"))
+    assert mux["net.ipv6.conf.nmabc.accept_ra"] == "0"
+    assert mux["net.ipv6.conf.nmabc.forwarding"] == "1"
+    assert mux["net.ipv6.conf.gw0.proxy_ndp"] == "1"
+    assert mux["net.ipv6.neigh.gw0.proxy_delay"] == "0"

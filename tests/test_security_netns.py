@@ -69,11 +69,13 @@ for line in sys.stdin:
 class Member:
     """`nobody` in group netmux (for ipmuxd and the phonebook) running AGENT in ipmux."""
 
-    def __init__(self, stack: Stack, name: str, unpriv: Unprivileged) -> None:
+    def __init__(
+        self, stack: Stack, name: str, unpriv: Unprivileged, kind: str = "macvlan"
+    ) -> None:
         daemon_gid = 1  # Debian's group "daemon", the test phonebook's group
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                 f"--groups={IPMUX_GID},{daemon_gid}", unpriv.python, "-m", "netmux.cli",
-                "--config", str(stack.config), "ipmux", name, "--",
+                "--config", str(stack.config), "ipmux", "--kind", kind, name, "--",
                 "python3", "-c", AGENT, str(stack.publish_sock)]  # fmt: skip
         self.p = subprocess.Popen(argv, env=unpriv.env(), text=True, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip

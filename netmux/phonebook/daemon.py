@@ -65,6 +65,7 @@ class Publication:
     records: list[Record] | None = None  # computed from addresses when first needed
     seen: tuple[Address, ...] = ()  # what the interface has; `addresses`: what is trusted
     link: tuple[int, int] = (0, 0)  # unprivileged: (ifindex, birth) of the checked device
+    routed: frozenset[ipaddress.IPv6Address] | None = None  # a routed veth: what mux routes to it
 
     @property
     def labels(self) -> set[str]:
@@ -275,10 +276,25 @@ class Phonebook:
         muxfd = self._mux_fd()
         try:
             index = verify.device_ifindex(pub.nsfd, pub.ifname, muxfd, self.cfg.mux.parent)
+            pub.routed = verify.routed_addresses(pub.nsfd, pub.ifname, muxfd)
         finally:
             os.close(muxfd)
         watcher = self.follower.watchers.get(pub.nskey)
         pub.link = (index, watcher.identity(index, pub.ifname) if watcher else 0)
+
+    def _routed(self, pub: Publication) -> frozenset[ipaddress.IPv6Address]:
+        """What mux routes to a routed veth now (a renumbering adds to it); nothing if mux
+        cannot be read."""
+        try:
+            muxfd = self._mux_fd()
+        except Denied:
+            return frozenset()
+        try:
+            return verify.routed_addresses(pub.nsfd, pub.ifname, muxfd) or frozenset()
+        except OSError:
+            return frozenset()
+        finally:
+            os.close(muxfd)
 
     def _trusted(self, pub: Publication, addrs: tuple[Address, ...]) -> tuple[Address, ...]:
         """Root's addresses as they are; others' only on the checked device, in prefixes."""
@@ -288,6 +304,9 @@ class Phonebook:
         index, birth = pub.link
         if not birth or watcher is None or watcher.identity(index, pub.ifname) != birth:
             return ()  # the checked device is gone (or was replaced): nothing to vouch for
+        if pub.routed is not None:  # a routed veth: mux's routes vouch (now), not DAD
+            pub.routed = self._routed(pub)
+            return tuple(a for a in addrs if a.ip in pub.routed)
         return verify.trusted_addresses(addrs, self.prefixes)
 
     def _store_state(self, pub: Publication) -> None:
