@@ -29,22 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, ms, summary, table, write_results
+from bench.systemd_dns import CONFIG, PUBLIC, prepare_dns
 
-DOMAIN = "example.org"
-PUBLIC = f"box.{DOMAIN}"
-KNOT = "/var/lib/netmux/knot"
-CONFIG = f"""[mux]
-static_addresses = ["2001:db8:0:1::1/64"]
-root_link = "macv0"           # phonebookd (root namespace) reaches Knot at fd64:cafe::d
-[dns]
-hostname = "box"
-domain = "{DOMAIN}"
-[phonebook]
-sinks = ["rfc2136"]
-server = "fd64:cafe::d"
-tsig_key = "/etc/netmux/phonebook.key"
-ns_label = "dns"
-"""
 PLAIN_UNIT = """[Unit]
 Description=bench peer %i
 
@@ -120,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=0, help="boots (default 3, --quick 1)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from netmux.config import parse_host
-    from netmux.phonebook import knot
-    from netmux.phonebook.records import Zones
     from tests import sysbox
 
     n = args.workloads or (20 if args.quick else 100)
@@ -137,17 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     per_name: list[float] = []
     with sysbox.boot(CONFIG, units=True) as box:
-        zones = Zones.from_config(parse_host(CONFIG))
-        knot.write_all(zones, box.path(KNOT), ["::"], 53, box.path("/etc/netmux/phonebook.key"))
-        conf = box.path(f"{KNOT}/knot.conf")
-        conf.write_text(conf.read_text().replace(str(box.path(KNOT)), KNOT).replace(
-            str(box.path("/etc/netmux/phonebook.key")), "/etc/netmux/phonebook.key"))  # fmt: skip
-        wl = box.etc / "netmux" / "workloads"
-        wl.mkdir(parents=True, exist_ok=True)
-        (wl / "dns.toml").write_text(
-            f'command = ["/usr/sbin/knotd", "-c", "{KNOT}/knot.conf"]\n'
-            'addresses = ["fd64:cafe::d/64"]\nports = ["udp/53", "tcp/53"]\n'
-        )
+        wl = prepare_dns(box)
         names = [f"b{i}" for i in range(n)]
         for name in names:
             (wl / f"{name}.toml").write_text('command = ["/bin/sleep", "infinity"]\n')

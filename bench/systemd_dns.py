@@ -48,6 +48,27 @@ ns_label = "dns"
 """
 
 
+def prepare_dns(box: Any) -> Path:
+    """The dns recipe in a booted box: Knot's config, zones and key, and the workload `dns`
+    that runs it on fd64:cafe::d. Returns the box's workloads directory (host path)."""
+    from netmux.config import parse_host
+    from netmux.phonebook import knot
+    from netmux.phonebook.records import Zones
+
+    zones = Zones.from_config(parse_host(CONFIG))
+    knot.write_all(zones, box.path(KNOT), ["::"], 53, box.path("/etc/netmux/phonebook.key"))
+    conf = box.path(f"{KNOT}/knot.conf")
+    conf.write_text(conf.read_text().replace(str(box.path(KNOT)), KNOT).replace(
+        str(box.path("/etc/netmux/phonebook.key")), "/etc/netmux/phonebook.key"))  # fmt: skip
+    wl: Path = box.etc / "netmux" / "workloads"
+    wl.mkdir(parents=True, exist_ok=True)
+    (wl / "dns.toml").write_text(
+        f'command = ["/usr/sbin/knotd", "-c", "{KNOT}/knot.conf"]\n'
+        'addresses = ["fd64:cafe::d/64"]\nports = ["udp/53", "tcp/53"]\n'
+    )
+    return wl
+
+
 def _journal_times(box: Any, unit: str, name: str) -> dict[str, float]:
     """Monotonic µs of the start's milestones, from the journal."""
     out: dict[str, float] = {}
@@ -103,9 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--many", type=int, default=100, help="units started at once (0: none)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from netmux.config import parse_host
-    from netmux.phonebook import knot
-    from netmux.phonebook.records import Zones
     from tests import sysbox
 
     compile_checkout()  # the box runs the checkout as the .deb runs its byte-compiled files
@@ -117,17 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "published_to_dad_done", "dad_done_to_up",
         "up_to_started", "python_pass", "python_import_workload")}  # fmt: skip
     with sysbox.boot(CONFIG, units=True) as box:
-        zones = Zones.from_config(parse_host(CONFIG))
-        knot.write_all(zones, box.path(KNOT), ["::"], 53, box.path("/etc/netmux/phonebook.key"))
-        conf = box.path(f"{KNOT}/knot.conf")
-        conf.write_text(conf.read_text().replace(str(box.path(KNOT)), KNOT).replace(
-            str(box.path("/etc/netmux/phonebook.key")), "/etc/netmux/phonebook.key"))  # fmt: skip
-        wl = box.etc / "netmux" / "workloads"
-        wl.mkdir(parents=True, exist_ok=True)
-        (wl / "dns.toml").write_text(
-            f'command = ["/usr/sbin/knotd", "-c", "{KNOT}/knot.conf"]\n'
-            'addresses = ["fd64:cafe::d/64"]\nports = ["udp/53", "tcp/53"]\n'
-        )
+        prepare_dns(box)
         box.systemctl("start", "netmux-mux.service", "netmux-radvd.service", "phonebookd.service")
         box.systemctl("start", "netmux@dns.service", timeout=60)
 

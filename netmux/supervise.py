@@ -245,6 +245,31 @@ def _kill(pid: int, starttime: int | None, timeout: float = 5.0) -> None:
         os.close(fd)
 
 
+def _await_group(pgid: int, timeout: float) -> None:
+    """Wait until the process group the daemon led has no live member: its helpers
+    (radvd's privsep child) exit after it, and one that still holds the daemon's locked
+    pidfile makes the next start of the same daemon fail. The group is ours: start() made
+    it a session (start_new_session), and it outlives the leader only through the
+    daemon's own children. Zombies do not count (a subreaper may not have reaped them)."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":  # state, ppid, pgrp
+            return True
+    return False
+
+
 def _reap(pid: int) -> None:
     proc = _children.pop(pid, None)
     if proc is not None:
@@ -262,6 +287,7 @@ def stop(name: str, run_dir: Path, timeout: float = 5.0) -> bool:
     if d is not None:
         _kill(d.pid, d.starttime, timeout)
         _reap(d.pid)
+        _await_group(d.pid, timeout)
         journal.info(f"stopped {name} (pid {d.pid})", netns=d.netns)
     pid_path.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
