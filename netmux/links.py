@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from . import nsutil
+from . import names, nsutil
 from .errors import NetmuxError, StateError
 from .ifaddr import (
     IFA_F_DADFAILED,
@@ -652,60 +652,15 @@ def split_addresses(addrs: tuple[Addr, ...]) -> dict[str, list[str]]:
 
 ROUTED_GATEWAY = IPv6Address("fe80::1")
 NTF_PROXY = 0x08
-_SHA1_K = (0x5A827999, 0x6ED9EBA1, 0x8F1BBCDC, 0xCA62C1D6)
-
-
-def _sha1_block(block: bytes) -> tuple[int, ...]:
-    """SHA-1's compression of one 64-byte block from the standard initial state, without
-    padding: what the kernel's stable-privacy generator hashes (sha1_transform). Pure."""
-
-    def rol(x: int, n: int) -> int:
-        return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
-
-    h = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
-    w = list(struct.unpack(">16I", block))
-    for i in range(16, 80):
-        w.append(rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1))
-    a, b, c, d, e = h
-    for i in range(80):
-        if i < 20:
-            f = (b & c) | (~b & d)
-        elif i < 40 or i >= 60:
-            f = b ^ c ^ d
-        else:
-            f = (b & c) | (b & d) | (c & d)
-        t = (rol(a, 5) + (f & 0xFFFFFFFF) + e + _SHA1_K[i // 20] + w[i]) & 0xFFFFFFFF
-        a, b, c, d, e = t, a, rol(b, 30), c, d
-    return tuple((x + y) & 0xFFFFFFFF for x, y in zip(h, (a, b, c, d, e), strict=True))
-
-
-def _reserved_iid(iid: bytes) -> bool:
-    """RFC 5453 interface identifiers the kernel skips (ipv6_reserved_interfaceid)."""
-    if iid == bytes(8):
-        return True
-    if iid[:5] == bytes.fromhex("02005efffe"):
-        return True
-    return iid[:7] == bytes.fromhex("fdffffffffffff") and iid[7] >= 0x80
 
 
 def stable_address(prefix: IPv6Network, secret: str, dad_count: int = 0) -> IPv6Address:
-    """The address Linux makes by SLAAC in a /64 on a link with `stable_secret` (addr_gen_
-    mode 2) whose MAC was set by netmux (no permanent hardware address). Pure.
-
-    RFC 7217 as net/ipv6/addrconf.c implements it (ipv6_generate_stable_address): one
-    SHA-1 block of secret, the prefix's 64 bits, the (zero) hardware address and the DAD
-    counter; the first two digest words, in the CPU's byte order, are the identifier.
+    """The address Linux makes by SLAAC in /64 `prefix` on a link with `stable_secret`
+    whose MAC netmux set (names.stable_privacy_address, the kernel's algorithm). Pure;
     tests/test_routed_netns.py checks it against the kernel's own addresses."""
     if prefix.prefixlen != 64:
         raise ValueError(f"SLAAC needs a /64, not {prefix}")
-    head = prefix.network_address.packed[:8]
-    for count in range(dad_count, 256):
-        data = IPv6Address(secret).packed + head + bytes(32) + bytes([count])
-        digest = _sha1_block(data.ljust(64, b"\0"))
-        iid = struct.pack("=II", digest[0], digest[1])
-        if not _reserved_iid(iid):
-            return IPv6Address(head + iid)
-    raise ValueError("no usable interface identifier")  # pragma: no cover - 2^-64 per try
+    return names.stable_privacy_address(secret, str(prefix), dad_count)
 
 
 def advertised_prefixes(gateway: LinkState, ula: IPv6Network) -> tuple[IPv6Network, ...]:

@@ -158,6 +158,19 @@ def stable_privacy_address(secret: str, prefix: str, dad_count: int = 0) -> ipad
     against the real kernel."""
     net = ipaddress.IPv6Network(prefix, strict=False)
     head = net.network_address.packed[:8]
-    block = ipaddress.IPv6Address(secret).packed + head + bytes(32) + bytes([dad_count])
-    digest = _sha1_block(block.ljust(64, b"\0"))
-    return ipaddress.IPv6Address(head + struct.pack("<2I", digest[0], digest[1]))
+    for count in range(dad_count, 256):  # the kernel skips RFC 5453's reserved identifiers
+        block = ipaddress.IPv6Address(secret).packed + head + bytes(32) + bytes([count])
+        digest = _sha1_block(block.ljust(64, b"\0"))
+        iid = struct.pack("<2I", digest[0], digest[1])
+        if not _reserved_iid(iid):
+            return ipaddress.IPv6Address(head + iid)
+    raise ValueError("no usable interface identifier")  # pragma: no cover - 2^-64 per try
+
+
+def _reserved_iid(iid: bytes) -> bool:
+    """RFC 5453 interface identifiers the kernel skips (ipv6_reserved_interfaceid)."""
+    if iid == bytes(8):
+        return True
+    if iid[:5] == bytes.fromhex("02005efffe"):
+        return True
+    return iid[:7] == bytes.fromhex("fdffffffffffff") and iid[7] >= 0x80

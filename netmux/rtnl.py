@@ -57,6 +57,22 @@ class NetlinkError(OSError):
         return int(self.errno or 0)
 
 
+_FORWARDED: dict[type, type] = {}
+
+
+def _forwarded(pyroute2_error: type) -> type:
+    """A NetlinkError that is also pyroute2's NetlinkError (made once)."""
+    if pyroute2_error not in _FORWARDED:
+
+        def init(self: Any, code: int, msg: str) -> None:
+            OSError.__init__(self, code, msg)
+
+        _FORWARDED[pyroute2_error] = type(
+            "NetlinkError", (NetlinkError, pyroute2_error), {"__init__": init}
+        )
+    return _FORWARDED[pyroute2_error]
+
+
 def attr(kind: int, value: bytes) -> bytes:
     """One rtattr, padded to 4 bytes. Pure."""
     raw = _RTA.pack(_RTA.size + len(value), kind) + value
@@ -284,7 +300,23 @@ class Rtnl:
             from .pr2 import IPRoute
 
             self._pyroute2 = IPRoute(fileno=os.dup(self.sock.fileno()))
-        return getattr(self._pyroute2, name)
+        value = getattr(self._pyroute2, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kw: Any) -> Any:
+            """The kernel's refusal as one exception both kinds of caller catch: ours
+            (`except NetlinkError`, e.g. links.py) and pyroute2's (`pr2.NetlinkError`)."""
+            from . import pr2
+
+            try:
+                return value(*args, **kw)
+            except pr2.NetlinkError as e:
+                raise _forwarded(pr2.NetlinkError)(
+                    e.code, str(e.args[1] if len(e.args) > 1 else e)
+                ) from e
+
+        return call
 
     def close(self) -> None:
         if self._pyroute2 is not None:

@@ -7,7 +7,7 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from netmux import ifaddr, links
+from netmux import ifaddr, links, names
 from netmux.links import Addr, LinkState
 
 pytestmark = pytest.mark.unit
@@ -147,10 +147,10 @@ def test_stable_address_is_the_kernels() -> None:
 
 
 def test_reserved_identifiers_are_skipped() -> None:
-    assert links._reserved_iid(bytes(8))
-    assert links._reserved_iid(bytes.fromhex("02005efffe000001"))
-    assert links._reserved_iid(bytes.fromhex("fdffffffffffff80"))
-    assert not links._reserved_iid(bytes.fromhex("fdffffffffffff7f"))
+    assert names._reserved_iid(bytes(8))
+    assert names._reserved_iid(bytes.fromhex("02005efffe000001"))
+    assert names._reserved_iid(bytes.fromhex("fdffffffffffff80"))
+    assert not names._reserved_iid(bytes.fromhex("fdffffffffffff7f"))
 
 
 def test_advertised_prefixes_global_then_ula_without_deprecated() -> None:
