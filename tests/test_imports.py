@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent / "netmux"
 LAZY_CYCLES = {
     # The RFC 2136 sink publishes the delegation of a renumbered prefix through
     # delegation.py, which sends with the sink's TSIG settings; make_sinks adds a member
-    # host's sink to the primary (hosts.py), an RFC 2136 sink itself.
-    frozenset({"netmux.delegation", "netmux.hosts", "netmux.phonebook.sinks"}),
+    # host's sink to the primary (hosts.py), an RFC 2136 sink itself; knot.py's command
+    # (`python -m netmux.phonebook.knot`) writes a primary's part through hosts.py, which
+    # shares knot.py's server sections.
+    frozenset(
+        {"netmux.delegation", "netmux.hosts", "netmux.phonebook.knot", "netmux.phonebook.sinks"}
+    ),
     # `netmux mux up` in the lab starts the lab's daemons (lab.py) and the workloads that
     # were running (workload.py), both of which need mux; the lab's ISP (upstream.py)
     # runs its DNS servers as workloads. mux's watcher re-addresses routed workloads

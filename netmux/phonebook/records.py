@@ -163,14 +163,19 @@ def check_fqdn(name: str) -> str:
     return name
 
 
-def check_alias(label: str) -> str:
-    """An extra DNS label a workload asks for besides its name."""
+def check_label(label: str, what: str = "DNS label") -> str:
+    """One DNS label (a workload's extra name, a host's name): UsageError naming `what`."""
     if not isinstance(label, str) or _label(label) is not None:
         raise UsageError(
-            f"DNS label {label!r} is not allowed: 1-63 characters of a-z, 0-9, '-', "
+            f"{what} {label!r} is not allowed: 1-63 characters of a-z, 0-9, '-', "
             "not starting or ending with '-'"
         )
     return label
+
+
+def check_alias(label: str) -> str:
+    """An extra DNS label a workload asks for besides its name."""
+    return check_label(label)
 
 
 def reverse_zone(net: IPv6Network) -> str:
