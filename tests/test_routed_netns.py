@@ -71,7 +71,9 @@ def upstream(env: MuxEnv) -> Iterator[Upstream]:
 
 
 def ping(netns: str, dst: str) -> bool:
-    argv = ["ip", "netns", "exec", netns, "ping", "-6", "-c1", "-W2", dst]
+    """Reachable: one of three echo requests answered (the first may wait on neighbour
+    discovery along the path, which a loaded machine can stretch past the 2 s wait)."""
+    argv = ["ip", "netns", "exec", netns, "ping", "-6", "-c3", "-i0.2", "-W2", dst]
     return subprocess.run(argv, capture_output=True).returncode == 0
 
 
