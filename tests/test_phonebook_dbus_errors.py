@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from netmux.phonebook import client, errors
 from tests import phonebookfix
+from tests.conftest import Unprivileged
 from tests.phonebookfix import SETTLE_TIMEOUT, Stack, add_workload_link, addr
 
 pytestmark = pytest.mark.netns
@@ -99,14 +99,16 @@ asyncio.run(go())
 """
 
 
-def test_someone_elses_name_is_access_denied(stack: Stack, wl: str) -> None:
+def test_someone_elses_name_is_access_denied(
+    stack: Stack, wl: str, unprivileged: Unprivileged
+) -> None:
     pub = client.publish("held", "eth0", wl, address=stack.bus)
     assert pub is not None, stack.log()
     try:
-        r = subprocess.run(
+        r = subprocess.run(  # nobody's Python: a checkout under /root is out of its reach
             ["setpriv", "--reuid=nobody", "--regid=nogroup", f"--groups={stack.group}",
-             sys.executable, "-c", NOBODY_UNPUBLISH, stack.bus],
-            capture_output=True, text=True, timeout=20,
+             unprivileged.python, "-c", NOBODY_UNPUBLISH, stack.bus],
+            capture_output=True, text=True, timeout=20, env=unprivileged.env(),
         )  # fmt: skip
         assert r.stdout.strip() == E + "AccessDenied", r.stderr
     finally:
