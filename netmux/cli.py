@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__, config, journal
+from . import __version__, config, journal, launch
 from .errors import NetmuxError
 
 Handler = Callable[[argparse.Namespace, config.HostConfig], int]
@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
 
+    p = _add(
+        sub, "launcher", "serve up/down/ls/status warm (netmux-launcher.service)", cmd_launcher
+    )
+    p.add_argument("--socket", default=launch.socket_path(),
+                   help="where to listen unless systemd passes the socket")  # fmt: skip
+
     p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", _doctor)
     _json_flag(p)
 
@@ -309,6 +315,13 @@ def cmd_config(args: argparse.Namespace, cfg: config.HostConfig) -> int:
                 for k, v in values.items():
                     print(f"{k} = {json.dumps(v)}")
     return 0
+
+
+def cmd_launcher(args: argparse.Namespace, cfg: config.HostConfig) -> int:
+    """The warm launcher (netmux/launcher.py): its workers run this CLI's `main`."""
+    from .launcher import serve
+
+    return serve(args.socket, main)
 
 
 def to_jsonable(obj: Any) -> Any:

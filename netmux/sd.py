@@ -14,7 +14,7 @@ import fcntl
 import os
 import re
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 SD_LISTEN_FDS_START = 3
@@ -40,20 +40,33 @@ def _notify_address(env: MutableMapping[str, str] | dict[str, str]) -> str | byt
     return None
 
 
+# The launcher's worker (netmux/launcher.py) relays its messages through its client, the
+# unit's main process: systemd takes them from no other (NotifyAccess=main).
+_relay: Callable[[str, list[int]], None] | None = None
+
+
+def set_relay(relay: Callable[[str, list[int]], None] | None) -> None:
+    global _relay
+    _relay = relay
+
+
 class Notifier:
     """One socket to $NOTIFY_SOCKET for a daemon that notifies often (phonebookd)."""
 
     def __init__(self, env: MutableMapping[str, str] | dict[str, str] | None = None) -> None:
         self.addr = _notify_address(os.environ if env is None else env)
         self.sock: socket.socket | None = None
-        if self.addr is not None:
+        if self.addr is not None and _relay is None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     @property
     def enabled(self) -> bool:
-        return self.sock is not None
+        return self.sock is not None or (self.addr is not None and _relay is not None)
 
     def notify(self, text: str, fds: list[int] | None = None) -> None:
+        if self.addr is not None and _relay is not None:
+            _relay(text, list(fds or ()))
+            return
         if self.sock is None or self.addr is None:
             return
         anc = []

@@ -43,7 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, files, firewall, journal, links, mux, names, nsutil, resolv, routed, sd, tap
+from . import (
+    become,
+    config,
+    files,
+    firewall,
+    journal,
+    links,
+    mux,
+    names,
+    nsutil,
+    resolv,
+    routed,
+    sd,
+    tap,
+)
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
@@ -243,7 +257,7 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
     name = p.name
     token = secrets.token_hex(8)
     # The state goes first, so that a SIGKILL at any later point leaves a record of it.
-    _write_state(host, name, {"name": name, "phase": "building", "pid": os.getpid(),
+    _write_state(host, name, {"name": name, "phase": "building", "pid": become.main_pid(),
                               "ifname": p.ifname, "kind": wl.kind, "token": token,
                               "key_id": p.key_id, "wait": p.wait,
                               **_routed_state(p)})  # fmt: skip
@@ -358,7 +372,7 @@ def up(
             **_routed_state(p),
             "user": p.user.pw_name if p.user else None,
             "command": list(p.cmd),
-            "pid": os.getpid(),
+            "pid": become.main_pid(),
             "started": time.time(),
             "up_seconds": round(elapsed, 4),
             "addresses": addrs,
@@ -427,15 +441,9 @@ def holds_unit(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def hold_unit(name: str) -> None:
-    """Become `sleep infinity` (same PID, ~1 MB, no netmux code resident) until the unit
-    stops; its SIGTERM counts as a clean stop."""
-    sleep = shutil.which("sleep") or "/bin/sleep"
+    """Become `sleep infinity` until the unit stops (become.hold)."""
     sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(sleep, [f"netmux-hold-{name}", "infinity"])
-    except OSError as e:
-        raise StateError(f"workload {name}: cannot hold the unit with {sleep}: {e.strerror}") from e
+    become.handoff(become.hold(name))
 
 
 def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
@@ -462,23 +470,11 @@ def _open_tap(p: Plan, netns: str | int | None = None) -> int:
 
 
 def _drop_privileges(user: pwd.struct_passwd | None, gid: int | None) -> None:
-    if user is None:
-        if gid is not None:
-            os.setgid(gid)
-        return
-    g = gid if gid is not None else user.pw_gid
-    os.initgroups(user.pw_name, g)
-    os.setgid(g)
-    os.setuid(user.pw_uid)
+    become.drop_privileges(user, gid)
 
 
 def _user_env(user: pwd.struct_passwd | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if user is not None:
-        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        if user.pw_shell:
-            env["SHELL"] = user.pw_shell
-    return env
+    return become.user_env(user)
 
 
 def exec_in(
@@ -488,22 +484,10 @@ def exec_in(
     gid: int | None = None,
     pass_fds: tuple[int, ...] = (),
 ) -> None:
-    """Enter NAME's namespace in this (main) thread, drop privileges, exec. No return."""
-    env = _user_env(user)
-    nsutil.enter_netns(name)
-    resolv.bind_for_exec(name)
-    _drop_privileges(user, gid)
-    if user is not None:
-        with contextlib.suppress(OSError):
-            os.chdir(user.pw_dir)
-    for fd in pass_fds:
-        os.set_inheritable(fd, True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        raise StateError(f"workload {name}: cannot execute {argv[0]!r}: {e.strerror}") from e
+    """Become NAME's command (netmux/become.py): here, or from the launcher's client."""
+    ex = become.Exec(name=name, argv=tuple(argv), env=_user_env(user),
+                     user=user.pw_name if user else None, gid=gid, pass_fds=pass_fds)  # fmt: skip
+    become.handoff(ex)
 
 
 # --- down -------------------------------------------------------------------------------
@@ -769,7 +753,7 @@ def run(
 
         def pre() -> None:
             nsutil.enter_netns(p.name)
-            resolv.bind_for_exec(p.name)
+            become.bind_resolv(p.name)
             _drop_privileges(p.user, p.gid)
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)

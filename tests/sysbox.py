@@ -52,7 +52,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 UNIT_BIN = Path("/opt/netmux/bin")
 _OPT_SRC, _OPT_SITE = "/opt/netmux/src", "/opt/netmux/site"
 ENTRY_POINTS = {
-    "netmux": "netmux.cli",
+    "netmux": "netmux.__main__",
     "phonebookd": "netmux.phonebook.service",
     "ipmuxd": "netmux.ipmuxd",
 }

@@ -55,6 +55,7 @@ COMMANDS: dict[str, set[str]] = {
     "up": {"name", "--port", "--vm", "--user", "--address", "--timeout", "--wait", "cmd"},
     "down": {"name"},
     "exec": {"name", "--user", "cmd"},
+    "launcher": {"--socket"},
     "run": {"name", "--port", "--vm", "--user", "--address", "--timeout", "--wait", "cmd"},
     "ls": {"--json"},
     "status": {"name", "--json"},
@@ -107,9 +108,10 @@ def test_each_command_resolves_its_handler_and_lists_its_options(name: str) -> N
     p = _subparsers()[name]
     handler = p.get_default("handler")
     assert callable(handler) and list(inspect.signature(handler).parameters) == ["args", "cfg"]
-    # The handler's lazy import names a real cmd_* of a real module.
+    # A forwarding handler's lazy import names a real cmd_* of a real module (cli's own
+    # cmd_* handlers import what they use).
     tree = ast.parse(textwrap.dedent(inspect.getsource(handler)))
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if handler.__name__.startswith("_") else ():
         if isinstance(node, ast.ImportFrom):
             mod = importlib.import_module("." * node.level + (node.module or ""), "netmux")
             for a in node.names:

@@ -1,0 +1,21 @@
+"""The `netmux` command: the warm launcher's client first (netmux/launch.py), the whole CLI
+(netmux/cli.py) when there is no launcher to ask or the command is not one it serves."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    from .launch import remote
+
+    rc = remote(sys.argv[1:])
+    if rc is not None:
+        return rc
+    from .cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The launcher's client: how the `netmux` command (netmux/__main__.py) asks first.
+
+Run as root, `netmux up|down|ls|status ...` hands its arguments, environment, working
+directory and stdio to the warm launcher (netmux/launcher.py, netmux-launcher.service,
+socket-activated), which runs the very same CLI in a fork of a process that has netmux
+loaded, in this process's cgroup (so the journal and systemd count it as this unit's).
+What only this process may do comes back to it: the sd_notify messages (systemd takes them
+from the unit's main process alone), and for `up` becoming the workload's command
+(netmux/become.py) — so the workload is still the unit's main process and no netmux
+process stays per workload. Everything else, and every command when there is no launcher
+(not root, no socket, `NETMUX_LAUNCH_SOCKET=` empty), runs the CLI here: the same code,
+~0.1 s more of interpreter and imports (docs/benchmarks.md, "The launcher's own cost").
+
+Import-light on purpose: this module, netmux.sd, netmux.become and netmux.nsutil are all
+the client loads.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SOCKET = "/run/netmux/launch.sock"
+SOCKET_ENV = "NETMUX_LAUNCH_SOCKET"
+# The commands the launcher runs; the rest (run, exec, mux, lab, ...) keep their own
+# process: they wait on children, forward signals or outlive a request.
+COMMANDS = frozenset({"up", "down", "ls", "status"})
+MAX_FDS = 16
+MAX_MESSAGE = 1 << 20
+
+
+def socket_path(env: Mapping[str, str] = os.environ) -> str:
+    return env.get(SOCKET_ENV, SOCKET)
+
+
+# --- the wire: one JSON object per SOCK_SEQPACKET message, fds beside it -------------------
+
+
+def send(sock: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    sock.sendmsg([json.dumps(obj).encode()], anc)
+
+
+def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and the fds that came with it (non-inheritable); (None, []) at EOF."""
+    fds = array.array("i")
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize),
+                                       socket.MSG_CMSG_CLOEXEC)  # fmt: skip
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    got = list(fds)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in got:
+            os.close(fd)
+        raise OSError("netmux launcher: a message was truncated")
+    if not data:
+        for fd in got:
+            os.close(fd)
+        return None, []
+    return json.loads(data), got
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+def _connect(path: str) -> socket.socket | None:
+    if not path:
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except OSError:  # no launcher (ENOENT), a stale socket (ECONNREFUSED), ...
+        s.close()
+        return None
+    return s
+
+
+def _place(fds: list[int], at: Sequence[int]) -> None:
+    """Give the received fds the numbers the command's arguments name (the tap's fd=N)."""
+    tmp = [os.dup(fd) if fd in at else fd for fd in fds]  # never clobber one not yet moved
+    for fd, t in zip(fds, tmp, strict=True):
+        if fd != t:
+            os.close(fd)
+    for t, want in zip(tmp, at, strict=True):
+        if t != want:
+            os.dup2(t, want)  # inheritable, as the command needs it
+            os.close(t)
+        else:
+            os.set_inheritable(t, True)
+
+
+def remote(argv: Sequence[str]) -> int | None:
+    """Run `netmux ARGV` through the launcher: its exit status, or no return when this
+    process became the workload; None when there is no launcher to ask."""
+    if os.geteuid() != 0 or not argv or argv[0] not in COMMANDS:
+        return None
+    sock = _connect(socket_path())
+    if sock is None:
+        return None
+    from . import sd
+
+    notifier = sd.Notifier()
+    try:
+        send(sock, {"argv": list(argv), "env": dict(os.environ), "cwd": os.getcwd()}, [0, 1, 2])
+        while True:
+            msg, fds = recv(sock)
+            if msg is None:
+                print(f"netmux {argv[0]}: the launcher's worker ended without an answer "
+                      f"(journalctl -u netmux-launcher)", file=sys.stderr)  # fmt: skip
+                return 1
+            if "notify" in msg:
+                try:
+                    notifier.notify(str(msg["notify"]), fds)
+                except OSError as e:
+                    print(f"netmux {argv[0]}: sd_notify: {e}", file=sys.stderr)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+            elif "exec" in msg:
+                return _become(argv[0], msg["exec"], fds, sock)
+            else:
+                return int(msg.get("exit", 1))
+    finally:
+        notifier.close()
+        sock.close()
+
+
+def _become(command: str, plan: dict[str, Any], fds: list[int], sock: socket.socket) -> int:
+    from . import become
+    from .errors import NetmuxError
+
+    ex = become.Exec.from_json(plan)
+    sock.close()
+    _place(fds, ex.pass_fds)
+    try:
+        become.execute(ex)
+    except (NetmuxError, OSError) as e:
+        print(f"netmux {command}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    return 127  # not reached

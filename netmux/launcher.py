@@ -1,0 +1,205 @@
+"""The warm launcher: `netmux up/down/ls/status` without an interpreter start each.
+
+A fresh `netmux` costs ~0.1 s of interpreter and imports before it does ~25 ms of kernel
+work (docs/benchmarks.md, "The launcher's own cost"). netmux-launcher.service (started by
+its socket, netmux-launcher.socket) imports netmux once; for each request from the
+command's client (netmux/launch.py) it forks a worker that:
+
+- checks the caller is root (SO_PEERCRED) and joins the caller's cgroup, so the journal
+  files its lines under the caller's unit and phonebookd sees the caller's unit;
+- takes the caller's stdio, environment and working directory, and runs the very same
+  CLI (netmux/cli.py) with the caller's arguments;
+- sends back what only the caller may do: sd_notify messages (netmux/sd.py relays them)
+  and, for `up`, the `Exec` that makes the caller the workload's command
+  (netmux/become.py), with the fds it needs (tap, DNS lifeline); else the exit status.
+
+A fork shares nothing that matters between requests (each worker's netlink sockets,
+namespaces and state are its own), and one worker per request lets many `up`s run at
+once as separate processes would. The launcher is a process of its own unit, not per
+workload: nothing of netmux stays resident in a workload's unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import become, journal, launch, sd
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class _Handed(BaseException):
+    """The worker gave its request's `Exec` to the client: nothing more to do here."""
+
+
+def preload() -> None:
+    """What every `up` imports, imported once here; forks share it."""
+    import netmux.firewall
+    import netmux.phonebook.client
+    import netmux.workload
+
+    with contextlib.suppress(Exception):  # python3-nftables absent: `up` reports it
+        netmux.firewall._nft()  # loads libnftables once
+
+
+# --- the worker ---------------------------------------------------------------------------
+
+
+def join_cgroup(pid: int, root: Path = CGROUP_ROOT) -> bool:
+    """Move this process into every cgroup `pid` is in (v2, or each v1 hierarchy, the
+    name=systemd one included). True if the systemd one (v2's, or name=systemd) took it."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    ok = False
+    v2 = (root / "cgroup.procs").exists()
+    for line in lines:
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and not controllers:
+            base = root if v2 else root / "unified"
+        elif v2:
+            continue
+        else:
+            base = root / controllers.removeprefix("name=")
+        try:
+            (base / path.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            continue
+        if controllers in ("", "name=systemd"):
+            ok = True
+    return ok
+
+
+def _peer(conn: socket.socket) -> tuple[int, int, int]:
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def worker(conn: socket.socket, run: Callable[[list[str]], int]) -> int:
+    """Serve one request on `conn` (in a fresh fork) with the CLI's `run`; the exit status
+    of this process."""
+    for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+    pid, uid, _ = _peer(conn)
+    msg, fds = launch.recv(conn)
+    if msg is None or len(fds) != 3:
+        return 2
+    if uid != 0:
+        os.write(fds[2], b"netmux: the launcher serves root only\n")
+        launch.send(conn, {"exit": 2})
+        return 2
+    join_cgroup(pid)
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+        os.close(fd)
+    sys.stdout = os.fdopen(1, "w", closefd=False)
+    sys.stderr = os.fdopen(2, "w", closefd=False)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in dict(msg.get("env", {})).items()})
+    with contextlib.suppress(OSError):
+        os.chdir(str(msg.get("cwd", "/")))
+
+    def relay(text: str, fds: list[int]) -> None:
+        launch.send(conn, {"notify": text}, fds)
+
+    def hand(ex: become.Exec) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        launch.send(conn, {"exec": ex.as_json()}, ex.pass_fds)
+        raise _Handed
+
+    sd.set_relay(relay)
+    become.set_remote(hand, pid)
+    rc: Any
+    try:
+        rc = run([str(a) for a in msg.get("argv", [])])
+    except _Handed:
+        return 0
+    except SystemExit as e:  # argparse's usage errors and --help
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    launch.send(conn, {"exit": int(rc)})
+    return int(rc)
+
+
+# --- the launcher ---------------------------------------------------------------------------
+
+
+def _reap(signum: int = 0, frame: object = None) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def listener(path: str) -> socket.socket:
+    """The socket systemd passed (netmux-launcher.socket), else one bound at `path`."""
+    for _, fd in sd.listen_fds():
+        return socket.socket(fileno=fd)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old = os.umask(0o077)  # root's alone: the worker runs any of its commands as root
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    s.listen(128)
+    return s
+
+
+def serve(path: str, run: Callable[[list[str]], int]) -> int:
+    """Accept requests until SIGTERM; each one is served by a fork (`worker`) that calls
+    `run` (the CLI's main) with the request's arguments."""
+    preload()
+    sock = listener(path)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        sock.close()  # accept() fails at once
+
+    signal.signal(signal.SIGCHLD, _reap)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sd.notify(ready="1", status=f"serving {path}")
+    journal.info(f"launcher: serving {path}")
+    while not stopping:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            if stopping:
+                break
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            rc = 70
+            try:
+                sock.close()
+                rc = worker(conn, run)
+            except BaseException as e:  # a bug: say it on the caller's stderr, then go
+                with contextlib.suppress(Exception):
+                    print(f"netmux: launcher worker: {type(e).__name__}: {e}", file=sys.stderr)
+                    launch.send(conn, {"exit": 70})
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(rc)
+        conn.close()
+    return 0
