@@ -36,6 +36,18 @@ DENYLIST_SIZE = "3372c64963d340c4ac021d6aaf405b95"
 _FIELDS = {"workload", "netns", "address", "prefix", "ifname"}
 
 _quiet = False
+# Fields every event of this process carries (the launcher's worker: the unit it serves).
+_always: dict[str, str] = {}
+
+
+def set_unit(unit: str) -> None:
+    """Events of this process are about `unit`: OBJECT_SYSTEMD_UNIT=, which `journalctl -u`
+    matches for root's messages, so they are found under the unit even when journald reads
+    a short-lived sender's cgroup too late (the launcher's worker, netmux/launcher.py)."""
+    if unit:
+        _always["OBJECT_SYSTEMD_UNIT"] = unit
+    else:
+        _always.pop("OBJECT_SYSTEMD_UNIT", None)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -94,7 +106,7 @@ def _split_address(value: Any) -> tuple[str, str | None]:
 
 def log(priority: int, message: str, message_id: str | None = None, **values: Any) -> None:
     """Send one event with the fields `fields()` makes of `values`."""
-    extra = fields(message_id, **values)
+    extra = {**_always, **fields(message_id, **values)}
     if _to_journal():
         try:
             from systemd import journal

@@ -106,38 +106,57 @@ def remote(argv: Sequence[str]) -> int | None:
     from . import sd
 
     notifier = sd.Notifier()
+    held: list[tuple[str, list[int]]] = []  # sent once the worker is done (see _flush)
     try:
         send(sock, {"argv": list(argv), "env": dict(os.environ), "cwd": os.getcwd()}, [0, 1, 2])
         while True:
             msg, fds = recv(sock)
+            if msg is not None and "notify" in msg:
+                held.append((str(msg["notify"]), fds))
+                continue
+            if msg is not None and "exec" in msg:
+                return _become(argv[0], msg["exec"], fds, sock, notifier, held)
+            _flush(argv[0], notifier, held)
             if msg is None:
                 print(f"netmux {argv[0]}: the launcher's worker ended without an answer "
                       f"(journalctl -u netmux-launcher)", file=sys.stderr)  # fmt: skip
                 return 1
-            if "notify" in msg:
-                try:
-                    notifier.notify(str(msg["notify"]), fds)
-                except OSError as e:
-                    print(f"netmux {argv[0]}: sd_notify: {e}", file=sys.stderr)
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-            elif "exec" in msg:
-                return _become(argv[0], msg["exec"], fds, sock)
-            else:
-                return int(msg.get("exit", 1))
+            return int(msg.get("exit", 1))
     finally:
         notifier.close()
         sock.close()
 
 
-def _become(command: str, plan: dict[str, Any], fds: list[int], sock: socket.socket) -> int:
+def _flush(command: str, notifier: Any, held: list[tuple[str, list[int]]]) -> None:
+    """Send the worker's sd_notify messages from this process, in order, right before it
+    exits or execs the workload: READY=1 then means what it means locally, the command is
+    about to become the unit's main process (not seconds later, after a slow reply)."""
+    for text, fds in held:
+        try:
+            notifier.notify(text, fds)
+        except OSError as e:
+            print(f"netmux {command}: sd_notify: {e}", file=sys.stderr)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    held.clear()
+
+
+def _become(
+    command: str,
+    plan: dict[str, Any],
+    fds: list[int],
+    sock: socket.socket,
+    notifier: Any,
+    held: list[tuple[str, list[int]]],
+) -> int:
     from . import become
     from .errors import NetmuxError
 
     ex = become.Exec.from_json(plan)
     sock.close()
     _place(fds, ex.pass_fds)
+    _flush(command, notifier, held)  # everything loaded: exec follows at once
     try:
         become.execute(ex)
     except (NetmuxError, OSError) as e:

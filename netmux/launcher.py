@@ -100,6 +100,7 @@ def worker(conn: socket.socket, run: Callable[[list[str]], int]) -> int:
         launch.send(conn, {"exit": 2})
         return 2
     join_cgroup(pid)
+    journal.set_unit(sd.unit_of(pid))
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
         os.close(fd)
