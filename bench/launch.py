@@ -6,14 +6,17 @@ On bench/lifecycle.py's lab (netns bench-mux / bench-router, paths under
 measured under systemd by bench/systemd_dns.py):
 
 1. start   N rounds, interleaved: in-process up → usable global + default route, down;
-           the same through the command (`python -m netmux.cli up NAME`, then `down`);
-           peers in the same rounds: `python -c pass`, `python -S -c pass`, and
-           `python -c 'import netmux.cli, netmux.workload'` (the imports alone).
-2. bulk    one `netmux up` alone, then C of them at once (all usable = the last one
-           returned; each `up` returns only once its own address is usable), ratio to
-           the one; then workloads up to M running (in-process), `netmux ls` and
-           `netmux status` through the command at M, and `netmux down` of all M in one
-           command (`netmux down NAME...`), wall time.
+           the same through the command as the package runs it (`/usr/bin/python3 -m
+           netmux up NAME`, then `down`), once with the warm launcher listening
+           (netmux/launcher.py, started here on the bench's own socket) and once without
+           (the command does the work itself); peers in the same rounds: `python3 -c
+           pass`, `python3 -S -c pass`, and `python3 -c 'import netmux.cli,
+           netmux.workload'` (the imports alone).
+2. bulk    through the launcher: one `netmux up` alone, then C of them at once (all
+           usable = the last one returned; each `up` returns only once its own address
+           is usable), ratio to the one; then workloads up to M running (in-process),
+           `netmux ls` and `netmux status` at M, and `netmux down` of all M in one command
+           (`netmux down NAME...`), wall time.
 
 Run as root: `.venv/bin/python -m bench.launch` (or `make bench`); `--quick` for a smoke
 run. Prints tables and writes bench/results/launch.json.
@@ -22,34 +25,71 @@ run. Prints tables and writes bench/results/launch.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench.common import compile_checkout, machine, ms, now, summary, table, write_results
 from bench.lifecycle import NEIGH, check_usable, cleanup, neigh_limits, setup
-from netmux import config, journal, workload
+from netmux import config, journal, launch, workload
 from netmux.config import HostConfig
 
-PY = sys.executable
+# The package's interpreter, with the checkout and the venv's packages on its path (as
+# tests/sysbox.py runs the units): the venv's own python pays ~20 ms for its editable
+# install's finder, which no installed netmux has.
+PY = "/usr/bin/python3"
+REPO = Path(__file__).resolve().parent.parent
+SITE = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
+_ENV: dict[str, str] = {}
 
 
 def _cli(host: HostConfig) -> list[str]:
-    return [PY, "-m", "netmux.cli", "--config", host.source, "-q"]
+    return [PY, "-m", "netmux", "--config", host.source, "-q"]
 
 
-def _timed(argv: list[str]) -> float:
+def _env(sock: Path | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (REPO, SITE) if p))
+    env[launch.SOCKET_ENV] = str(sock) if sock else ""
+    return env
+
+
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     t0 = now()
-    subprocess.run(argv, check=True, capture_output=True)
+    subprocess.run(argv, check=True, capture_output=True, env=env or _ENV)
     return now() - t0
+
+
+@contextlib.contextmanager
+def launcher(host: HostConfig) -> Iterator[Path]:
+    """The warm launcher on the bench's own socket, as netmux-launcher.service runs it."""
+    sock = Path(host.paths.run_dir) / "bench-launch.sock"
+    proc = subprocess.Popen([PY, "-m", "netmux", "launcher", "--socket", str(sock)],
+                            env=_env(None), stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = now() + 30
+        while not sock.exists():
+            if proc.poll() is not None or now() > deadline:
+                raise RuntimeError("the launcher did not start")
+            time.sleep(0.01)
+        _ENV.update(_env(sock))
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.unlink(missing_ok=True)
 
 
 def start(host: HostConfig, runs: int) -> dict[str, Any]:
     cli = _cli(host)
-    keys = ("inproc_up", "inproc_down", "cli_up", "cli_down", "py_pass", "py_nosite", "imports")
+    local = _env(None)
+    keys = ("inproc_up", "inproc_down", "cli_up", "cli_down", "local_up", "local_down",
+            "py_pass", "py_nosite", "imports")  # fmt: skip
     s: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(runs):
         t0 = now()
@@ -62,19 +102,25 @@ def start(host: HostConfig, runs: int) -> dict[str, Any]:
         s["cli_up"].append(_timed([*cli, "up", "bench-w1"]))
         check_usable(host, "bench-w1")
         s["cli_down"].append(_timed([*cli, "down", "bench-w1"]))
+        s["local_up"].append(_timed([*cli, "up", "bench-w2"], local))
+        check_usable(host, "bench-w2")
+        s["local_down"].append(_timed([*cli, "down", "bench-w2"], local))
         s["py_pass"].append(_timed([PY, "-c", "pass"]))
         s["py_nosite"].append(_timed([PY, "-S", "-c", "pass"]))
         s["imports"].append(_timed([PY, "-c", "import netmux.cli, netmux.workload"]))
     out: dict[str, Any] = {k: summary(v) for k, v in s.items()}
     out["ratio_up"] = out["cli_up"]["median"] / out["inproc_up"]["median"]
     out["ratio_down"] = out["cli_down"]["median"] / out["inproc_down"]["median"]
+    out["ratio_local_up"] = out["local_up"]["median"] / out["inproc_up"]["median"]
+    out["ratio_local_down"] = out["local_down"]["median"] / out["inproc_down"]["median"]
     return out
 
 
 def _parallel(argvs: list[list[str]], workers: int) -> float:
     t0 = now()
     with ThreadPoolExecutor(workers) as ex:
-        for r in ex.map(lambda a: subprocess.run(a, capture_output=True, text=True), argvs):
+        run = lambda a: subprocess.run(a, capture_output=True, text=True, env=_ENV)  # noqa: E731
+        for r in ex.map(run, argvs):
             if r.returncode != 0:
                 raise RuntimeError(f"{' '.join(r.args)}: {r.stderr.strip()}")
     return now() - t0
@@ -117,7 +163,7 @@ def _at_scale(host: HostConfig, cli: list[str], names: list[str], out: dict[str,
     out["status"] = summary([_timed([*cli, "status"]) for _ in range(3)])
     out["status_one"] = summary([_timed([*cli, "status", names[-1]]) for _ in range(3)])
     t0 = now()
-    subprocess.run([*cli, "down", *names], check=True, capture_output=True)
+    subprocess.run([*cli, "down", *names], check=True, capture_output=True, env=_ENV)
     out["down_all_s"] = now() - t0
     left = [n for n in names if workload.read_state(host, n) is not None]
     if left:
@@ -130,16 +176,21 @@ def report(res: dict[str, Any]) -> str:
         [label, s[k]["n"], ms(s[k]["median"]), ms(s[k]["p95"])]
         for k, label in (
             ("inproc_up", "up → usable global + default route (in-process)"),
-            ("cli_up", "up through the command (end to end)"),
+            ("cli_up", "up through the command, warm launcher (end to end)"),
+            ("local_up", "up through the command, no launcher"),
             ("inproc_down", "down (in-process)"),
-            ("cli_down", "down through the command"),
-            ("py_pass", "peer: python -c pass"),
-            ("py_nosite", "peer: python -S -c pass"),
-            ("imports", "peer: python -c 'import netmux.cli, netmux.workload'"),
+            ("cli_down", "down through the command, warm launcher"),
+            ("local_down", "down through the command, no launcher"),
+            ("py_pass", "peer: python3 -c pass"),
+            ("py_nosite", "peer: python3 -S -c pass"),
+            ("imports", "peer: python3 -c 'import netmux.cli, netmux.workload'"),
         )
     ]
     out = [table(rows, ["start", "n", "median ms", "p95 ms"])]
-    out.append(f"ratio command / in-process: up {s['ratio_up']:.2f}, down {s['ratio_down']:.2f}")
+    out.append(
+        f"ratio command / in-process: up {s['ratio_up']:.2f}, down {s['ratio_down']:.2f}"
+        f" (no launcher: up {s['ratio_local_up']:.2f}, down {s['ratio_local_down']:.2f})"
+    )
     if "bulk" in res:
         b = res["bulk"]
         out.append("")
@@ -178,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     host = setup()
     try:
         t0 = now()
-        res["start"] = start(host, args.runs)
-        res["bulk"] = bulk(host, args.concurrent, args.running)
+        with launcher(host):
+            res["start"] = start(host, args.runs)
+            res["bulk"] = bulk(host, args.concurrent, args.running)
         res["seconds"] = now() - t0
     finally:
         cleanup(host)

@@ -12,35 +12,45 @@ must become the workload, so the hook it installs sends the `Exec` to its client
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import shutil
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from . import nsutil
+from . import syscalls
 from .errors import StateError
 
-NETNS_ETC = Path("/etc/netns")
+TYPE_CHECKING = False  # typing itself is ~7 ms of the client's imports
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+NETNS_ETC = "/etc/netns"
 
 
-@dataclass(frozen=True)
 class Exec:
     """What a process must do to become workload `name`'s command. Plain data: the
-    launcher sends it as JSON (`as_json`/`from_json`), fds travel beside it."""
+    launcher sends it as a dict (`as_json`/`from_json`), fds travel beside it. (A plain
+    class: dataclasses and typing cost the client ~10 ms of imports.)"""
 
-    name: str
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-    user: str | None = None  # drop to this user (its groups, HOME and directory)
-    gid: int | None = None
-    pass_fds: tuple[int, ...] = ()  # kept open across exec at these numbers (tap, lifeline)
-    netns: bool = True  # False: a hold (`sleep infinity`) stays in the unit's namespace
-    path: str | None = None  # the program, when it is not argv[0] (the hold's display name)
+    __slots__ = ("argv", "env", "gid", "name", "netns", "pass_fds", "path", "user")
+
+    def __init__(
+        self,
+        name: str,
+        argv: tuple[str, ...],
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,  # drop to this user (its groups, HOME and directory)
+        gid: int | None = None,
+        pass_fds: tuple[int, ...] = (),  # kept open across exec at these numbers
+        netns: bool = True,  # False: a hold (`sleep infinity`) stays in the unit's namespace
+        path: str | None = None,  # the program when it is not argv[0] (the hold's name)
+    ) -> None:
+        self.name, self.argv, self.env = name, tuple(argv), dict(env or {})
+        self.user, self.gid, self.pass_fds = user, gid, tuple(pass_fds)
+        self.netns, self.path = netns, path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Exec) and self.as_json() == other.as_json()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -69,15 +79,21 @@ class Exec:
 
 
 # The launcher's worker sets these (netmux/launcher.py); elsewhere they stay None.
-_remote: Callable[[Exec], None] | None = None
+_remote: Callable[[Exec, Callable[[], None] | None], None] | None = None
 _main_pid: int | None = None
+_main_unit: str | None = None
 
 
-def set_remote(hook: Callable[[Exec], None] | None, main_pid: int | None) -> None:
+def set_remote(
+    hook: Callable[[Exec, Callable[[], None] | None], None] | None,
+    main_pid: int | None,
+    main_unit: str | None = None,
+) -> None:
     """In the launcher's worker: `handoff` calls `hook` instead of exec'ing, and the
-    workload's main process (recorded in its state) is the client's `main_pid`."""
-    global _remote, _main_pid
-    _remote, _main_pid = hook, main_pid
+    workload's main process (recorded in its state) is the client's `main_pid`, in
+    systemd unit `main_unit` (what phonebookd follows)."""
+    global _remote, _main_pid, _main_unit
+    _remote, _main_pid, _main_unit = hook, main_pid, main_unit
 
 
 def main_pid() -> int:
@@ -85,10 +101,17 @@ def main_pid() -> int:
     return _main_pid if _main_pid is not None else os.getpid()
 
 
-def handoff(ex: Exec) -> None:
-    """Become `ex` here, or hand it to the launcher's client. Does not return."""
+def acting_for_unit() -> str | None:
+    """The unit this process works for when it is not in it (the launcher's worker)."""
+    return _main_unit
+
+
+def handoff(ex: Exec, undo: Callable[[], None] | None = None) -> None:
+    """Become `ex` here, or hand it to the launcher's client. Does not return. `undo`
+    removes what was built for `ex` if no process is left to become it (the client is
+    gone: its unit was stopped or timed out meanwhile)."""
     if _remote is not None:
-        _remote(ex)
+        _remote(ex, undo)
         raise AssertionError("the launcher's hook returned")  # pragma: no cover
     execute(ex)
 
@@ -116,19 +139,19 @@ def drop_privileges(user: pwd.struct_passwd | None, gid: int | None) -> None:
     os.setuid(user.pw_uid)
 
 
-def resolv_path(name: str, root: Path = NETNS_ETC) -> Path:
+def resolv_path(name: str, root: str = NETNS_ETC) -> str:
     """NAME's resolv.conf, which `ip netns exec NAME` also binds (netmux/resolv.py)."""
-    return root / name / "resolv.conf"
+    return f"{root}/{name}/resolv.conf"
 
 
-def bind_resolv(name: str, root: Path = NETNS_ETC) -> None:
+def bind_resolv(name: str, root: str = NETNS_ETC) -> None:
     """In this process only (right before exec): NAME's resolv.conf over /etc/resolv.conf,
     like `ip netns exec`. Without the file nothing is done; a failure is a warning line."""
     p = resolv_path(name, root)
-    if not p.exists():
+    if not os.path.exists(p):
         return
     try:
-        nsutil.private_bind(p, Path("/etc/resolv.conf"))
+        syscalls.private_bind(p, "/etc/resolv.conf")
     except OSError as e:
         print(f"netmux: workload {name}: cannot bind {p} over /etc/resolv.conf: {e}",
               file=sys.stderr)  # fmt: skip
@@ -145,12 +168,14 @@ def execute(ex: Exec) -> None:
         except KeyError:
             raise StateError(f"workload {ex.name}: no such user: {ex.user!r}") from None
     if ex.netns:
-        nsutil.enter_netns(ex.name)
+        syscalls.enter_netns_path(f"/run/netns/{ex.name}")
         bind_resolv(ex.name)
     drop_privileges(user, ex.gid)
     if user is not None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib is an import the client need not pay)
             os.chdir(user.pw_dir)
+        except OSError:
+            pass
     for fd in ex.pass_fds:
         os.set_inheritable(fd, True)
     sys.stdout.flush()
@@ -165,6 +190,8 @@ def execute(ex: Exec) -> None:
 def hold(name: str) -> Exec:
     """A command-less unit's main process: `sleep infinity` named netmux-hold-NAME (same
     PID, ~1 MB, no netmux code resident) until the unit stops; SIGTERM is a clean stop."""
+    import shutil
+
     sleep = shutil.which("sleep") or "/bin/sleep"
     return Exec(name=name, argv=(f"netmux-hold-{name}", "infinity"), env=dict(os.environ),
                 netns=False, path=sleep)  # fmt: skip

@@ -146,6 +146,18 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+_parser: argparse.ArgumentParser | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser, built once per process (~10 ms: argparse asks gettext for every help
+    string); the warm launcher builds it before it forks (netmux/launcher.py)."""
+    global _parser
+    if _parser is None:
+        _parser = build_parser()
+    return _parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netmux",
@@ -321,6 +333,7 @@ def cmd_launcher(args: argparse.Namespace, cfg: config.HostConfig) -> int:
     """The warm launcher (netmux/launcher.py): its workers run this CLI's `main`."""
     from .launcher import serve
 
+    parser()  # built once, before the forks
     return serve(args.socket, main)
 
 
@@ -351,16 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import renumber
 
         return renumber.main(argv[1:])
-    parser = build_parser()
+    p = parser()
     if "--" in argv:
         i = argv.index("--")
-        args = parser.parse_args(argv[:i])
+        args = p.parse_args(argv[:i])
         if args.command in _DASHDASH_CMD:
             args.cmd = [*args.cmd, *argv[i + 1 :]]
         else:
-            args = parser.parse_args(argv)
+            args = p.parse_args(argv)
     else:
-        args = parser.parse_args(argv)
+        args = p.parse_args(argv)
     journal.set_quiet(args.quiet)
     if getattr(args, "cmd", None) and args.cmd[0] == "--":
         args.cmd = args.cmd[1:]

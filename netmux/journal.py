@@ -19,6 +19,7 @@ import ipaddress
 import os
 import sys
 import syslog
+from collections.abc import Mapping
 from typing import Any
 
 # Stable MESSAGE_IDs (128-bit, generated once; never change them).
@@ -56,17 +57,32 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def _to_journal() -> bool:
-    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM)."""
-    stream = os.environ.get("JOURNAL_STREAM")
+_stream: bool | None = None  # set_stream's answer, else asked of fd 2 each time
+
+
+def set_stream(to_journal: bool | None) -> None:
+    """Whether events go to the journal natively, decided for this process (the launcher's
+    worker, whose fd 2 is a pipe to its caller's stderr); None: ask fd 2 again."""
+    global _stream
+    _stream = to_journal
+
+
+def is_stream(fd: int, env: Mapping[str, str]) -> bool:
+    """True when `fd` is the journal stream $JOURNAL_STREAM names (systemd sets it)."""
+    stream = env.get("JOURNAL_STREAM")
     if not stream:
         return False
     try:
         dev, ino = (int(x) for x in stream.split(":"))
-        st = os.fstat(2)
+        st = os.fstat(fd)
     except (ValueError, OSError):
         return False
     return st.st_dev == dev and st.st_ino == ino
+
+
+def _to_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM)."""
+    return is_stream(2, os.environ) if _stream is None else _stream
 
 
 def fields(message_id: str | None = None, **values: Any) -> dict[str, str]:

@@ -17,13 +17,16 @@ the client loads.
 
 from __future__ import annotations
 
+import _socket as socket  # socket.py imports enum and more: ~6 ms of the client's start
 import array
-import json
+import marshal
 import os
-import socket
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is ~7 ms of the client's imports
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 SOCKET = "/run/netmux/launch.sock"
 SOCKET_ENV = "NETMUX_LAUNCH_SOCKET"
@@ -38,12 +41,14 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
     return env.get(SOCKET_ENV, SOCKET)
 
 
-# --- the wire: one JSON object per SOCK_SEQPACKET message, fds beside it -------------------
+# --- the wire: one dict per SOCK_SEQPACKET message, fds beside it ---------------------------
+# marshal (built in: json's import alone costs the client ~10 ms); both ends are root's and
+# the same interpreter (the socket is 0600 and the worker checks the peer first).
 
 
 def send(sock: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    sock.sendmsg([json.dumps(obj).encode()], anc)
+    sock.sendmsg([marshal.dumps(obj)], anc)
 
 
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
@@ -63,7 +68,10 @@ def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
         for fd in got:
             os.close(fd)
         return None, []
-    return json.loads(data), got
+    obj = marshal.loads(data)
+    if not isinstance(obj, dict):
+        raise OSError("netmux launcher: a message that is not a dict")
+    return obj, got
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -95,10 +103,25 @@ def _place(fds: list[int], at: Sequence[int]) -> None:
             os.set_inheritable(t, True)
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand of `netmux ARGV`, past the global options (cli.build_parser's)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            i += 2
+        elif a.startswith("--config=") or a in ("--debug", "-q", "--quiet"):
+            i += 1
+        else:
+            return a
+    return None
+
+
 def remote(argv: Sequence[str]) -> int | None:
     """Run `netmux ARGV` through the launcher: its exit status, or no return when this
     process became the workload; None when there is no launcher to ask."""
-    if os.geteuid() != 0 or not argv or argv[0] not in COMMANDS:
+    command = command_of(argv)
+    if os.geteuid() != 0 or command not in COMMANDS:
         return None
     sock = _connect(socket_path())
     if sock is None:
@@ -114,17 +137,29 @@ def remote(argv: Sequence[str]) -> int | None:
             if msg is not None and "notify" in msg:
                 held.append((str(msg["notify"]), fds))
                 continue
+            if msg is not None and ("out" in msg or "err" in msg):
+                _write(1 if "out" in msg else 2, msg.get("out", msg.get("err", b"")))
+                continue
             if msg is not None and "exec" in msg:
-                return _become(argv[0], msg["exec"], fds, sock, notifier, held)
-            _flush(argv[0], notifier, held)
+                return _become(command, msg["exec"], fds, sock, notifier, held)
+            _flush(command, notifier, held)
             if msg is None:
-                print(f"netmux {argv[0]}: the launcher's worker ended without an answer "
+                print(f"netmux {command}: the launcher's worker ended without an answer "
                       f"(journalctl -u netmux-launcher)", file=sys.stderr)  # fmt: skip
                 return 1
             return int(msg.get("exit", 1))
     finally:
         notifier.close()
         sock.close()
+
+
+def _write(fd: int, data: object) -> None:
+    if isinstance(data, bytes):
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass  # our own stdout is gone: as for any command
 
 
 def _flush(command: str, notifier: Any, held: list[tuple[str, list[int]]]) -> None:

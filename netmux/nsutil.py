@@ -4,13 +4,12 @@ Namespaces are iproute2-compatible: a named namespace is a bind mount at /run/ne
 so `ip netns exec`, `ip -n`, `nsenter --net=` and systemd's NetworkNamespacePath= all work.
 Creating and deleting named namespaces is pyroute2's job (links.py); this module enters
 them. Work runs in a short-lived thread that enters the namespace, so the caller's thread
-never changes namespace (Python 3.11 has no os.setns; ctypes calls libc).
+never changes namespace. The libc calls themselves are netmux/syscalls.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import threading
@@ -18,31 +17,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-CLONE_NEWNET = 0x40000000
-CLONE_NEWNS = 0x00020000
-MNT_DETACH = 2
-MS_BIND = 4096
-MS_REC = 16384
-MS_SLAVE = 1 << 19
-MS_SHARED = 1 << 20
-NETNS_DIR = Path("/run/netns")
+from . import syscalls
+from .syscalls import CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, mount, setns, umount2
+from .syscalls import private_bind as _private_bind
 
-# dlopen(NULL): the interpreter's own libc, with no ldconfig run (ctypes.util.find_library
-# spawns one, ~10 ms on every start).
-_libc = ctypes.CDLL(None, use_errno=True)
+__all__ = ["CLONE_NEWNET", "setns"]
+NETNS_DIR = Path("/run/netns")
 
 T = TypeVar("T")
 
 
 def netns_path(name: str) -> Path:
     return NETNS_DIR / name
-
-
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    """Move the calling thread into the namespace behind `fd`."""
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def open_netns(name_or_path: str | os.PathLike[str]) -> int:
@@ -170,9 +156,7 @@ def read_sysctl(netns: str | os.PathLike[str] | int | None, key: str) -> str | N
 
 def unshare_netns() -> None:
     """Give the calling thread a new, empty network namespace."""
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    syscalls.unshare(CLONE_NEWNET, "unshare(CLONE_NEWNET)")
 
 
 def create_named_netns(name: str, prepare: Callable[[], None] | None = None) -> int:
@@ -217,16 +201,15 @@ def bind_netns(path: Path, source: str) -> None:
     FileExistsError if the name is taken."""
     d = path.parent
     d.mkdir(parents=True, exist_ok=True)
-    bdir = str(d).encode()
+    bdir = str(d)
     done = False
-    while _libc.mount(b"none", bdir, b"none", MS_SHARED | MS_REC, None) != 0:
-        if done or _libc.mount(bdir, bdir, b"none", MS_BIND | MS_REC, None) != 0:
-            err = ctypes.get_errno()
+    while (err := mount("none", bdir, "none", MS_SHARED | MS_REC, "")) != 0:
+        if done or (err := mount(bdir, bdir, "none", MS_BIND | MS_REC, "")) != 0:
             raise OSError(err, f"make {d} a shared mount: {os.strerror(err)}")
         done = True
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
-    if _libc.mount(source.encode(), str(path).encode(), b"none", MS_BIND, None) != 0:
-        err = ctypes.get_errno()
+    err = mount(source, str(path), "none", MS_BIND, "")
+    if err:
         raise OSError(err, f"bind {source} onto {path}: {os.strerror(err)}")
 
 
@@ -283,10 +266,9 @@ def pids_by_netns() -> dict[tuple[int, int], list[int]]:
 def remove_named_netns(name: str) -> bool:
     """Unmount and remove /run/netns/NAME (idempotent); True if something was there."""
     path = netns_path(name)
-    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    err = umount2(str(path), MNT_DETACH)
+    if err and err not in (errno.EINVAL, errno.ENOENT):
+        raise OSError(err, f"umount {path}: {os.strerror(err)}")
     try:
         path.unlink()
     except FileNotFoundError:
@@ -304,14 +286,5 @@ def enter_netns(name_or_path: str | os.PathLike[str]) -> None:
 
 
 def private_bind(source: Path, target: Path) -> None:
-    """Bind SOURCE over TARGET in a new mount namespace of this process (single-threaded,
-    right before exec): mounts of the host still propagate in, this one never out."""
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
-    if _libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"make / a slave mount: {os.strerror(err)}")
-    if _libc.mount(str(source).encode(), str(target).encode(), None, MS_BIND, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bind {source} over {target}: {os.strerror(err)}")
+    """Bind SOURCE over TARGET in a new mount namespace of this process (syscalls.py)."""
+    _private_bind(str(source), str(target))

@@ -12,14 +12,12 @@ from __future__ import annotations
 import array
 import fcntl
 import os
-import re
 import socket
 from collections.abc import Callable, MutableMapping
-from pathlib import Path
 
 SD_LISTEN_FDS_START = 3
 LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-FDNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+FDNAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 # <linux/nsfs.h>: _IO(0xb7, N)
 NS_GET_USERNS = 0xB701
@@ -88,7 +86,7 @@ class Notifier:
 
 
 def check_fdname(name: str) -> str:
-    if not FDNAME_RE.fullmatch(name):
+    if not 1 <= len(name) <= 255 or not FDNAME_CHARS.issuperset(name):
         raise ValueError(f"bad fd name {name!r}")
     return name
 
@@ -148,7 +146,8 @@ def _adopt(n: int, names: list[str]) -> list[tuple[str, int]]:
 def unit_of(pid: int) -> str:
     """The systemd service a process runs in ('' if none), from its cgroup path."""
     try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
     except OSError:
         return ""
     for line in text.splitlines():

@@ -38,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -423,7 +423,9 @@ def up(
         return 0
     argv = tap.substitute(p.cmd, tap_fd, p.mac)
     fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
-    exec_in(p.name, argv, p.user, p.gid, pass_fds=fds)
+    token = inst.token
+    exec_in(p.name, argv, p.user, p.gid, pass_fds=fds,
+            undo=lambda: _down_instance(host, p.name, token))  # fmt: skip
     return 127  # not reached
 
 
@@ -440,10 +442,10 @@ def holds_unit(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("NOTIFY_SOCKET") and env.get("INVOCATION_ID"))
 
 
-def hold_unit(name: str) -> None:
+def hold_unit(name: str, undo: Callable[[], None] | None = None) -> None:
     """Become `sleep infinity` until the unit stops (become.hold)."""
     sys.stdout.flush()
-    become.handoff(become.hold(name))
+    become.handoff(become.hold(name), undo)
 
 
 def _status_line(addrs: dict[str, list[str]], dns: list[str]) -> str:
@@ -483,11 +485,12 @@ def exec_in(
     user: pwd.struct_passwd | None = None,
     gid: int | None = None,
     pass_fds: tuple[int, ...] = (),
+    undo: Callable[[], None] | None = None,
 ) -> None:
     """Become NAME's command (netmux/become.py): here, or from the launcher's client."""
     ex = become.Exec(name=name, argv=tuple(argv), env=_user_env(user),
                      user=user.pw_name if user else None, gid=gid, pass_fds=pass_fds)  # fmt: skip
-    become.handoff(ex)
+    become.handoff(ex, undo)
 
 
 # --- down -------------------------------------------------------------------------------
@@ -990,7 +993,8 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
     if not cmd:
         _print_status(status(host, wl.name))
         if holds_unit():
-            hold_unit(wl.name)
+            token = str((read_state(host, wl.name) or {}).get("token", ""))
+            hold_unit(wl.name, undo=lambda: _down_instance(host, wl.name, token))
     return rc
 
 

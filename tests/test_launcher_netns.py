@@ -100,7 +100,7 @@ def test_errors_come_back_as_one_line_and_the_worker_status(
     assert len(lines) == 1 and "99999" in lines[0] and "Traceback" not in err, err
     assert not nsutil.netns_path(name).exists()
     p = _netmux(mux, launcher, "status", name)
-    out, err = p.communicate(timeout=30)
+    _out, err = p.communicate(timeout=30)
     assert p.returncode != 0 and "Traceback" not in err
 
 

@@ -225,6 +225,16 @@ def test_forged_devices_and_addresses_are_not_published(
     client.close(vpub)
 
 
+def test_member_cannot_name_a_unit(lab: tuple[Stack, str, str], member: Member) -> None:
+    """unit= (the warm launcher's worker naming the unit it works for) is root's alone: a
+    member cannot tie its record to another unit's life, or a workload's to its own."""
+    stack, _, victim = lab
+    for line in (f"unit=netmux@{victim}.service squat eth0", "netns=x unit=y.service sq eth0"):
+        out = member.do(f"pub {line}")
+        assert not out.startswith("ok") and "root" in out, out
+    assert stack.dig("squat.internal") == "" and stack.dig(f"squat.{PUBLIC}") == ""
+
+
 def test_dbus_member_cannot_name_a_namespace(
     lab: tuple[Stack, str, str], unprivileged: Unprivileged
 ) -> None:

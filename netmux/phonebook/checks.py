@@ -15,6 +15,21 @@ from ..errors import UsageError
 NETNS_NAME_ALLOWED = "a namespace name under /run/netns: 1-64 of A-Z a-z 0-9 _ . - (not . or ..)"
 
 
+def check_unit_name(name: str) -> str:
+    """A systemd service name as a publisher may give it (unit=): NAME.service, NAME may
+    hold an instance (netmux@web.service) and systemd's escapes."""
+    base = name.removesuffix(".service")
+    ok = (
+        name.endswith(".service")
+        and 0 < len(name) <= 255
+        and base != ""
+        and all(c.isascii() and (c.isalnum() or c in "_.-@:\\") for c in base)
+    )
+    if not ok:
+        raise UsageError(f"unit {name!r} is not allowed: NAME.service (letters, digits, _.-@:\\)")
+    return name
+
+
 def check_netns_name(name: str) -> str:
     ok = (
         isinstance(name, str)

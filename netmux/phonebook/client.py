@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import journal
+from .. import become, journal
 from ..errors import NetmuxError, StateError
 
 BUS_NAME = "org.netmux.Phonebook1"
@@ -252,9 +252,13 @@ def publish_netns(
     netns: str,
     aliases: Sequence[str] = (),
     timeout: float = 3.0,
+    unit: str | None = None,
 ) -> Published | None:
-    """publish() through the publish socket at `path`; NoSocket if nothing listens there."""
-    line = " ".join([f"netns={netns}", name, ifname, *aliases])
+    """publish() through the publish socket at `path`; NoSocket if nothing listens there.
+    `unit`: the unit whose stop removes the records when the caller is not in it (the
+    warm launcher's worker, netmux/launcher.py)."""
+    line = " ".join([f"netns={netns}", *([f"unit={unit}"] if unit else []), name, ifname,
+                     *aliases])  # fmt: skip
     try:
         s, names = _socket_request(path, line, timeout)
     except Unavailable as e:
@@ -316,7 +320,8 @@ def publish_workload(
     try:
         if socket_path is None:
             raise NoSocket("no socket path")
-        pub = publish_netns(socket_path, name, ifname, name, aliases, timeout + 2.0)
+        pub = publish_netns(socket_path, name, ifname, name, aliases, timeout + 2.0,
+                            become.acting_for_unit())  # fmt: skip
     except NoSocket:
         pub = publish(name, ifname, name, aliases, timeout=timeout + 2.0)
     if pub is None:

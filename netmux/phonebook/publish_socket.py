@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from .. import journal
 from ..errors import NetmuxError
 from ..sd import unit_of
-from .checks import check_netns_name
+from .checks import check_netns_name, check_unit_name
 
 if TYPE_CHECKING:
     from .daemon import Phonebook
@@ -88,7 +88,7 @@ def parse_request(data: bytes) -> tuple[str, str, list[str]]:
     return parts[0], parts[1], parts[2:]
 
 
-OPTIONS = ("netns", "unpublish")
+OPTIONS = ("netns", "unit", "unpublish")
 
 
 def parse_options(data: bytes) -> tuple[dict[str, str], bytes]:
@@ -194,6 +194,12 @@ class PublishSocketServer:
                 nsfd = -1
                 nsfd = os.open(f"/run/netns/{label}", os.O_RDONLY | os.O_CLOEXEC)
                 unit = "" if unit == "phonebookd.service" else unit
+            if "unit" in opts:
+                # Root working for a unit it is not in (the warm launcher's worker,
+                # netmux/launcher.py): that unit's stop removes the records.
+                if uid != 0 or "netns" not in opts:
+                    raise PermissionError("only root may name a unit (unit=), with netns=")
+                unit = check_unit_name(opts["unit"])
             name, ifname, aliases = parse_request(data)
             self.reading.discard(me)  # type: ignore[arg-type]
             lifeline = os.dup(conn.fileno())
