@@ -59,10 +59,9 @@ def _env(mux: MuxEnv, sock: Path, **extra: str) -> dict[str, str]:
     return {**mux.env(), "NETMUX_LAUNCH_SOCKET": str(sock), **extra}
 
 
-def _netmux(mux: MuxEnv, sock: Path, *args: str, **kw: object) -> subprocess.Popen[str]:
+def _netmux(mux: MuxEnv, sock: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "netmux", *args], env=_env(mux, sock),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kw)  # type: ignore[call-overload]  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def test_up_through_the_launcher_becomes_the_command(
@@ -94,7 +93,7 @@ def test_errors_come_back_as_one_line_and_the_worker_status(
     mux = mux_radvd_module
     name = mux.name()
     p = _netmux(mux, launcher, "up", name, "--port", "tcp/99999")
-    out, err = p.communicate(timeout=30)
+    _out, err = p.communicate(timeout=30)
     assert p.returncode == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "99999" in lines[0] and "Traceback" not in err, err
