@@ -26,6 +26,7 @@ workload: nothing of netmux stays resident in a workload's unit.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -150,6 +151,7 @@ def worker(conn: socket.socket, run: Callable[[list[str]], int]) -> int:
 
     sd.set_relay(relay)
     become.set_remote(hand, pid, unit or None)
+    gc.disable()  # a worker lives for one request: a collection would only copy pages
     rc: Any
     try:
         rc = run([str(a) for a in msg.get("argv", [])])
@@ -193,6 +195,8 @@ def serve(path: str, run: Callable[[list[str]], int]) -> int:
     `run` (the CLI's main) with the request's arguments."""
     preload()
     sock = listener(path)
+    gc.collect()
+    gc.freeze()  # what is loaded now is never collected: forks do not copy it to look
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

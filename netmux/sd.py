@@ -9,11 +9,14 @@ through LISTEN_FDS/LISTEN_FDNAMES.
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: its enum imports cost the launcher's client
 import array
 import fcntl
 import os
-import socket
-from collections.abc import Callable, MutableMapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, MutableMapping
 
 SD_LISTEN_FDS_START = 3
 LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")

@@ -991,7 +991,8 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
     cmd = tuple(args.cmd) or wl.command
     rc = up(host, wl, cmd)
     if not cmd:
-        _print_status(status(host, wl.name))
+        # A namespace made this instant holds no process yet: no /proc scan for them.
+        _print_status(status(host, wl.name, members={}))
         if holds_unit():
             token = str((read_state(host, wl.name) or {}).get("token", ""))
             hold_unit(wl.name, undo=lambda: _down_instance(host, wl.name, token))
