@@ -276,6 +276,16 @@ def remove_named_netns(name: str) -> bool:
     return True
 
 
+def shares_init_mounts() -> bool:
+    """Whether this process sees PID 1's mounts (a mount made here is the host's too).
+    Unknown (no /proc/1 to compare with) counts as yes."""
+    try:
+        mine, init = os.stat("/proc/self/ns/mnt"), os.stat("/proc/1/ns/mnt")
+    except OSError:
+        return True
+    return (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino)
+
+
 def enter_netns(name_or_path: str | os.PathLike[str]) -> None:
     """Move the *calling* thread into a namespace for good: used right before exec."""
     fd = open_netns(name_or_path)

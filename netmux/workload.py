@@ -255,6 +255,7 @@ def check_host_key(host: HostConfig, key_id: str) -> list[str]:
 def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkState, Instance]:
     """Create the namespace and the link, configure, bring up, wait. Rolls back on failure."""
     name = p.name
+    _require_host_mounts(name, "create")
     token = secrets.token_hex(8)
     # The state goes first, so that a SIGKILL at any later point leaves a record of it.
     _write_state(host, name, {"name": name, "phase": "building", "pid": become.main_pid(),
@@ -658,6 +659,18 @@ def _rollback(host: HostConfig, inst: Instance, ifname: str) -> None:
         journal.warning(f"workload {inst.name}: rollback failed: {e}", workload=inst.name)
 
 
+def _require_host_mounts(name: str, what: str) -> None:
+    """A namespace is named by a mount under /run/netns: one made (or unmounted) in a unit
+    with a mount namespace of its own (netmux@.service's sandbox) would exist (or stay)
+    there only. The warm launcher works outside the unit; without it, say so."""
+    if os.environ.get("INVOCATION_ID") and not nsutil.shares_init_mounts():
+        raise StateError(
+            f"workload {name}: cannot {what} its namespace from inside this unit's sandbox "
+            "(a mount namespace of its own): the warm launcher does that; "
+            "start it with `systemctl start netmux-launcher.socket`"
+        )
+
+
 def down(host: HostConfig, name: str) -> bool:
     """`netmux down NAME`: remove everything of NAME that netmux made, whatever its state.
 
@@ -666,6 +679,7 @@ def down(host: HostConfig, name: str) -> bool:
     names.check_name(name)
     if name == host.mux.netns:
         raise UsageError(f"{name!r} is the mux namespace, not a workload: use `netmux mux down`")
+    _require_host_mounts(name, "remove")
     st = read_state(host, name)
     ifname = str((st or {}).get("ifname") or host.workload.ifname)
     path = nsutil.netns_path(name)
