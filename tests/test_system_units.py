@@ -100,8 +100,7 @@ EXPOSURE = {
     "netmux-host-expire.service": 3.0,
     "netmux-radvd.service": 3.0,
     "netmux-tayga.service": 3.0,
-    # dhcpcd's privilege separation needs setuid, chroot, raw sockets and a writable state.
-    "netmux-dhcpcd.service": 3.7,
+    "netmux-dhcpcd.service": 3.0,
     # It creates mux's namespace and moves NICs: no mount-namespace sandboxing.
     "netmux-mux.service": 4.5,
     # The workload itself after exec, and it creates its namespace (docs/systemd.md).
