@@ -101,8 +101,9 @@ EXPOSURE = {
     "netmux-radvd.service": 3.0,
     "netmux-tayga.service": 3.0,
     "netmux-dhcpcd.service": 3.0,
-    # It creates mux's namespace and moves NICs: no mount-namespace sandboxing.
-    "netmux-mux.service": 4.5,
+    # It creates mux's namespace and moves NICs: no mount-namespace sandboxing, which alone
+    # is 8010 of the 15888 that 3.0 allows (docs/systemd.md lists the checks).
+    "netmux-mux.service": 4.1,
     # The workload itself after exec, and it creates its namespace (docs/systemd.md).
     "netmux@web.service": 7.4,
 }
