@@ -49,10 +49,10 @@ def _ipmux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 
 def _lab(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-    from . import labhosts
     from .lab import cmd_lab
+    from .labhosts import cmd_lab_hosts
 
-    rc = labhosts.cmd(args, cfg)  # several hosts (--hosts N, off/on), else the single host
+    rc = cmd_lab_hosts(args, cfg)  # several hosts (--hosts N, off/on), else the single host
     return cmd_lab(args, cfg) if rc is None else rc
 
 

@@ -240,11 +240,12 @@ def netns_up(name: str) -> None:
     lab.ip("link", "set", "lo", "up", netns=name)
 
 
-def answers(netns: str, server: str, name: str, rtype: str = "AAAA") -> str:
-    """`dig @server +norec +short` from `netmux`'s point of view in `netns` ("" if none)."""
+def answers(netns: str, server: str, name: str, rtype: str = "AAAA", recurse: bool = False) -> str:
+    """`dig @server +short` from inside `netns` ("" if none): +norec unless `recurse`
+    (asking a resolver rather than an authoritative server)."""
     r = subprocess.run(
-        ["ip", "netns", "exec", netns, "dig", f"@{server}", "+norec", "+short", "+time=1",
-         "+tries=1", name, rtype],
+        ["ip", "netns", "exec", netns, "dig", f"@{server}", "+rec" if recurse else "+norec",
+         "+short", "+time=1", "+tries=1", name, rtype],
         capture_output=True, text=True,
     )  # fmt: skip
     return r.stdout.strip() if r.returncode == 0 else ""
@@ -469,7 +470,7 @@ def down(base: HostConfig, force: bool = False) -> list[str]:
     return kept
 
 
-def cmd(args: argparse.Namespace, base: HostConfig) -> int | None:
+def cmd_lab_hosts(args: argparse.Namespace, base: HostConfig) -> int | None:
     """`netmux lab` actions for several hosts; None: lab.cmd_lab does the rest."""
     n = getattr(args, "hosts", 1) or 1
     if args.action == "up" and n > 1:

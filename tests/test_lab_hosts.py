@@ -1,0 +1,123 @@
+"""`netmux lab up --hosts 2` (netmux/labhosts.py), for real: two netmux hosts behind the lab
+router, each with its own Knot and phonebookd, host 1 the primary; a workload's name on
+host 2 is answered to a workload on host 1 and, through the vps secondary, to the internet;
+host 2 switched off → its names gone (the lab's 2 s lease); on again → back; `lab down`
+leaves nothing (the leak check of tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netmux import config, labhosts
+from netmux.config import HostConfig
+from tests.conftest import RUN
+from tests.hostsfix import until
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.requires("knotd", "knotc", "dig", "unbound", "radvd", "busybox"),
+]
+
+WAIT = 30.0  # a generous bound for the lab's LEASE + EXPIRE_EVERY: no timing asserts here
+
+
+@pytest.fixture
+def base(tmp_config: Callable[..., Path], uname: Callable[[str], str]) -> Iterator[HostConfig]:
+    """A lab config named for this run (host a, domain example.org); `lab down --force`
+    after the test, whatever happened."""
+    path = tmp_config(
+        f'[lab]\nrouter_netns = "{uname("rt")}"\nuplink = "{RUN}ulab"\n'
+        '[dns]\nhostname = "a"\ndomain = "example.org"\n[nat64]\nenabled = false\n'
+    )
+    host = config.load_host(path)
+    try:
+        yield host
+    finally:
+        cli(host, "lab", "down", "--force")
+
+
+def cli(cfg: HostConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "netmux.cli", "--config", cfg.source, *args]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def published(cfg: HostConfig, name: str, fqdn: str) -> str:
+    """The workload's global address once phonebookd has published `fqdn`, else ""."""
+    r = cli(cfg, "status", name, "--json")
+    if r.returncode != 0:
+        return ""
+    st = json.loads(r.stdout)
+    return st["addresses"]["global"][0].split("/")[0] if fqdn in st.get("dns", []) else ""
+
+
+def test_a_name_on_host_2_from_host_1_and_the_internet_gone_when_off_back_when_on(
+    base: HostConfig,
+    uname: Callable[[str], str],
+    procs: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    r = cli(base, "lab", "up", "--hosts", "2")
+    assert r.returncode == 0, r.stderr
+    h1, h2 = (config.load_host(labhosts.config_path(base, i)) for i in (1, 2))
+    assert (h1.hosts.role, h2.hosts.role) == ("primary", "member")
+    assert (h1.dns.hostname, h2.dns.hostname) == ("a", "b")
+    assert h2.lab.prefix != h1.lab.prefix and h2.mux.netns != h1.mux.netns
+    web, app = uname("web"), uname("app")
+    for cfg, name in ((h2, web), (h1, app)):  # a command holds each one's DNS lifeline
+        argv = [sys.executable, "-m", "netmux.cli", "--config", cfg.source, "-q", "up", name,
+                "--", "sleep", "600"]  # fmt: skip
+        procs(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fqdn = f"{web}.b.example.org"
+    until(f"{fqdn} published on host 2", lambda: bool(published(h2, web, fqdn)), WAIT)
+    addr = published(h2, web, fqdn)
+    assert addr.startswith(str(h2.lab.prefix.network_address)[:-1]), addr  # host 2's /64
+    primary, inet = h2.hosts.primary, labhosts.inet_netns(base)
+    vps, resolver = str(labhosts.INET_LINK[0].ip), str(labhosts.INET_LINK[1].ip)
+
+    def at_primary() -> str:  # from the workload on host 1
+        return labhosts.answers(app, primary, fqdn)
+
+    def at_secondary() -> str:  # from the internet, the vps's Knot
+        return labhosts.answers(inet, vps, fqdn)
+
+    until("host 1's workload gets host 2's name", lambda: at_primary() == addr, WAIT)
+    until("the internet gets it from the secondary", lambda: at_secondary() == addr, WAIT)
+    until(
+        "and through the internet's resolver",
+        lambda: labhosts.answers(inet, resolver, fqdn, recurse=True) == addr,
+        WAIT,
+    )
+
+    r = cli(base, "lab", "off", "2")
+    assert r.returncode == 0, r.stderr
+    until("gone at the primary (the lease lapsed)", lambda: at_primary() == "", WAIT)
+    until("gone at the secondary", lambda: at_secondary() == "", WAIT)
+    rows = json.loads(
+        labhosts._run(
+            [sys.executable, "-m", "netmux.cli", "--config", h1.source, "host", "list", "--json"],
+            h1.mux.netns,
+        )
+    )
+    assert {r["host"]: r["state"] for r in rows} == {"a": "primary", "b": "expired"}, rows
+
+    r = cli(base, "lab", "on", "2")
+    assert r.returncode == 0, r.stderr
+    until("back at the primary", lambda: at_primary() == addr, WAIT)
+    until("back at the secondary", lambda: at_secondary() == addr, WAIT)
+
+    r = cli(base, "lab", "down", "--force")
+    assert r.returncode == 0, r.stderr
+    for ns in (h1.mux.netns, h2.mux.netns, base.lab.router_netns, inet, web, app):
+        assert not Path("/run/netns", ns).exists(), ns
+    assert not labhosts.state_dir(base).exists()
+
+
+def test_off_and_on_need_a_lab_with_several_hosts(base: HostConfig) -> None:
+    r = cli(base, "lab", "off", "2")
+    assert r.returncode != 0 and "lab up --hosts 2" in r.stderr, r.stderr
