@@ -9,8 +9,9 @@
 Host 1 is the single-host lab of netmux.lab (its mux, its cable, its prefix delegated by
 the router's kea). Each further host I gets a mux of its own (`MUX` + I), a cable of its
 own into the same router namespace (`ROUTER_LINK` + hI, its own router LAN
-2001:db8:ff:I::/64) and the I-th /64 after lab.prefix, put on its gw0 statically and
-advertised by its own radvd. Every host runs its own Knot (in its mux, on [::]:53) and its
+2001:db8:ff:I::/64 with an upstream radvd) and the I-th /64 after lab.prefix, delegated
+by the same kea (one more subnet, on that cable) to the host's own dhcpcd, which asks
+with IAID I (uplink.pd_iaid); without kea, put on its gw0 statically. Every host runs its own Knot (in its mux, on [::]:53) and its
 own phonebookd (publish socket only, no D-Bus) with a config generated from the lab's
 (`config_path(base, I)`): host 1 is the primary of docs/hosts.md, the others members that
 send their public records to it on a short lease (`LEASE`), so a host switched off
@@ -174,6 +175,7 @@ def host_table(
         "prefix": str(host_prefix(base, i)),
     }
     over["nat64"] = {"enabled": False}
+    over["uplink"] = {"pd_iaid": i}  # each host asks for its delegation with its own IAID
     over["paths"] = {
         "state_dir": str(d / "state"),
         "run_dir": str(d / "run"),
@@ -346,16 +348,70 @@ def internet_resolver_up(base: HostConfig, inet: str, run: Path) -> None:
 # --- up / down / off / on -----------------------------------------------------------------
 
 
-def member_net_up(cfg: HostConfig) -> None:
-    """A further host's mux and cable into the lab router, its /64 static on gw0, radvd."""
+def kea_config(text: str, cfgs: list[HostConfig], run: Path) -> str:
+    """The lab kea's config (netmux.upstream's, for host 1) with one more subnet per further
+    host: on that host's cable, its router LAN, a pd-pool of exactly its /64. Pure."""
+    from . import upstream
+
+    conf = json.loads(text)
+    dh = conf["Dhcp6"]
+    names = dh["interfaces-config"]["interfaces"]
+    subnets = [s for s in dh["subnet6"] if s["id"] == 1]
+    for i, cfg in enumerate(cfgs, 2):
+        p = upstream.plan(cfg)
+        sub = json.loads(upstream.kea_config(p, run))["Dhcp6"]["subnet6"][0]
+        sub["id"] = i
+        subnets.append(sub)
+        if p.link not in names:
+            names.append(p.link)
+    dh["subnet6"] = subnets
+    return json.dumps(conf, indent=1) + "\n"
+
+
+def kea_up(first: HostConfig, cfgs: list[HostConfig]) -> None:
+    """The router's kea (running for host 1) delegates every further host's /64 too
+    (config-reload: the same process, host 1's lease kept); an upstream radvd on each
+    further cable sends the RAs (M/O flags) that start dhcpcd's DHCPv6 there."""
+    from . import upstream
+
+    run = lab.daemon_dir(first)
+    conf = run / "kea-dhcp6.conf"
+    text = conf.read_text()
+    new = kea_config(text, cfgs, run)
+    if new != text:
+        conf.write_text(new)
+        upstream.kea_command(upstream.kea_socket(run), "config-reload")
+    for i, cfg in enumerate(cfgs, 2):
+        p = upstream.plan(cfg)
+        rconf, rpid = run / f"upstream-radvd-h{i}.conf", run / f"upstream-radvd-h{i}.daemon.pid"
+        rconf.write_text(upstream.radvd_config(p))
+        argv = ["radvd", "--nodaemon", "-m", "stderr", "-C", str(rconf), "-p", str(rpid)]
+        supervise.start(f"upstream-radvd-h{i}", argv, p.netns, run, pidfile=rpid)
+
+
+def member_cable_up(cfg: HostConfig) -> None:
+    """A further host's mux and its cable into the lab router (routes both ways)."""
     from . import mux
 
     lab.check(cfg)
     mux.up(cfg)
     lab.cable_up(cfg)
     lab.router_routes(cfg)
-    lab.assign_prefix(cfg)
+
+
+def member_prefix_up(cfg: HostConfig, pd: bool) -> None:
+    """radvd in the host's mux and its /64: with `pd` by DHCPv6-PD from the lab's kea (its
+    own dhcpcd, asking with IAID uplink.pd_iaid = I), else static on gw0."""
+    from . import uplink, upstream
+
+    if not pd:
+        lab.assign_prefix(cfg)
     lab.radvd_up(cfg)
+    if pd:
+        run = lab.daemon_dir(cfg)
+        uplink.start_dhcpcd(cfg, run, [cfg.lab.uplink], run / "radvd.conf",
+                            run / "radvd.daemon.pid", Path(cfg.source))  # fmt: skip
+        upstream.wait_prefix(cfg, cfg.lab.prefix, timeout=15.0)
 
 
 def up(base: HostConfig, n: int) -> list[HostConfig]:
@@ -370,8 +426,15 @@ def up(base: HostConfig, n: int) -> list[HostConfig]:
     run1 = lab.daemon_dir(first)
     addr = primary_address(first)
     cfgs = [first, *(write_config(base, n, i, addr) for i in range(2, n + 1))]
+    from . import upstream
+
     for cfg in cfgs[1:]:
-        member_net_up(cfg)
+        member_cable_up(cfg)
+    pd = upstream.available() and (run1 / "kea-dhcp6.conf").exists()
+    if pd:
+        kea_up(first, cfgs[1:])
+    for cfg in cfgs[1:]:
+        member_prefix_up(cfg, pd)
     router, vps, inet = base.lab.router_netns, vps_netns(base), inet_netns(base)
     netns_up(vps)
     netns_up(inet)

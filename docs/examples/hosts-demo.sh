@@ -77,6 +77,13 @@ mux_a=$(field "$HOSTS/h1/netmux.toml" 'mux["netns"]')
 zone_b=$(field "$HOSTS/h2/netmux.toml" 'dns["hostname"]+"."+dns["domain"]')
 echo "(host b sends its records to the primary's Knot at $primary; its zone is $zone_b)"
 run ip netns list
+mux_b=$(field "$HOSTS/h2/netmux.toml" 'mux["netns"]')
+run ip -n "$mux_a" -br -6 addr show dev gw0 scope global
+run ip -n "$mux_b" -br -6 addr show dev gw0 scope global
+if [ -e "$HOSTS/h2/run/lab/dhcpcd.log" ]; then
+  echo "(both /64s delegated by the router's one kea, each host asking with its own IAID:)"
+  grep -h 'delegated prefix' "$ROOT/run/lab/dhcpcd.log" "$HOSTS/h2/run/lab/dhcpcd.log" || true
+fi
 
 step "2. a workload on b serves HTTP; a workload on a"
 mkdir -p "$ROOT/www"
