@@ -11,16 +11,17 @@ the router's kea). Each further host I gets a mux of its own (`MUX` + I), a cabl
 own into the same router namespace (`ROUTER_LINK` + hI, its own router LAN
 2001:db8:ff:I::/64 with an upstream radvd) and the I-th /64 after lab.prefix, delegated
 by the same kea (one more subnet, on that cable) to the host's own dhcpcd, which asks
-with IAID I (uplink.pd_iaid); without kea, put on its gw0 statically. Every host runs its own Knot (in its mux, on [::]:53) and its
-own phonebookd (publish socket only, no D-Bus) with a config generated from the lab's
-(`config_path(base, I)`): host 1 is the primary of docs/hosts.md, the others members that
-send their public records to it on a short lease (`LEASE`), so a host switched off
-(`netmux lab off I`: its cable pulled) has its names gone within seconds, and back with its
-first refresh (`netmux lab on I`). An expiry loop stands in for netmux-host-expire.timer.
+with IAID I (uplink.pd_iaid); without kea, put on its gw0 statically.
 
-`world_up` is the DNS side alone (the Knot primary, the "vps" secondary that learns zones
-from the catalog, the "internet" namespace behind it): tests/hostsfix.py builds its
-namespaces-only topology with the same functions.
+Every host runs its own Knot (in its mux, on [::]:53) and its own phonebookd (publish
+socket only, no D-Bus) with a config generated from the lab's (`config_path(base, I)`):
+host 1 is the primary of docs/hosts.md, the others members that send their public
+records to it on a short lease (`LEASE`), so a host switched off (`netmux lab off I`: its
+cable pulled) has its names gone within seconds, and back with its first refresh
+(`netmux lab on I`). An expiry loop stands in for netmux-host-expire.timer.
+
+tests/hostsfix.py (the namespaces-only topology of the hosts tests and bench) takes its
+veth pairs, dig, waits and the vps and internet addresses from here.
 """
 
 from __future__ import annotations

@@ -121,3 +121,76 @@ def test_a_name_on_host_2_from_host_1_and_the_internet_gone_when_off_back_when_o
 def test_off_and_on_need_a_lab_with_several_hosts(base: HostConfig) -> None:
     r = cli(base, "lab", "off", "2")
     assert r.returncode != 0 and "lab up --hosts 2" in r.stderr, r.stderr
+
+
+# --- the pure parts ------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_generated_configs_give_each_host_its_own_mux_cable_prefix_and_role(
+    tmp_config: Callable[..., Path],
+) -> None:
+    import tomllib
+
+    path = tmp_config('[dns]\nhostname = "a"\ndomain = "example.org"\n[nat64]\nenabled = false\n')
+    base = config.load_host(path)
+    table = tomllib.loads(path.read_text())
+    primary = labhosts.IPv6Address("2001:db8:0:1::1")
+    t1, t2, t3 = (labhosts.host_table(table, base, i, primary) for i in (1, 2, 3))
+    assert t1["mux"] == table["mux"] and t1["paths"] == table["paths"]  # host 1 is the lab
+    assert t1["hosts"]["role"] == "primary" and t1["hosts"]["lease"] == labhosts.LEASE
+    assert t1["hosts"]["secondaries"] == [str(labhosts.VPS_LINK[1].ip)]
+    assert [t["dns"]["hostname"] for t in (t1, t2, t3)] == ["a", "b", "c"]
+    assert (t2["hosts"]["role"], t2["hosts"]["primary"]) == ("member", "2001:db8:0:1::1")
+    assert t2["lab"]["prefix"] == "2001:db8:0:2::/64" and t3["lab"]["prefix"] == "2001:db8:0:3::/64"
+    assert len({t["mux"]["netns"] for t in (t1, t2, t3)}) == 3
+    assert len({base.lab.uplink, t2["lab"]["uplink"], t3["lab"]["uplink"]}) == 3
+    assert (t2["uplink"]["pd_iaid"], t3["uplink"]["pd_iaid"]) == (2, 3)
+    for i, t in ((1, t1), (2, t2), (3, t3)):  # each loads as a valid netmux.toml
+        p = path.parent / f"h{i}.toml"
+        p.write_text(labhosts.dump_toml(t))
+        assert tomllib.loads(p.read_text()) == t
+        cfg = config.load_host(p)
+        assert cfg.hosts.role == ("primary" if i == 1 else "member")
+        assert i == 1 or config.uplink_matches(cfg.mux, cfg.lab.uplink)  # its own NIC
+
+
+@pytest.mark.unit
+def test_hostnames_after_a_one_letter_name_are_letters_else_numbered(
+    tmp_config: Callable[..., Path],
+) -> None:
+    for name, want in (("a", ["a", "b", "c"]), ("box", ["box", "box2", "box3"])):
+        base = config.load_host(tmp_config(f'[dns]\nhostname = "{name}"\n'))
+        assert [labhosts.hostname(base, i) for i in (1, 2, 3)] == want
+
+
+@pytest.mark.unit
+def test_kea_gets_one_subnet_per_further_host_on_its_cable(
+    tmp_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    import tomllib
+
+    from netmux import upstream
+
+    path = tmp_config('[dns]\nhostname = "a"\n[nat64]\nenabled = false\n')
+    base = config.load_host(path)
+    table = tomllib.loads(path.read_text())
+    others = []
+    for i in (2, 3):
+        p = tmp_path / f"h{i}.toml"
+        primary = labhosts.IPv6Address("2001:db8:0:1::1")
+        p.write_text(labhosts.dump_toml(labhosts.host_table(table, base, i, primary)))
+        others.append(config.load_host(p))
+    one = upstream.kea_config(upstream.plan(base), tmp_path)
+    text = labhosts.kea_config(one, others, tmp_path)
+    dh = json.loads(text)["Dhcp6"]
+    assert dh["interfaces-config"]["interfaces"] == ["lan0", "lan0h2", "lan0h3"]
+    got = {
+        s["id"]: (s["interface"], s["subnet"], s["pd-pools"][0]["prefix"]) for s in dh["subnet6"]
+    }
+    assert got == {
+        1: ("lan0", "2001:db8::/64", "2001:db8:0:1::"),
+        2: ("lan0h2", "2001:db8:ff:2::/64", "2001:db8:0:2::"),
+        3: ("lan0h3", "2001:db8:ff:3::/64", "2001:db8:0:3::"),
+    }
+    assert labhosts.kea_config(text, others, tmp_path) == text  # idempotent
