@@ -8,6 +8,7 @@ leaves nothing (the leak check of tests/conftest.py).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -116,6 +117,38 @@ def test_a_name_on_host_2_from_host_1_and_the_internet_gone_when_off_back_when_o
     for ns in (h1.mux.netns, h2.mux.netns, base.lab.router_netns, inet, web, app):
         assert not Path("/run/netns", ns).exists(), ns
     assert not labhosts.state_dir(base).exists()
+
+
+def test_the_hosts_demo_runs_and_leaves_nothing(
+    tmp_path: Path, uname: Callable[[str], str]
+) -> None:
+    """docs/examples/hosts-demo.sh (`make demo-hosts`) with this run's names: every step
+    passes (it exits non-zero on the first that does not) and it cleans up after itself."""
+    root, router = tmp_path / "demo", uname("rt")
+    cfg = tmp_path / "hosts-demo.toml"
+    cfg.write_text(
+        f'[mux]\nnetns = "{uname("mux")}"\nuplinks = ["{RUN}u*"]\n'
+        f'[lab]\nrouter_netns = "{router}"\nuplink = "{RUN}ulab"\n'
+        '[dns]\nhostname = "a"\ndomain = "example.org"\n[nat64]\nenabled = false\n'
+        f'[paths]\nstate_dir = "{root}/state"\nrun_dir = "{root}/run"\n'
+        f'workloads_dir = "{root}/workloads"\n'
+    )
+    env = {
+        **os.environ,
+        "NETMUX": str(Path(sys.executable).parent / "netmux"),
+        "NETMUX_CONFIG": str(cfg),
+        "HOSTS_DEMO_ROOT": str(root),
+        "HOSTS_DEMO_ROUTER": router,
+        "HOSTS_DEMO_WEB": uname("web"),
+        "HOSTS_DEMO_APP": uname("app"),
+    }
+    script = Path(__file__).resolve().parent.parent / "docs" / "examples" / "hosts-demo.sh"
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:]
+    for line in ("(no answer)", "hello from", "nothing left behind", "hosts demo finished"):
+        assert line in r.stdout, r.stdout[-4000:]
+    assert not root.exists()
 
 
 def test_off_and_on_need_a_lab_with_several_hosts(base: HostConfig) -> None:
