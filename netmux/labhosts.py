@@ -216,7 +216,8 @@ def hosts_in(base: HostConfig) -> list[HostConfig]:
 # --- small edges --------------------------------------------------------------------------
 
 
-def _run(argv: list[str], netns: str | None = None) -> str:
+def run_in(argv: list[str], netns: str | None = None) -> str:
+    """Run argv (in `netns`: `ip netns exec`); its stdout, StateError when it fails."""
     full = ["ip", "netns", "exec", netns, *argv] if netns else argv
     r = subprocess.run(full, capture_output=True, text=True)
     if r.returncode != 0:
@@ -225,7 +226,7 @@ def _run(argv: list[str], netns: str | None = None) -> str:
 
 
 def _netmux(cfg: HostConfig, netns: str, *args: str) -> str:
-    return _run([sys.executable, "-m", "netmux.cli", "--config", cfg.source, *args], netns)
+    return run_in([sys.executable, "-m", "netmux.cli", "--config", cfg.source, *args], netns)
 
 
 def veth(ns1: str, if1: str, a1: IPv6Interface, ns2: str, if2: str, a2: IPv6Interface) -> None:

@@ -100,7 +100,7 @@ def test_a_name_on_host_2_from_host_1_and_the_internet_gone_when_off_back_when_o
     until("gone at the primary (the lease lapsed)", lambda: at_primary() == "", WAIT)
     until("gone at the secondary", lambda: at_secondary() == "", WAIT)
     rows = json.loads(
-        labhosts._run(
+        labhosts.run_in(
             [sys.executable, "-m", "netmux.cli", "--config", h1.source, "host", "list", "--json"],
             h1.mux.netns,
         )
