@@ -1,5 +1,6 @@
 # netmux — set-up, tests, lint, demo. Run as root on Debian 12 or 13.
 #   make demo   the whole system, live, in namespaces of its own
+#   make demo-hosts   two netmux hosts, one name service (docs/hosts.md), live
 #   make test   installs what it needs, then every test tier
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -26,7 +27,7 @@ APT_PACKAGING := build-essential debhelper dh-python pybuild-plugin-pyproject py
 	python3-setuptools dpkg-dev lintian mmdebstrap
 APT_WHERE_PRESENT := systemd-dev
 
-.PHONY: help deps venv test test-unit test-fresh lint demo bench clean install uninstall package
+.PHONY: help deps venv test test-unit test-fresh lint demo demo-hosts bench clean install uninstall package
 
 help:
 	@sed -n '1,4p' Makefile
@@ -90,6 +91,12 @@ lint: venv
 demo: deps
 	@test "$$(id -u)" = 0 || { echo "make demo: run as root (it creates network namespaces)"; exit 1; }
 	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/demo.sh
+
+# Several hosts (docs/hosts.md): `netmux lab up --hosts 2`, names across hosts, one switched
+# off and on again; namespaces of docs/examples/hosts-demo.toml, removed at the end.
+demo-hosts: deps
+	@test "$$(id -u)" = 0 || { echo "make demo-hosts: run as root (it creates network namespaces)"; exit 1; }
+	@NETMUX=$(abspath $(VENV))/bin/netmux docs/examples/hosts-demo.sh
 
 # Every bench in sequence, each in namespaces of its own (bench/README.md); each writes
 # bench/results/NAME.json. BENCH_ARGS=--quick for a smoke run of all of them; BENCHES=...

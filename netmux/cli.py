@@ -50,8 +50,10 @@ def _ipmux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 def _lab(args: argparse.Namespace, cfg: config.HostConfig) -> int:
     from .lab import cmd_lab
+    from .labhosts import cmd_lab_hosts
 
-    return cmd_lab(args, cfg)
+    rc = cmd_lab_hosts(args, cfg)  # several hosts (--hosts N, off/on), else the single host
+    return cmd_lab(args, cfg) if rc is None else rc
 
 
 def _mux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
@@ -297,9 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _add(sub, "lab", "a simulated home router upstream of mux, for demos and tests", _lab)
-    p.add_argument("action", choices=["up", "down", "renumber"])
+    p.add_argument("action", choices=["up", "down", "renumber", "off", "on"])
     p.add_argument(
-        "prefix", nargs="?", help="renumber: the /64 to delegate instead (default: the next one)"
+        "prefix",
+        nargs="?",
+        help="renumber: the /64 to delegate instead (default: the next one); "
+        "off/on: the number of the host to switch off or on (2 or 3)",
+    )
+    p.add_argument(
+        "--hosts",
+        type=int,
+        default=1,
+        help="up: that many netmux hosts (2 or 3) behind the lab router, host 1 the primary "
+        "of docs/hosts.md, a secondary Knot in a vps namespace, an internet namespace",
     )
     p.add_argument(
         "--force", action="store_true", help="down: take every workload down, then mux too"

@@ -8,29 +8,32 @@ resolver workload's unbound, and an "internet" namespace behind the vps.
 
 Host b's own Knot is at fd64:cafe::5 (unbound never asks ::1), its resolver at fd64:cafe::53.
 Namespaces, link names and process starts come from the caller (pytest fixtures or the
-bench), so each cleans up its own.
+bench), so each cleans up its own. The pieces it shares with `netmux lab up --hosts N`
+(veth pairs, dig, the vps and internet addresses) are netmux/labhosts.py's.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv6Interface
 from pathlib import Path
 
-from netmux import hosts
+from netmux import hosts, labhosts
 from netmux.config import load_host
+from netmux.errors import StateError
 
 PRI_B, B_ADDR = "2001:db8:b::1", "2001:db8:b::2"
-PRI_V, VPS = "2001:db8:5::1", "2001:db8:5::53"
-VPS_OUT, INET = "2001:db8:6::1", "2001:db8:6::2"
+# The vps and internet links, and the secondary's name, are the lab's (netmux/labhosts.py).
+PRI_V, VPS = (str(a.ip) for a in labhosts.VPS_LINK)
+VPS_OUT, INET = (str(a.ip) for a in labhosts.INET_LINK)
 RESOLVER, CLIENT = "fd64:cafe::53", "fd64:cafe::2"
 B_KNOT = "fd64:cafe::5"  # host b's own Knot (the dns workload): unbound never asks ::1
 WWW_A = "2001:db8:a::80"
 WWW_B = "2001:db8:b::80"
-VPS_NS = "ns.vps.example"
+VPS_NS = labhosts.VPS_NS
 WAIT = 30.0
 
 
@@ -39,40 +42,18 @@ def sh(*argv: str) -> None:
 
 
 def veth(ns1: str, if1: str, a1: str, ns2: str, if2: str, a2: str) -> None:
-    sh("ip", "-n", ns1, "link", "add", if1, "type", "veth", "peer", "name", if2, "netns", ns2)
-    for ns, ifname, addr in ((ns1, if1, a1), (ns2, if2, a2)):
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", ifname, "nodad")
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
+    labhosts.veth(ns1, if1, IPv6Interface(f"{a1}/64"), ns2, if2, IPv6Interface(f"{a2}/64"))
 
 
 def dig(ns: str, server: str, name: str, rtype: str = "AAAA") -> str:
-    r = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "dig",
-            f"@{server}",
-            "+norec",
-            "+short",
-            "+time=1",
-            "+tries=1",
-            name,
-            rtype,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip()
+    return labhosts.answers(ns, server, name, rtype)
 
 
 def until(what: str, fn: Callable[[], bool], wait: float = 30.0) -> None:
-    deadline = time.monotonic() + wait
-    while not fn():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {wait:g}s: {what}")
-        time.sleep(0.1)
+    try:
+        labhosts.wait_until(what, fn, wait)
+    except StateError as e:
+        raise AssertionError(str(e)) from None
 
 
 def netmux(ns: str, cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:

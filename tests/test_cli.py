@@ -75,7 +75,7 @@ COMMANDS: dict[str, set[str]] = {
     "ipmux": {"name", "--kind", "--ifname", "cmd"},
     "doctor": {"--json"},
     "nat64": {"action", "conf", "--is"},
-    "lab": {"action", "prefix", "--force"},
+    "lab": {"action", "prefix", "--force", "--hosts"},
     "host": {"action", "name", "--address", "--knot-socket", "--no-reload", "--json"},
 }
 
