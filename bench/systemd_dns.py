@@ -7,11 +7,15 @@ workload `dns` on fd64:cafe::d — the dns recipe. Then, N times: `systemctl sta
 netmux@bN`, and `dig` from mux every few ms until Knot answers bN's AAAA.
 
 Where the time goes, from the journal of each start (monotonic timestamps): systemd's
-"Starting" → phonebookd's "published" (interpreter start, imports, config, building the
-namespace, waiting for the address, the D-Bus call) → phonebookd's "addresses now" (DAD
+"Starting" → phonebookd's "published" (the `netmux up` client's start, the warm
+launcher's worker: config, building the namespace, waiting for the address, the publish
+socket) → phonebookd's "addresses now" (DAD
 of the optimistic addresses over) → netmux's "up in" (Knot acknowledged the update) →
 systemd's "Started" (READY=1). Peers measured
-in the same box: `python3 -c pass` and `python3 -c 'import netmux.workload'`.
+in the same box: `python3 -c pass` and `python3 -c 'import netmux.workload'`; `systemctl
+start` of a unit that only execs `sleep` (systemctl, the job, fork and exec: the part of
+start → AAAA that is systemd's); one `dig` of a name Knot has (the part that is the
+measuring).
 
 Then (`--many N`, default 100): N netmux@ units started in one transaction, as boot
 starts the enabled ones, until all N answer in Knot; and stopping them all.
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, list[float]] = {k: [] for k in (
         "start_to_aaaa", "systemctl_start", "starting_to_published", "published_to_up",
         "published_to_dad_done", "dad_done_to_up",
-        "up_to_started", "python_pass", "python_import_workload")}  # fmt: skip
+        "up_to_started", "python_pass", "python_import_workload",
+        "peer_systemctl_start", "peer_dig")}  # fmt: skip
     with sysbox.boot(CONFIG, units=True) as box:
         prepare_dns(box)
         box.systemctl("start", "netmux-mux.service", "netmux-radvd.service", "phonebookd.service")
@@ -172,6 +177,20 @@ def main(argv: list[str] | None = None) -> int:
                     res["dad_done_to_up"].append(j["up"] - j["dad_done"])
                 res["up_to_started"].append(j["started"] - j["up"])
             time.sleep(0.3)
+        # Peers in the same box: what `systemctl start` of a unit that does nothing costs
+        # (client, job, fork, exec), and one dig of a name Knot already has.
+        box.write("/etc/systemd/system/bench-peer.service",
+                  "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n")  # fmt: skip
+        box.systemctl("daemon-reload")
+        for _ in range(runs):
+            t0 = now()
+            box.systemctl("start", "bench-peer.service")
+            res["peer_systemctl_start"].append(now() - t0)
+            box.systemctl("stop", "bench-peer.service")
+            t0 = now()
+            if not dig(f"dns.{PUBLIC}"):
+                raise RuntimeError("the peer dig got no answer")
+            res["peer_dig"].append(now() - t0)
         if args.many:
             bulk = _many(box, args.many)
         site = ["-c", f"import sys; sys.path[0:0] = ['{sysbox._OPT_SRC}', '{sysbox._OPT_SITE}']"]
