@@ -47,6 +47,20 @@ PY = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parent.parent
 SITE = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
 _ENV: dict[str, str] = {}
+_LAUNCHER: list[int] = []  # the launcher's PID while it runs
+
+
+def _cpu() -> float:
+    """CPU seconds of every process a bulk phase ran: this bench's reaped children (the
+    clients) and the launcher's (its workers)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = r.ru_utime + r.ru_stime
+    if not _LAUNCHER:
+        return own
+    fields = Path(f"/proc/{_LAUNCHER[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return own + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cli(host: HostConfig) -> list[str]:
@@ -78,8 +92,10 @@ def launcher(host: HostConfig) -> Iterator[Path]:
                 raise RuntimeError("the launcher did not start")
             time.sleep(0.01)
         _ENV.update(_env(sock))
+        _LAUNCHER[:] = [proc.pid]
         yield sock
     finally:
+        _LAUNCHER.clear()
         proc.terminate()
         proc.wait(timeout=30)
         sock.unlink(missing_ok=True)
@@ -136,7 +152,12 @@ def bulk(host: HostConfig, concurrent: int, running: int) -> dict[str, Any]:
         _timed([*cli, "down", "bench-w1"])
     out["one_up"] = summary(one)
     names = [f"bench-b{i}" for i in range(concurrent)]
+    cpu0 = _cpu()
     out["concurrent_up_s"] = _parallel([[*cli, "up", n] for n in names], concurrent)
+    # The floor of C at once: their CPU spread over every core, with no waiting at all.
+    out["cpu_per_up_s"] = (_cpu() - cpu0) / concurrent
+    out["cores"] = os.cpu_count() or 1
+    out["concurrent_floor_s"] = out["cpu_per_up_s"] * concurrent / out["cores"]
     for n in names:
         check_usable(host, n)
     out["concurrent_down_s"] = _parallel([[*cli, "down", n] for n in names], concurrent)
@@ -205,6 +226,12 @@ def report(res: dict[str, Any]) -> str:
         ]
         out.append(table(brows, ["bulk", "ms"]))
         out.append(f"ratio {b['concurrent']} at once / one: {b['ratio_concurrent_up']:.2f}")
+        out.append(
+            f"CPU per `up` (client + worker): {ms(b['cpu_per_up_s'])} ms; the floor for "
+            f"{b['concurrent']} at once on {b['cores']} cores: "
+            f"{ms(b['concurrent_floor_s'])} ms = "
+            f"{b['concurrent_floor_s'] / b['one_up']['median']:.1f}× one"
+        )
     return "\n".join(out)
 
 
