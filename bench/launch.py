@@ -230,7 +230,7 @@ def report(res: dict[str, Any]) -> str:
             f"CPU per `up` (client + worker): {ms(b['cpu_per_up_s'])} ms; the floor for "
             f"{b['concurrent']} at once on {b['cores']} cores: "
             f"{ms(b['concurrent_floor_s'])} ms = "
-            f"{b['concurrent_floor_s'] / b['one_up']['median']:.1f}× one"
+            f"{b['concurrent_floor_s'] / b['one_up']['median']:.1f}x one"
         )
     return "\n".join(out)
 
