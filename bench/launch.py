@@ -6,9 +6,9 @@ On bench/lifecycle.py's lab (netns bench-mux / bench-router, paths under
 measured under systemd by bench/systemd_dns.py):
 
 1. start   N rounds, interleaved: in-process up → usable global + default route, down;
-           the same through the command as the package runs it (`/usr/bin/python3 -m
-           netmux up NAME`, then `down`), once with the warm launcher listening
-           (netmux/launcher.py, started here on the bench's own socket) and once without
+           the same through the command as the package runs it (a console script
+           on /usr/bin/python3: `netmux up NAME`, then `down`), once with the warm
+           launcher listening (netmux/launcher.py, started here on the bench's own socket) and once without
            (the command does the work itself); peers in the same rounds: `python3 -c
            pass`, `python3 -S -c pass`, and `python3 -c 'import netmux.cli,
            netmux.workload'` (the imports alone).
@@ -64,7 +64,14 @@ def _cpu() -> float:
 
 
 def _cli(host: HostConfig) -> list[str]:
-    return [PY, "-m", "netmux", "--config", host.source, "-q"]
+    """The command as the package installs it: a console script (no runpy, as `-m` has)."""
+    script = Path(host.paths.run_dir) / "netmux"
+    if not script.exists():
+        script.write_text(
+            f"#!{PY}\nimport sys\nfrom netmux.__main__ import main\nsys.exit(main())\n"
+        )
+        script.chmod(0o755)
+    return [str(script), "--config", host.source, "-q"]
 
 
 def _env(sock: Path | None) -> dict[str, str]:

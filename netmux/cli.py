@@ -345,8 +345,7 @@ def cmd_launcher(args: argparse.Namespace, cfg: config.HostConfig) -> int:
     """The warm launcher (netmux/launcher.py): its workers run this CLI's `main`."""
     from .launcher import serve
 
-    parser()  # built once, before the forks
-    return serve(args.socket, main)
+    return serve(args.socket, main, parser)  # the parser is built once, before the forks
 
 
 def to_jsonable(obj: Any) -> Any:

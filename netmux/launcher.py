@@ -45,14 +45,27 @@ class _Handed(BaseException):
     """The worker gave its request's `Exec` to the client: nothing more to do here."""
 
 
-def preload() -> None:
-    """What every `up` imports, imported once here; forks share it."""
+def preload(parser: Callable[[], Any] | None = None) -> None:
+    """What every request imports, imported once here; and what each one would do for
+    the first time in a process (argparse's help lookups, tomllib's and config's first
+    parse, a ruleset's first rendering), done once too: forks share all of it."""
     import netmux.firewall
     import netmux.phonebook.client
     import netmux.workload
+    from netmux import config
 
+    with contextlib.suppress(ImportError):  # journal.log's, on first use
+        import systemd.journal  # noqa: F401
     with contextlib.suppress(Exception):  # python3-nftables absent: `up` reports it
         netmux.firewall._nft()  # loads libnftables once
+    if parser is not None:
+        p = parser()
+        for argv in (["up", "x", "--", "true"], ["down", "x"], ["ls"], ["status", "x"]):
+            p.parse_args(argv)
+    with contextlib.suppress(Exception):  # a broken config is each request's to report
+        host = config.load_host(None)
+        wl = config.workload_from("warm-up", None, "warm-up")
+        netmux.firewall.render_workload(host, wl, ("02:00:00:00:00:01", "fe80::1"))
 
 
 # --- the worker ---------------------------------------------------------------------------
@@ -190,10 +203,12 @@ def listener(path: str) -> socket.socket:
     return s
 
 
-def serve(path: str, run: Callable[[list[str]], int]) -> int:
+def serve(
+    path: str, run: Callable[[list[str]], int], run_parser: Callable[[], Any] | None = None
+) -> int:
     """Accept requests until SIGTERM; each one is served by a fork (`worker`) that calls
-    `run` (the CLI's main) with the request's arguments."""
-    preload()
+    `run` (the CLI's main) with the request's arguments (`run_parser`: its parser)."""
+    preload(run_parser)
     sock = listener(path)
     gc.collect()
     gc.freeze()  # what is loaded now is never collected: forks do not copy it to look
