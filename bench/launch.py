@@ -6,11 +6,11 @@ On bench/lifecycle.py's lab (netns bench-mux / bench-router, paths under
 measured under systemd by bench/systemd_dns.py):
 
 1. start   N rounds, interleaved: in-process up → usable global + default route, down;
-           the same through the command as the package runs it (a console script
-           on /usr/bin/python3: `netmux up NAME`, then `down`), once with the warm
-           launcher listening (netmux/launcher.py, started here on the bench's own
-           socket) and once without (the command does the work itself); peers in the same rounds: `python3 -c
-           pass`, `python3 -S -c pass`, and `python3 -c 'import netmux.cli,
+           the same through the command as the package runs it (a console script on
+           /usr/bin/python3: `netmux up NAME`, then `down`), once with the warm launcher
+           listening (netmux/launcher.py, started here on the bench's own socket) and
+           once without (the command does the work itself); peers in the same rounds:
+           `python3 -c pass`, `python3 -S -c pass`, and `python3 -c 'import netmux.cli,
            netmux.workload'` (the imports alone).
 2. bulk    through the launcher: one `netmux up` alone, then C of them at once (all
            usable = the last one returned; each `up` returns only once its own address
