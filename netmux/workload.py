@@ -1005,12 +1005,27 @@ def cmd_up(args: argparse.Namespace, host: HostConfig) -> int:
     cmd = tuple(args.cmd) or wl.command
     rc = up(host, wl, cmd)
     if not cmd:
-        # A namespace made this instant holds no process yet: no /proc scan for them.
-        _print_status(status(host, wl.name, members={}))
+        _print_status(_status_of_up(read_state(host, wl.name) or {}, wl.name))
         if holds_unit():
             token = str((read_state(host, wl.name) or {}).get("token", ""))
             hold_unit(wl.name, undo=lambda: _down_instance(host, wl.name, token))
     return rc
+
+
+def _status_of_up(st: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """What `up` just built and checked, from its state (no second look at the kernel):
+    the status `up` prints."""
+    return {
+        "name": name,
+        "state": "up",
+        "kind": st.get("kind", "process"),
+        "netns_path": st.get("netns_path", str(nsutil.netns_path(name))),
+        "ifname": st.get("ifname"),
+        "link": st.get("link", "macvlan"),
+        "mac": st.get("mac"),
+        "addresses": st.get("addresses", {"global": [], "ula": []}),
+        "dns": st.get("dns", []),
+    }
 
 
 def cmd_down(args: argparse.Namespace, host: HostConfig) -> int:
