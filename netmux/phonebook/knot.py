@@ -104,7 +104,7 @@ def render_knot_conf(
             user_line,
         )
         + f"""\
-    # No fsync per update (strace: one msync MS_ASYNC each). The journal outlives knotd
+    # No fsync per update (strace: msync MS_ASYNC only). The journal outlives knotd
     # (a restart or SIGKILL replays it onto the zone files this start rewrote); only a
     # crash of the OS loses its last changes, and then every workload publishes again.
     journal-db-mode: asynchronous
