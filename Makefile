@@ -101,7 +101,7 @@ demo-hosts: deps
 # Every bench in sequence, each in namespaces of its own (bench/README.md); each writes
 # bench/results/NAME.json. BENCH_ARGS=--quick for a smoke run of all of them; BENCHES=...
 # for some (e.g. `make bench BENCHES=lifecycle BENCH_ARGS=--raise-limits`).
-BENCHES ?= lifecycle crash uplink firewall dataplane phonebook systemd_dns boot hosts launch vm
+BENCHES ?= lifecycle crash uplink firewall dataplane phonebook knot_updates systemd_dns boot hosts launch vm
 bench: deps
 	@test "$$(id -u)" = 0 || { echo "make bench: run as root"; exit 1; }
 	@set -e; for b in $(BENCHES); do echo "== bench.$$b $(BENCH_ARGS)"; \

@@ -104,7 +104,9 @@ def render_knot_conf(
             user_line,
         )
         + f"""\
-    # DNS data here is rebuilt by phonebookd anyway: do not wait for fsync per update.
+    # No fsync per update (strace: msync MS_ASYNC only). The journal outlives knotd
+    # (a restart or SIGKILL replays it onto the zone files this start rewrote); only a
+    # crash of the OS loses its last changes, and then every workload publishes again.
     journal-db-mode: asynchronous
 
 include: "{key_file}"
@@ -128,6 +130,7 @@ template:
     storage: "{directory}/zones"
     file: "%s.zone"
     semantic-checks: off
+    # The zone files hold SOA and NS only (rewritten at each start): the journal has the rest.
     zonefile-sync: -1
     acl: phonebook
 {include_line}

@@ -329,8 +329,10 @@ class Rfc2136Sink(_Coalescer):
                 zone = self.zones.zone_of(key[0])
                 if zone is not None:
                     changes.setdefault(zone, []).append((key, want))
-        # One message per zone, all in flight at once: Knot now and then holds an update
-        # for up to a second, and zones must not wait behind each other for that.
+        # One message per zone, all in flight at once: Knot holds an update of a zone that
+        # changed less than a second before, in an earlier second, until a second after
+        # that change (docs/benchmarks.md, "Start to AAAA under systemd"), and zones must
+        # not wait behind each other for that.
         results = await asyncio.gather(
             *(self._send(zone, items) for zone, items in sorted(changes.items())),
             return_exceptions=True,
