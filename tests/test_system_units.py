@@ -102,6 +102,7 @@ EXPOSURE = {
     "netmux-host-expire.service": 3.0,
     "netmux-radvd.service": 3.0,
     "netmux-tayga.service": 3.0,
+    "netmux-jool.service": 3.0,
     "netmux-dhcpcd.service": 3.0,
     # It creates mux's namespace and moves NICs: no mount-namespace sandboxing, which alone
     # is 8010 of the 15888 that 3.0 allows (docs/systemd.md lists the checks).
