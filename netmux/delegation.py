@@ -136,9 +136,8 @@ def parent_knot_conf(zone: str, directory: str, listen: list[str], key_file: str
     """knot.conf for a parent zone that accepts these updates (the lab's public DNS and
     tests): one zone, updates allowed with the key only. Pure."""
     check_fqdn(zone)
-    listens = ", ".join(f'"{a}"' for a in listen)
     head = server_head("netmux.delegation", "a parent zone accepting delegation updates",
-                       directory, listens)  # fmt: skip
+                       directory, listen)  # fmt: skip
     return (
         head
         + f"""

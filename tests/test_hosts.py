@@ -15,7 +15,7 @@ from netmux.config import parse_host
 from netmux.errors import ConfigError, StateError, UsageError
 from netmux.phonebook import knot
 from netmux.phonebook.records import Zones
-from netmux.phonebook.sinks import TsigKey, render_tsig_key
+from netmux.phonebook.sinks import TsigKey, UpdateServer, render_tsig_key
 
 SEC = IPv6Address("2001:db8:5::53")
 KEY_B = TsigKey("host-b", "hmac-sha256", b"b" * 32)
@@ -62,20 +62,22 @@ def test_a_primary_without_secondaries_has_no_remote_and_no_hosts_no_keys() -> N
 @pytest.mark.unit
 def test_knot_conf_of_a_primary_includes_the_part_and_lists_its_own_zone(tmp_path: Path) -> None:
     cfg = parse_host('[dns]\nhostname = "a"\ndomain = "example.org"\n')
-    conf = knot.render_knot_conf(
+    site = knot.KnotSite(
         Zones.from_config(cfg),
         tmp_path,
         ["::"],
         include=tmp_path / "hosts.conf",
         public_extra=hosts.own_zone_lines(CAT, [SEC]),
     )
+    conf = knot.render_knot_conf(site)
     head, zones = conf.rsplit("zone:\n", 1)
     assert f'include: "{tmp_path}/hosts.conf"' in head.split("template:")[1]
     own = zones.split("  - domain: a.example.org.\n")[1].split("  - domain:")[0]
     assert f"catalog-zone: {CAT}." in own and "notify: netmux-secondaries" in own
     internal = zones.split("  - domain: internal.\n")[1].split("  - domain:")[0]
     assert "catalog" not in internal  # host-local zones never reach the secondary
-    assert "hosts.conf" not in knot.render_knot_conf(Zones.from_config(cfg), tmp_path, ["::"])
+    plain = knot.KnotSite(Zones.from_config(cfg), tmp_path, ["::"])
+    assert "hosts.conf" not in knot.render_knot_conf(plain)
 
 
 @pytest.mark.unit
@@ -270,7 +272,9 @@ def test_a_member_is_not_held_up_by_a_primary_that_is_down() -> None:
     cfg = parse_host('[dns]\nhostname = "b"\ndomain = "example.org"\n')
 
     async def scenario() -> tuple[str, int]:
-        sink = hosts.HostSink(Zones.from_config(cfg), "127.0.0.1", port, KEY_B, 120, 1.0)
+        sink = hosts.HostSink(
+            Zones.from_config(cfg), UpdateServer("127.0.0.1", port, KEY_B, 1.0), 120
+        )
         sink.update([Record("www.b.example.org", "AAAA", "2001:db8:b::80", 60)])
         await asyncio.wait_for(sink.synced(), 10)
         err, failures = sink.last_error, sink.failures
@@ -364,7 +368,9 @@ def test_a_primary_by_name_is_looked_up_by_the_member_and_by_its_resolver(tmp_pa
         port = s.getsockname()[1]
 
     async def scenario() -> str:
-        sink = hosts.HostSink(Zones.from_config(cfg), "localhost", port, KEY_B, 120, 1.0)
+        sink = hosts.HostSink(
+            Zones.from_config(cfg), UpdateServer("localhost", port, KEY_B, 1.0), 120
+        )
         assert sink.server == ""
         sink.update([Record("www.b.example.org", "AAAA", "2001:db8:b::80", 60)])
         await asyncio.wait_for(sink.synced(), 10)

@@ -17,7 +17,7 @@ from netmux import doctor, hosts, nsutil
 from netmux.config import load_host
 from netmux.errors import StateError
 from netmux.phonebook.records import Record, Zones
-from netmux.phonebook.sinks import Rfc2136Sink, make_sinks, parse_tsig_key
+from netmux.phonebook.sinks import Rfc2136Sink, UpdateServer, make_sinks, parse_tsig_key
 from tests import hostsfix
 from tests.conftest import stop_process
 from tests.hostsfix import (
@@ -236,7 +236,9 @@ def test_each_hosts_resolver_answers_for_every_host_and_its_own_without_the_prim
     cfg_a, cfg_b = load_host(w.cfg_a), load_host(w.cfg_b)
 
     async def primary_publishes() -> None:  # host a's phonebookd: its own sink, its own Knot
-        sink = Rfc2136Sink(Zones.from_config(cfg_a), "::1", 53, cfg_a.phonebook.tsig_key)
+        sink = Rfc2136Sink(
+            Zones.from_config(cfg_a), UpdateServer("::1", 53, cfg_a.phonebook.tsig_key)
+        )
         sink.update([Record("www.a.example.org", "AAAA", WWW_A, 5)])
         await asyncio.wait_for(sink.synced(), WAIT)
         await sink.close()

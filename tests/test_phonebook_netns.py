@@ -548,7 +548,7 @@ def test_host_only_zones_are_not_answered_to_the_internet(
 
     cfg = parse_host('[dns]\nhostname = "box"\ndomain = "example.org"\n')
     zones = Zones.from_config(cfg)
-    knot.write_all(zones, tmp_path, ["::"], 53)
+    knot.write_all(knot.KnotSite(zones, tmp_path, ["::"], 53))
     dns, inet = netns("kd"), netns("ki")
     subprocess.run(["ip", "-n", dns, "link", "add", "eth0", "type", "veth", "peer", "name",
                     "eth0", "netns", inet], check=True)  # fmt: skip

@@ -244,7 +244,7 @@ def test_tsig_key_roundtrip_and_errors() -> None:
 
 
 def test_knot_conf_has_every_zone_and_the_acl(tmp_path: Path) -> None:
-    text = knot.render_knot_conf(Z, tmp_path, ["::", "127.0.0.1"], 53)
+    text = knot.render_knot_conf(knot.KnotSite(Z, tmp_path, ["::", "127.0.0.1"], 53))
     for zone in Z.all_zones():
         assert f"  - domain: {zone}.\n" in text
     assert '"::@53", "127.0.0.1@53"' in text
@@ -256,21 +256,22 @@ def test_knot_conf_has_every_zone_and_the_acl(tmp_path: Path) -> None:
     assert f"  - domain: {Z.public}.\n  - domain" in text
     assert set(Z.host_only_zones()) == {"internal", ula_rev}
     with pytest.raises(UsageError):
-        knot.render_knot_conf(Z, tmp_path, ['::"; evil'], 53)
+        knot.render_knot_conf(knot.KnotSite(Z, tmp_path, ['::"; evil'], 53))
     zone = knot.render_zone(Z, "internal")
     assert "@ SOA dns.box.example.org. hostmaster.box.example.org." in zone
 
 
 @pytest.mark.requires("knotc")
 def test_knot_accepts_generated_config(tmp_path: Path) -> None:
-    knot.write_all(Z, tmp_path, ["::1"], 5353)
+    site = knot.KnotSite(Z, tmp_path, ["::1"], 5353)
+    knot.write_all(site)
     out = subprocess.run(
         ["knotc", "-c", str(tmp_path / "knot.conf"), "conf-check"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "phonebook.key").stat().st_mode & 0o077 == 0o040
     key = parse_tsig_key((tmp_path / "phonebook.key").read_text(), "k")
-    assert knot.write_all(Z, tmp_path, ["::1"], 5353) == key, "an existing key is kept"
+    assert knot.write_all(site) == key, "an existing key is kept"
 
 
 def test_a_missing_tsig_key_is_read_once_it_exists(tmp_path: Path) -> None:
@@ -325,7 +326,7 @@ def test_dns_recipe_files_parse() -> None:
     assert "-m netmux.phonebook.knot /var/lib/netmux/knot" in dropin
     assert "/var/lib/netmux/knot/knot.conf" in wl.command
     with pytest.raises(UsageError):
-        knot.render_knot_conf(Z, Path("/x"), ["::"], 53, user="knot; evil")
+        knot.render_knot_conf(knot.KnotSite(Z, Path("/x"), ["::"], 53, user="knot; evil"))
 
 
 @pytest.mark.parametrize(
