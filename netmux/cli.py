@@ -55,7 +55,7 @@ def _lab(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 
 def _mux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-    from .mux import cmd_mux
+    from .muxctl import cmd_mux
 
     return cmd_mux(args, cfg)
 

@@ -23,7 +23,7 @@ from typing import Any
 from . import journal
 from .config import HostConfig
 from .errors import ConfigError
-from .phonebook.knot import server_head
+from .phonebook.knotconf import server_head
 from .phonebook.records import Record, check_fqdn
 from .phonebook.sinks import TsigKey, _Coalescer, parse_tsig_key
 

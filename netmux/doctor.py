@@ -1091,13 +1091,13 @@ def probe_host_key(cfg: HostConfig) -> tuple[bool, tuple[str, ...]]:
 
 def probe_neigh(cfg: HostConfig) -> tuple[int | None, int]:
     """The neighbour table's hard limit (one for every namespace) and the workload count."""
-    from . import workload
+    from . import state
 
     try:
         limit: int | None = int(nsutil.read_sysctl(None, "net.ipv6.neigh.default.gc_thresh3") or "")
     except ValueError:
         limit = None
-    return limit, len(workload.known(cfg))
+    return limit, len(state.known(cfg))
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config.HostConfig) -> int:

@@ -42,7 +42,7 @@ from typing import Any
 from . import journal
 from .config import HostConfig
 from .errors import ConfigError, NetmuxError, StateError, UsageError
-from .phonebook.knot import server_head
+from .phonebook.knotconf import server_head
 from .phonebook.records import Zones, check_fqdn, check_label
 from .phonebook.sinks import (
     Rfc2136Sink,

@@ -340,7 +340,11 @@ def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list
             netns=host.mux.netns,
         )
     else:
-        mux.down(host, force=force)
+        if force:
+            from . import workload
+
+            workload.down_all(host)
+        mux.down(host)
         left = []
     router_down(host)
     run = daemon_dir(host)

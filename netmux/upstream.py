@@ -516,7 +516,7 @@ def resolver_up(host: HostConfig, run: Path) -> str:
     """The resolver workload (DNS64 unbound at resolver.address, a stub zone for the
     upstream's test zone); returns its name. Separate from lab_up: it is a workload, so
     it shows in `netmux ls`, and only demos and DNS64 tests need it."""
-    from . import config, daemons, workload
+    from . import config, daemons, state, workload
     from .render import unbound as unbound_render
 
     name = resolver_name(host)
@@ -528,7 +528,7 @@ def resolver_up(host: HostConfig, run: Path) -> str:
             "publish": False,
         },
     )
-    if (workload.read_state(host, name) or {}).get("phase") != "up":
+    if (state.read_state(host, name) or {}).get("phase") != "up":
         workload.up(host, wl, exec_cmd=False)
     rdir = run / "resolver"
     rdir.mkdir(exist_ok=True)

@@ -17,7 +17,8 @@ from netmux import doctor, hosts, nsutil
 from netmux.config import load_host
 from netmux.errors import StateError
 from netmux.phonebook.records import Record, Zones
-from netmux.phonebook.sinks import Rfc2136Sink, UpdateServer, make_sinks, parse_tsig_key
+from netmux.phonebook.service import make_sinks
+from netmux.phonebook.sinks import Rfc2136Sink, UpdateServer, parse_tsig_key
 from tests import hostsfix
 from tests.conftest import stop_process
 from tests.hostsfix import (

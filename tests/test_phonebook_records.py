@@ -276,7 +276,7 @@ def test_knot_accepts_generated_config(tmp_path: Path) -> None:
 
 def test_a_missing_tsig_key_is_read_once_it_exists(tmp_path: Path) -> None:
     """First start: phonebookd may run before netmux@dns has made the key."""
-    from netmux.phonebook.sinks import make_sinks
+    from netmux.phonebook.service import make_sinks
 
     path = tmp_path / "phonebook.key"
     cfg = parse_host(f'[phonebook]\nsinks = ["rfc2136"]\nserver = "::1"\ntsig_key = "{path}"\n')

@@ -65,7 +65,7 @@ def test_handlers_are_wired() -> None:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for command, handler in {
-        "mux": "mux:cmd_mux", "nic": "mux:cmd_nic", "up": "workload:cmd_up",
+        "mux": "muxctl:cmd_mux", "nic": "mux:cmd_nic", "up": "workload:cmd_up",
         "down": "workload:cmd_down", "exec": "workload:cmd_exec", "run": "workload:cmd_run",
         "ls": "workload:cmd_ls", "status": "workload:cmd_status",
     }.items():  # fmt: skip
