@@ -52,8 +52,9 @@ from typing import Any
 
 from bench import common
 from bench.common import load_config, machine, summary, table, write_results
-from netmux import config, denylist, firewall, lab, nsutil, upstream, workload
+from netmux import config, denylist, firewall, lab, nsutil, workload
 from netmux.config import HostConfig
+from netmux.lab import upstream
 
 BASE = Path("/run/netmux-bench-dataplane")
 MUX, RTR, UPLINK = "bench-dmux", "bench-drtr", "benchdu0"

@@ -33,8 +33,9 @@ from typing import Any
 
 from bench import common
 from bench.common import load_config, machine, ms, now, summary, table, write_results
-from netmux import config, lab, mux, upstream, workload
+from netmux import config, lab, mux, workload
 from netmux.config import HostConfig
+from netmux.lab import upstream
 
 BASE = Path("/run/netmux-bench-uplink")
 

@@ -85,7 +85,7 @@ def _top(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 
 def _nat64(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-    from .uplink import cmd_nat64
+    from .nat64 import cmd_nat64
 
     return cmd_nat64(args, cfg)
 

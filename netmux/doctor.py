@@ -1011,7 +1011,7 @@ def probe_leases(cfg: HostConfig, now: float | None = None) -> tuple[LeaseFact, 
     now = time.time() if now is None else now
     out = []
     # netmux-dhcpcd.service binds STATE_DIR/dhcpcd over /var/lib/dhcpcd; the lab keeps
-    # its dhcpcd's state under RUN_DIR/lab/dhcpcd-state (netmux.uplink.start_dhcpcd).
+    # its dhcpcd's state under RUN_DIR/lab/dhcpcd-state (netmux.lab.uplink.start_dhcpcd).
     dirs = (cfg.paths.state_dir / "dhcpcd", cfg.paths.run_dir / "lab" / "dhcpcd-state")
     for p in sorted(f for d in dirs for f in d.glob("*.lease6")):
         try:

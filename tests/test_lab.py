@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, lab, supervise, workload
+from netmux import config, lab, workload
 from netmux.config import HostConfig
 from netmux.errors import UsageError
+from netmux.lab import supervise
 from tests import labfix
 from tests.conftest import RUN
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import daemons, supervise
+from netmux import daemons
 from netmux.config import parse_host
+from netmux.lab import supervise
 from netmux.render import nat, tayga
 from tests.conftest import wait_for
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, lab, supervise, upstream, workload
+from netmux import config, lab, workload
 from netmux.config import HostConfig
+from netmux.lab import supervise, upstream
 from tests.conftest import RUN
 
 pytestmark = [

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from netmux import upstream
 from netmux.config import parse_host
+from netmux.lab import upstream
 from tests import fresh_root
 from tests.conftest import PROGRAM_PACKAGES
 

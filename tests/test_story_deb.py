@@ -38,8 +38,9 @@ from typing import Any
 
 import pytest
 
-from netmux import config, supervise, upstream
+from netmux import config
 from netmux.config import HostConfig
+from netmux.lab import supervise, upstream
 from tests import debfix
 from tests.conftest import RUN, wait_for
 from tests.debfix import REPO, VOLATILE, RootBox, files

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from netmux import supervise
 from netmux.errors import StateError, UsageError
+from netmux.lab import supervise
 
 pytestmark = pytest.mark.netns
 

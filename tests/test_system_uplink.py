@@ -17,7 +17,7 @@ from ipaddress import IPv6Address, IPv6Network
 
 import pytest
 
-from netmux import upstream
+from netmux.lab import upstream
 from tests import sysbox
 
 pytestmark = [
@@ -39,7 +39,8 @@ RECIPE = sysbox.REPO / "recipes" / "resolver"
 # the lab's veth between lab.cable_up's `link add` and `link set alias`.
 LAB = """
 from pathlib import Path
-from netmux import config, lab, mux, upstream
+from netmux import config, lab, mux
+from netmux.lab import upstream
 host = config.load_host()
 mux.up(host)
 lab.router_up(host)
@@ -50,7 +51,8 @@ upstream.up(host, Path("/run/lab"))
 RENUMBER = f"""
 from ipaddress import IPv6Network
 from pathlib import Path
-from netmux import config, upstream
+from netmux import config
+from netmux.lab import upstream
 upstream.renumber(config.load_host(), Path("/run/lab"), IPv6Network("{NEW}"))
 """
 

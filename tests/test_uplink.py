@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, doctor, lab, nat64, supervise, upstream, workload
+from netmux import config, doctor, lab, nat64, workload
 from netmux.config import HostConfig
+from netmux.lab import supervise, upstream
 from tests.conftest import RUN
 
 pytestmark = [

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from netmux import daemons, renumber, upstream
+from netmux import daemons, renumber
 from netmux.config import parse_host
+from netmux.lab import upstream
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ Everything a home network gives mux, on documentation addresses only:
 - DNS for the test zone `isp.test.` (unbound with local-data, authoritative in effect) at
   2001:db8::53 and 192.0.2.1: `v4only.isp.test.` has only an A record.
 
-Daemons are supervised (netmux.supervise) in the lab's daemon directory, so `lab down`
+Daemons are supervised (netmux.lab.supervise) in the lab's daemon directory, so `lab down`
 stops them with the rest. Pure renderers (`kea_config`, `radvd_config`, `udhcpd_config`,
 `dns_config`) are unit-tested; `up`/`renumber` are the thin edges.
 """
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 
-from . import journal, supervise
-from .config import HostConfig
-from .errors import StateError, UsageError
+from .. import journal
+from ..config import HostConfig
+from ..errors import StateError, UsageError
+from . import supervise
 
 ZONE = "isp.test"
 MUX_LL = IPv6Interface("fe80::2/64")  # mux's address on the ISP link (lab.py gives it)
@@ -316,8 +317,8 @@ def public_dns_up(host: HostConfig, p: Plan, run: Path) -> str | None:
         return None
     import secrets
 
-    from . import delegation
-    from .phonebook.sinks import TsigKey, render_tsig_key
+    from .. import delegation
+    from ..phonebook.sinks import TsigKey, render_tsig_key
 
     zone = delegation.parent_zone(host)
     d = run / "public-dns"
@@ -448,7 +449,7 @@ def wait_prefix(
     (naming kea6 or dhcpcd first when one of them, started in `run`, has died)."""
     import time
 
-    from . import renumber
+    from .. import renumber
 
     t0 = time.monotonic()
     while True:
@@ -485,7 +486,7 @@ def lab_up(host: HostConfig, run: Path) -> dict[str, float]:
     uplink.start_dhcpcd(
         host, run, [host.lab.uplink], run / "radvd.conf", run / "radvd.daemon.pid", config_path
     )
-    from . import nat64
+    from .. import nat64
 
     if host.nat64.enabled and nat64.engine(host).name != "none":
         uplink.nat64_up(host, run)
@@ -516,8 +517,8 @@ def resolver_up(host: HostConfig, run: Path) -> str:
     """The resolver workload (DNS64 unbound at resolver.address, a stub zone for the
     upstream's test zone); returns its name. Separate from lab_up: it is a workload, so
     it shows in `netmux ls`, and only demos and DNS64 tests need it."""
-    from . import config, daemons, state, workload
-    from .render import unbound as unbound_render
+    from .. import config, daemons, state, workload
+    from ..render import unbound as unbound_render
 
     name = resolver_name(host)
     wl = config.workload_from(
@@ -540,7 +541,8 @@ def resolver_up(host: HostConfig, run: Path) -> str:
 
 def lab_down(host: HostConfig, run: Path) -> None:
     """Undo lab_up's pieces that outlive `supervise.stop` (the resolver's namespace)."""
-    from . import uplink, workload
+    from .. import workload
+    from . import uplink
 
     supervise.stop("resolver", run)
     workload.down(host, resolver_name(host))

@@ -1,5 +1,10 @@
 """`netmux lab up|down`: a stand-in for a home router, so netmux runs on any Linux box.
 
+The lab package: this module (the router, the cable, `cmd_lab`), the ISP behind the router
+(lab/upstream.py), mux's uplink side without systemd (lab/uplink.py) and the supervisor of
+the daemons they start (lab/supervise.py). Nothing outside the lab, tests and benches
+imports it but `netmux mux` (muxctl.py: the lab's daemons in mux stop with mux).
+
     router netns (lab.router_netns)            mux netns (mux.netns)
     lan0  fe80::1, 2001:db8::1/64   <-veth->   labup0  fe80::2   (adopted like a real NIC)
           route PREFIX via fe80::2                     default via fe80::1
@@ -10,13 +15,13 @@ The uplink end of the veth pair is created in the root namespace under a NIC-lik
 (it must match mux.uplinks) and moved into mux by the same code that adopts real NICs
 (`mux.adopt`, i.e. `netmux nic adopt`), so the lab exercises that path. Both ends of the
 pair get fixed link-local addresses without DAD (a two-ended veth cannot hold a duplicate),
-so routes work at once. Where kea is installed, netmux.upstream adds the rest of a home
+so routes work at once. Where kea is installed, netmux.lab.upstream adds the rest of a home
 router (kea-dhcp6 delegating lab.prefix to dhcpcd in mux, RAs, IPv4 by DHCP, an IPv4-only
 web server, DNS, NAT64); otherwise `assign_prefix` puts lab.prefix on gw0 statically.
 The upstream side is built by small functions (`router_up`, `cable_up`, `router_routes`)
-that netmux.upstream extends.
+that netmux.lab.upstream extends.
 
-Daemons the lab starts are supervised (netmux.supervise) in `daemon_dir(host)`; `lab down`
+Daemons the lab starts are supervised (netmux.lab.supervise) in `daemon_dir(host)`; `lab down`
 stops every daemon recorded there, whoever started it.
 
 Safety: the lab refuses to run when mux.uplinks would match any other link of the root
@@ -36,10 +41,11 @@ from ipaddress import IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from . import config, journal, nsutil, supervise
-from .config import HostConfig
-from .errors import NetmuxError, StateError, UsageError
-from .render import radvd as radvd_render
+from .. import config, journal, nsutil
+from ..config import HostConfig
+from ..errors import NetmuxError, StateError, UsageError
+from ..render import radvd as radvd_render
+from . import supervise
 from .upstream import MUX_LL
 
 ALIAS = "netmux-lab uplink"  # marks the veth the lab made (ifalias survives netns moves)
@@ -82,7 +88,7 @@ def _ours(rec: dict[str, Any] | None) -> bool:
 
 DEMO_CONFIGS = (
     Path("/usr/share/doc/netmux/examples/demo.toml"),  # the .deb
-    Path(__file__).resolve().parent.parent / "docs" / "examples" / "demo.toml",  # a checkout
+    Path(__file__).resolve().parents[2] / "docs" / "examples" / "demo.toml",  # a checkout
 )
 
 
@@ -140,7 +146,7 @@ def router_up(host: HostConfig) -> None:
 
 def cable_up(host: HostConfig) -> None:
     """The veth pair between router and mux; its uplink end adopted into mux like a NIC."""
-    from . import mux
+    from .. import mux
 
     lab, ns = host.lab, host.lab.router_netns
     in_mux = links_in(host.mux.netns).get(lab.uplink)
@@ -232,7 +238,7 @@ def radvd_up(host: HostConfig) -> supervise.Daemon | None:
         return None
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "radvd.conf"
-    from . import daemons, renumber
+    from .. import daemons, renumber
 
     text = radvd_render.render(
         host,
@@ -264,7 +270,7 @@ def stop_daemons(host: HostConfig) -> None:
 
 def up(host: HostConfig) -> None:
     """Build (or complete) the whole lab. Idempotent."""
-    from . import mux
+    from .. import mux
 
     check(host)
     t0 = time.monotonic()
@@ -280,7 +286,7 @@ def up(host: HostConfig) -> None:
     if not pd:
         assign_prefix(host)  # before radvd: it advertises the prefixes gw0 has when started
     radvd_up(host)
-    if pd:  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.upstream)
+    if pd:  # DHCPv6-PD onto gw0, IPv4 by DHCP, NAT64 (netmux.lab.upstream)
         upstream.lab_up(host, daemon_dir(host))
     journal.info(
         f"lab is up in {time.monotonic() - t0:.2f}s: router {host.lab.router_netns} "
@@ -328,7 +334,7 @@ def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list
     too; what is left is logged and returned. keep_logs leaves the daemons' logs in the
     lab's directory (a failed `up` points there).
     """
-    from . import mux
+    from .. import mux
 
     stop_daemons_in_mux(host)
     cable_down(host)
@@ -341,7 +347,7 @@ def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list
         )
     else:
         if force:
-            from . import workload
+            from .. import workload
 
             workload.down_all(host)
         mux.down(host)

@@ -1,30 +1,30 @@
 """The uplink side of mux when systemd is not in charge (the lab, tests, benches).
 
 Under systemd, netmux-dhcpcd.service and netmux-tayga.service do this (units/); here the
-same rendered configs run as supervised daemons (netmux.supervise) in a run directory:
+same rendered configs run as supervised daemons (lab/supervise.py) in a run directory:
 
 - dhcpcd in mux with private /run/dhcpcd and /var/lib/dhcpcd: its paths are compiled in,
   so it runs in a private mount namespace with per-instance directories bound over them
   (the host's dhcpcd, if any, never meets this one). Its hook is netmux.renumber.
-- NAT64: tayga's TUN made with `tayga --mktun`, up, routes for the pool and the prefix;
-  IPv4 forwarding on; the NAT ruleset (render/nat.py) loaded with nft.
+- NAT64: the engine netmux.nat64 chooses; for tayga, what surrounds it (its TUN, routes,
+  IPv4 forwarding, the NAT ruleset: nat64.tayga_setup, as netmux-tayga.service has it
+  made), then tayga itself supervised.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import subprocess
 from pathlib import Path
 
-from . import daemons, journal, links, nsutil, supervise
-from .config import HostConfig
-from .errors import StateError, UsageError
-from .render import dhcpcd as dhcpcd_render
-from .render import nat as nat_render
-from .render import tayga as tayga_render
+from .. import daemons, journal, nsutil
+from ..config import HostConfig
+from ..errors import StateError
+from ..render import dhcpcd as dhcpcd_render
+from ..render import tayga as tayga_render
+from . import supervise
 
 DHCPCD_RUN = Path("/run/dhcpcd")
 DHCPCD_STATE = Path("/var/lib/dhcpcd")
@@ -75,7 +75,7 @@ def start_dhcpcd(
         "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
     ]  # fmt: skip
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return supervise.start("dhcpcd", argv, None, run, env=env)
 
 
@@ -120,30 +120,10 @@ def stop_dhcpcd(run: Path, grace: float = 1.0) -> None:
     supervise.stop("dhcpcd", run)
 
 
-def nat64_setup(host: HostConfig, conf: Path) -> None:
-    """What tayga needs around it in mux (idempotent): its TUN (`tayga --mktun` with the
-    rendered config), link up, routes for the pool, the prefix and tayga's own IPv6
-    address, IPv4 forwarding, and the NAT ruleset. netmux-tayga.service runs this as
-    `netmux nat64 setup CONF` in ExecStartPre=."""
-    ns = host.mux.netns
-    feats = daemons.tayga()
-    p = tayga_render.plan(host, feats)
-    with links.iproute(ns) as ipr:
-        existing = links.link_index(ipr, p.tun) is not None
-    if not existing:
-        _sh("tayga", "--mktun", "-c", str(conf), netns=ns)
-    with links.iproute(ns) as ipr:
-        links.set_up(ipr, p.tun)
-        for dst in (str(p.pool), str(host.nat64.prefix), f"{p.ipv6_addr}/128"):
-            links.replace_route(ipr, dst, p.tun)
-    nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
-    _sh("nft", "-f", "-", netns=ns, stdin=nat_render.render(host, feats))
-
-
 def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon | None:
     """NAT64 in mux with the engine netmux.nat64 chooses: Jool's instance (None), or
     tayga's TUN, routes and NAT, then tayga itself (idempotent)."""
-    from . import nat64
+    from .. import nat64
 
     eng = nat64.engine(host)
     journal.info(f"nat64: engine {eng.name}: {eng.reason}", netns=host.mux.netns)
@@ -156,50 +136,14 @@ def nat64_up(host: HostConfig, run: Path) -> supervise.Daemon | None:
     data.mkdir(parents=True, exist_ok=True)
     conf = run / "tayga.conf"
     conf.write_text(tayga_render.render(host, daemons.tayga(), data))
-    nat64_setup(host, conf)
+    nat64.tayga_setup(host, conf)
     argv = ["tayga", "--nodetach", "-c", str(conf)]
     return supervise.start("tayga", argv, host.mux.netns, run)
 
 
 def nat64_down(host: HostConfig, run: Path) -> None:
-    from . import nat64
+    """tayga stopped (the lab supervises it), then what surrounds it removed."""
+    from .. import nat64
 
     supervise.stop("tayga", run)
-    nat64.jool_down(host)
-    ns = host.mux.netns
-    if not nsutil.netns_path(ns).exists():
-        return
-    p = tayga_render.plan(host, daemons.tayga())
-    with contextlib.suppress(OSError), links.iproute(ns) as ipr:
-        links.delete_link(ipr, p.tun)
-    subprocess.run(
-        ["nsenter", f"--net={nsutil.netns_path(ns)}", "nft", "delete", "table", "ip",
-         nat_render.TABLE],
-        capture_output=True,
-        check=False,
-    )  # fmt: skip
-
-
-def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
-    """`netmux nat64 setup CONF` (ExecStartPre=) / `netmux nat64 teardown` (ExecStopPost=);
-    `engine`, `jool-up`, `jool-down`: netmux.nat64."""
-    from . import nat64
-
-    if args.action == "engine":
-        return nat64.cmd_engine(args, host)
-    if args.action == "jool-up":
-        nat64.jool_up(host, Path(args.conf) if args.conf else nat64.default_conf(host))
-        return 0
-    if args.action == "jool-down":
-        nat64.jool_down(host)
-        return 0
-    if args.action == "setup":
-        if not args.conf:
-            raise UsageError("setup: needs the rendered tayga.conf (CONF)")
-        conf = Path(args.conf)
-        if not conf.is_file():
-            raise UsageError(f"setup: {conf}: no such file (netmux render tayga)")
-        nat64_setup(host, conf)
-    else:
-        nat64_down(host, host.paths.run_dir)
-    return 0
+    nat64.teardown(host)

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import files, journal, nsutil
-from .errors import StateError, UsageError
+from .. import files, journal, nsutil
+from ..errors import StateError, UsageError
 
 # Processes started by this Python process, so that stop() can reap them (no zombies).
 _children: dict[int, subprocess.Popen[bytes]] = {}
