@@ -20,7 +20,7 @@ from netmux import config, links, mux, nsutil, workload
 from tests import muxfix
 from tests.conftest import RUN, wait_for
 from tests.muxfix import MuxEnv
-from tests.test_workload import assert_gone, world
+from tests.netns.test_workload import assert_gone, world
 
 pytestmark = [pytest.mark.netns, pytest.mark.requires("radvd", "nft")]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import guest, sysbox
-from tests.test_system_netmux import CONFIG, leftovers
+from tests.system.test_system_netmux import CONFIG, leftovers
 
 pytestmark = [
     pytest.mark.vm,

@@ -316,7 +316,7 @@ def test_dns_recipe_files_parse() -> None:
 
     from netmux.config import workload_from
 
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "dns"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "dns"
     wl = workload_from("dns", tomllib.loads((recipe / "dns.toml").read_text()))
     assert wl.command[0] == "/usr/sbin/knotd" and str(wl.addresses[0]) == "fd64:cafe::d/64"
     host = parse_host((recipe / "netmux.toml.example").read_text())

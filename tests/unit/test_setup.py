@@ -19,7 +19,7 @@ from tests.conftest import PROGRAM_PACKAGES
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _make_list(name: str) -> set[str]:

@@ -133,7 +133,7 @@ def test_drain_reports_new_link_local_addresses() -> None:
 @pytest.mark.skipif(sys.byteorder != "little", reason="the identifier is in the CPU's byte order")
 def test_stable_address_is_the_kernels() -> None:
     """The value Linux 6.x made for this secret's link-local address on a veth with a set
-    MAC (tests/test_routed_netns.py checks the global and ULA ones against the kernel)."""
+    MAC (tests/netns/test_routed_netns.py checks the global and ULA ones against the kernel)."""
     from ipaddress import IPv6Network
 
     secret = "2001:db8:1234:5678:9abc:def0:1111:2222"

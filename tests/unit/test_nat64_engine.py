@@ -1,6 +1,6 @@
 """NAT64 engines, pure: Jool's rendered configuration (golden), the engine choice from the
 host's facts, and what `netmux doctor` says about each. Jool and tayga run for real in
-tests/test_uplink.py (the engine this machine chooses, and the fallback to tayga)."""
+tests/netns/test_uplink.py (the engine this machine chooses, and the fallback to tayga)."""
 
 from __future__ import annotations
 

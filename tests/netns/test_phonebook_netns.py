@@ -383,7 +383,7 @@ def test_fuzzed_dbus_and_seed_payloads_never_reach_the_sinks(stack: Stack, wl: s
     from hypothesis import strategies as st
 
     from netmux import names
-    from tests.test_phonebook_records import SAFE_LINE
+    from tests.unit.test_phonebook_records import SAFE_LINE
 
     addr(wl, "add", f"{ULA}/64", "nodad")
     # D-Bus strings cannot hold NUL (the bus drops such a caller), so fuzz without it.
@@ -522,7 +522,7 @@ def test_sighup_after_each_rebuild(netns: Callable[[str], str], tmp_path: Path) 
 def test_seed_protocol_group_member(stack: Stack, wl: str) -> None:
     """A caller that is not root but in the configured group is let in, and told in one line
     why its request cannot be verified here (no mux: no device of netmux or ipmuxd to check;
-    tests/test_security_netns.py has the member that does publish)."""
+    tests/netns/test_security_netns.py has the member that does publish)."""
     script = (
         "import socket,sys\n"
         "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'member eth0\\n')\n"

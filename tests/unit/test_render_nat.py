@@ -1,4 +1,4 @@
-"""nftables NAT ruleset for mux (pure); loaded for real in tests/test_nat64.py."""
+"""nftables NAT ruleset for mux (pure); loaded for real in tests/netns/test_nat64.py."""
 
 from __future__ import annotations
 

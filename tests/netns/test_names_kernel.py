@@ -32,7 +32,7 @@ def test_secret_and_mac_are_accepted_by_the_kernel(netns: Callable[[str], str]) 
 
 
 def test_predicted_link_local_is_the_kernels(netns: Callable[[str], str]) -> None:
-    """names.stable_privacy_address (which pins the addresses in tests/test_names.py) is
+    """names.stable_privacy_address (which pins the addresses in tests/unit/test_names.py) is
     what the kernel makes for a macvlan created the way netmux creates workload links."""
     ns = netns("p")
     key = bytes(range(32))

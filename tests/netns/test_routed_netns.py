@@ -26,9 +26,9 @@ import pytest
 
 from netmux import firewall, ipmuxd, names, nsutil, routed, workload
 from tests import fwtopo, muxfix, phonebookfix
-from tests import test_security_netns as sec
 from tests.conftest import RUN, Unprivileged, wait_for
 from tests.muxfix import MuxEnv
+from tests.netns import test_security_netns as sec
 
 pytestmark = [pytest.mark.netns, pytest.mark.requires("radvd", "ping", "nft")]
 

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent / "netmux"
+ROOT = Path(__file__).resolve().parents[2] / "netmux"
 
 
 def _name(p: Path) -> str:

@@ -26,7 +26,7 @@ from tests.conftest import RUN, Unprivileged, wait_for
 
 pytestmark = pytest.mark.netns
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 TEST_GID = 200000 + int(RUN[1:], 16)  # unnamed, unused: only this run's socket has it
 

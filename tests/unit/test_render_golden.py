@@ -2,7 +2,7 @@
 with tests/golden/CASE, so any change to a rendered configuration shows in review as a diff
 of the golden file. After an intended change, regenerate them and read the diff:
 
-    NETMUX_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_golden.py
+    NETMUX_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_render_golden.py
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from netmux.render import dhcpcd, nat, radvd, router_rules, tayga, unbound
 
 pytestmark = pytest.mark.unit
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 REGEN = os.environ.get("NETMUX_REGEN_GOLDEN") == "1"
 
 HOST_TOML = """

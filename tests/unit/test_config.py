@@ -247,7 +247,7 @@ def test_one_table_defines_every_workload_key() -> None:
         assert {s.key for s in config.WORKLOAD_FLAGS} <= set(vars(args))
     args = parser.parse_args(["up", "web", "--vm", "--port", "tcp/80", "--wait", "ula"])
     assert (args.kind, args.ports, args.wait) == ("vm", ["tcp/80"], "ula")
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for s in config.WORKLOAD_SETTINGS:
         assert f"| `{s.key}` | `NETMUX_{s.key.upper()}` |" in doc
 

@@ -326,7 +326,7 @@ def test_doctor_says_what_a_member_or_primary_lacks() -> None:
     assert check(doctor.HostsFact(lease_age=20)) == ("hosts.lease", "ok")
     assert check(doctor.HostsFact(key=False), primary) == ("hosts.primary", "fail")
     assert doctor._hosts_checks(doctor.Facts(), parse_host("")) == []
-    text = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "troubleshooting.md").read_text()
     for cid in ("hosts.key", "hosts.lease", "hosts.primary"):
         assert f"| `{cid}` |" in text
     assert re.search(
@@ -383,5 +383,5 @@ def test_a_primary_by_name_is_looked_up_by_the_member_and_by_its_resolver(tmp_pa
 @pytest.mark.unit
 @pytest.mark.parametrize("name", ["primary", "member"])
 def test_the_recipe_examples_parse(name: str) -> None:
-    path = Path(__file__).parent.parent / "recipes" / "hosts" / f"{name}.toml.example"
+    path = Path(__file__).parents[2] / "recipes" / "hosts" / f"{name}.toml.example"
     assert parse_host(path.read_text(), str(path)).hosts.role == name

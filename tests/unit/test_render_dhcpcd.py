@@ -1,4 +1,4 @@
-"""dhcpcd.conf rendering (pure); dhcpcd itself runs in tests/test_uplink_pd.py."""
+"""dhcpcd.conf rendering (pure); dhcpcd itself runs in tests/netns/test_uplink.py."""
 
 from __future__ import annotations
 

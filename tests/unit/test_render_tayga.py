@@ -1,4 +1,4 @@
-"""tayga.conf rendering (pure); tayga itself runs in tests/test_nat64.py."""
+"""tayga.conf rendering (pure); tayga itself runs in tests/netns/test_nat64.py."""
 
 from __future__ import annotations
 

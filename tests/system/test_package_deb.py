@@ -2,7 +2,7 @@
 booted with systemd as PID 1, `systemctl start netmux@httpd`, then `dpkg --purge`.
 
 The .deb and the root come from tests/debfix.py (debian/make-package, mmdebstrap). The
-user's whole story against a simulated ISP (DHCPv6-PD, reboot) is tests/test_story_deb.py.
+user's whole story against a simulated ISP (DHCPv6-PD, reboot) is tests/system/test_story_deb.py.
 """
 
 from __future__ import annotations

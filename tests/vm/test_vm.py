@@ -38,7 +38,7 @@ pytestmark = [
 lab_host = labfix.lab_host  # fixture
 BOOT = 90.0  # TCG on two busy cores: kernel to SLAAC address in 3-15 s, give it room
 SECRET = "2001:db8::5ec:2e7"  # the stable-privacy guest's stable_secret
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 

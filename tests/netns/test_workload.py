@@ -264,7 +264,7 @@ def test_vm_gets_a_macvtap_fd_and_mac(env: MuxEnv, wname: Callable[[], str]) -> 
     )  # fmt: skip
     lines = r.stdout.splitlines()
     # /dev/tapN when that node is this macvtap's, else a node of its own numbers made and
-    # removed by the opener (another namespace's tap may own /dev/tapN: tests/test_tap.py
+    # removed by the opener (another namespace's tap may own /dev/tapN: tests/unit/test_tap.py
     # checks the device numbers themselves).
     assert re.match(r"/dev/(tap\d+$|\.netmux-tap\.)", lines[0]), r.stdout
     mac = lines[1].removeprefix("mac=")
