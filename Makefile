@@ -78,6 +78,8 @@ test-fresh:
 	  --no-install-recommends mmdebstrap systemd-container git; }
 	/usr/bin/python3 tests/fresh_root.py $(RELEASE) $(FRESH_ARGS)
 
+# By marker, not by directory: a file of a higher tier may hold unit tests too
+# (tests/netns/test_delegation.py).
 test-unit: venv
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 

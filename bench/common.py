@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,84 @@ def load_config(base: Path, text: str) -> HostConfig:
     path = base / "netmux.toml"
     path.write_text(text)
     return config.load_host(path)
+
+
+NAT64 = IPv6Network("2001:db8:64::/96")  # the lab benches' NAT64 prefix
+NAT64_SECTION = f'[nat64]\nprefix = "{NAT64}"\npool = "198.51.100.0/24"\n'
+DNS_SECTION = '[dns]\nhostname = "bench"\n'
+
+
+def lab_config(base: Path, mux: str, router: str, uplink: str, section: str) -> str:
+    """A lab bench's netmux.toml: its own mux and lab router namespaces, the lab's uplink
+    (UPLINK ends in 0: mux takes every link of its stem), paths under `base`, and `section`
+    (NAT64_SECTION, DNS_SECTION: the TOML the bench needs on top)."""
+    return f"""
+[mux]
+netns = "{mux}"
+uplinks = ["{uplink.rstrip("0123456789")}*"]
+[lab]
+router_netns = "{router}"
+uplink = "{uplink}"
+{section}[paths]
+state_dir = "{base}/state"
+run_dir = "{base}/run"
+workloads_dir = "{base}/workloads"
+"""
+
+
+def netns_named(prefix: str) -> list[str]:
+    """The namespaces whose names start with `prefix`: what a bench killed halfway left."""
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def lab_down(host: HostConfig, prefix: str = "", force: bool = False) -> None:
+    """Every workload a lab bench left (its state directory's, and with `prefix` the
+    namespaces so named but for mux and the router), then the lab."""
+    from netmux import lab, workload
+
+    names = set(workload.known(host)) | (set(netns_named(prefix)) if prefix else set())
+    for name in sorted(names - {host.mux.netns, host.lab.router_netns}):
+        workload.down(host, name)
+    lab.down(host, force=force)
+
+
+class Asker:
+    """A UDP socket inside a namespace: ask for AAAA without spawning `dig`."""
+
+    def __init__(self, ns: str, server: str, timeout: float) -> None:
+        """`timeout`: how long `wait` waits unless told."""
+        from netmux import nsutil
+
+        fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+        self.server = server
+        self.timeout = timeout
+        self.sock = nsutil.run_in_netns(ns, lambda: socket.socket(fam, socket.SOCK_DGRAM))
+
+    def aaaa(self, name: str) -> set[str]:
+        import dns.message
+        import dns.query
+
+        q = dns.message.make_query(name, "AAAA")
+        try:
+            r = dns.query.udp(q, self.server, timeout=0.5, sock=self.sock)
+        except Exception:
+            return set()
+        return {rd.to_text() for rrset in r.answer for rd in rrset}
+
+    def wait(
+        self, name: str, pred: Callable[[set[str]], bool], timeout: float | None = None
+    ) -> float:
+        """Seconds until the answer satisfies `pred`; NaN after the timeout."""
+        limit = self.timeout if timeout is None else timeout
+        t0 = now()
+        while not pred(self.aaaa(name)):
+            if now() - t0 > limit:
+                return float("nan")
+            time.sleep(0.002)
+        return now() - t0
 
 
 def compile_checkout() -> None:

@@ -9,7 +9,7 @@ After a kill the workload is finished off either by `down` or by `up` (which mus
 what it finds) followed by `down`; then nothing of it may be left: no namespace, no
 state file, no link in mux, no process in its namespace.
 
-The netns tier runs a short version (tests/test_lifecycle.py); the bench the 1000-cycle
+The netns tier runs a short version (tests/netns/test_lifecycle.py); the bench the 1000-cycle
 one: `.venv/bin/python -m bench.crash [--cycles N]`, in a lab of its own.
 """
 

@@ -50,13 +50,14 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import load_config, machine, summary, table, write_results
-from netmux import config, denylist, firewall, lab, nsutil, upstream, workload
+from netmux import config, denylist, firewall, lab, nsutil, workload
 from netmux.config import HostConfig
+from netmux.lab import upstream
 
 BASE = Path("/run/netmux-bench-dataplane")
 MUX, RTR, UPLINK = "bench-dmux", "bench-drtr", "benchdu0"
-NAT64 = IPv6Network("2001:db8:64::/96")
 PORT = 5201
 WL_A, WL_B = "bd-a", "bd-b"
 # bare peers: a veth pair, and up/mux/wl routed like netmux's lab but without nftables
@@ -67,21 +68,7 @@ FLOOD_SRC = "2001:db8:f1::1"
 INGRESS_TABLE = "bench_ingress"
 FLOOD_EXTRA = 2.5  # the flood runs this much longer than iperf3: over the pings after it
 
-CONFIG = f"""
-[mux]
-netns = "{MUX}"
-uplinks = ["benchdu*"]
-[lab]
-router_netns = "{RTR}"
-uplink = "{UPLINK}"
-[nat64]
-prefix = "{NAT64}"
-pool = "198.51.100.0/24"
-[paths]
-state_dir = "{BASE}/state"
-run_dir = "{BASE}/run"
-workloads_dir = "{BASE}/workloads"
-"""
+CONFIG = common.lab_config(BASE, MUX, RTR, UPLINK, common.NAT64_SECTION)
 
 # A paced sender: bursts of 64 datagrams at `pps` on average (0: as fast as it can). Paced,
 # both drop placements get the same offered load; unpaced, a cheaper drop lets the
@@ -373,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         addr = netmux_up(host)
         plain_up()
         a, b, rtr6, rtr4 = addr["a"], addr["b"], str(host.lab.router_address.ip), "192.0.2.1"
-        nat64_dst = str(IPv6Address(int(NAT64.network_address) | int(IPv4Address(rtr4))))
+        nat64_dst = str(IPv6Address(int(common.NAT64.network_address) | int(IPv4Address(rtr4))))
         denylist.add(host, FLOOD_NET)
         wl_tables = ["inet " + firewall.WORKLOAD_TABLE]
         nothing = contextlib.nullcontext
@@ -403,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("ipv4 routed-v4", PWL, "203.0.113.1", nothing),
             ]
         else:
-            print("no kea/tayga here: the NAT64 cases are left out", file=sys.stderr)
+            print("no kea/tayga here: the common.NAT64 cases are left out", file=sys.stderr)
         flood_cases: list[tuple[str, str]] = [
             ("up-wl flood dropped in prerouting (now)", "prerouting"),
             ("up-wl flood dropped at netdev ingress", "ingress"),

@@ -28,17 +28,14 @@ import contextlib
 import functools
 import itertools
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, ms, now, summary, table, write_results
+from bench.common import Asker, machine, ms, now, summary, table, write_results
 from netmux import hosts, nsutil
 from netmux.config import load_host
 from netmux.phonebook.records import Record, Zones
@@ -46,35 +43,6 @@ from netmux.phonebook.sinks import parse_tsig_key
 
 PREFIX = "bench-h"
 B = "b.example.org"
-
-
-class Asker:
-    """A UDP socket inside a namespace: ask without spawning `dig`."""
-
-    def __init__(self, ns: str, server: str) -> None:
-        self.server = server
-        self.sock = nsutil.run_in_netns(
-            ns, lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        )
-
-    def aaaa(self, name: str) -> set[str]:
-        import dns.message
-        import dns.query
-
-        q = dns.message.make_query(name, "AAAA")
-        try:
-            r = dns.query.udp(q, self.server, timeout=0.5, sock=self.sock)
-        except Exception:
-            return set()
-        return {rd.to_text() for rrset in r.answer for rd in rrset}
-
-    def wait(self, name: str, pred: Callable[[set[str]], bool], timeout: float = 20.0) -> float:
-        t0 = now()
-        while not pred(self.aaaa(name)):
-            if now() - t0 > timeout:
-                return float("nan")
-            time.sleep(0.002)
-        return now() - t0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r = hostsfix.netmux(*cmd)  # type: ignore[arg-type]
             if r.returncode != 0:
                 raise SystemExit(f"bench.hosts: {r.stderr.strip()}")
-        sec, pri = Asker(w.vps, "::1"), Asker(w.pri, "::1")
+        sec, pri = Asker(w.vps, "::1", 20.0), Asker(w.pri, "::1", 20.0)
         hostsfix.until(
             "b's zone on the secondary",
             lambda: (

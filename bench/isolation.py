@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import load_config, machine, ms, now, summary, table, write_results
 from netmux import config, journal, lab, workload
 from netmux.config import HostConfig
@@ -44,20 +45,7 @@ SERVER = "bench-isrv"
 CLIENTS = {"macvlan": "bench-icm", "routed": "bench-icr"}
 IPERF_PORT = 5201
 
-CONFIG = f"""
-[mux]
-netns = "bench-imux"
-uplinks = ["benchiu*"]
-[lab]
-router_netns = "bench-irtr"
-uplink = "benchiu0"
-[dns]
-hostname = "bench"
-[paths]
-state_dir = "{BASE}/state"
-run_dir = "{BASE}/run"
-workloads_dir = "{BASE}/workloads"
-"""
+CONFIG = common.lab_config(BASE, "bench-imux", "bench-irtr", "benchiu0", common.DNS_SECTION)
 
 
 def wl(name: str, link: str, ports: tuple[str, ...] = ()) -> config.WorkloadConfig:
@@ -66,18 +54,8 @@ def wl(name: str, link: str, ports: tuple[str, ...] = ()) -> config.WorkloadConf
     )
 
 
-def bench_names() -> list[str]:
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith("bench-i"))
-    except FileNotFoundError:
-        return []
-
-
 def cleanup(host: HostConfig) -> None:
-    for name in set(workload.known(host)) | {n for n in bench_names() if n != "bench-imux"}:
-        if name != host.lab.router_netns:
-            workload.down(host, name)
-    lab.down(host, force=True)
+    common.lab_down(host, "bench-i", force=True)
 
 
 def global_address(host: HostConfig, name: str) -> str:

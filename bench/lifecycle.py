@@ -35,6 +35,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import (
     compile_checkout,
     load_config,
@@ -52,20 +53,7 @@ BASE = Path("/run/netmux-bench")
 CNI_PLUGIN = Path("/usr/lib/cni/macvlan")
 NETMUX = [sys.executable, "-m", "netmux.cli"]
 
-CONFIG = f"""
-[mux]
-netns = "bench-mux"
-uplinks = ["benchup*"]
-[lab]
-router_netns = "bench-router"
-uplink = "benchup0"
-[dns]
-hostname = "bench"
-[paths]
-state_dir = "{BASE}/state"
-run_dir = "{BASE}/run"
-workloads_dir = "{BASE}/workloads"
-"""
+CONFIG = common.lab_config(BASE, "bench-mux", "bench-router", "benchup0", common.DNS_SECTION)
 
 
 # --- set-up -----------------------------------------------------------------------------
@@ -78,17 +66,8 @@ def setup() -> HostConfig:
     return host
 
 
-def bench_names() -> list[str]:
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith("bench-w"))
-    except FileNotFoundError:
-        return []
-
-
 def cleanup(host: HostConfig) -> None:
-    for name in set(workload.known(host)) | set(bench_names()):
-        workload.down(host, name)
-    lab.down(host)
+    common.lab_down(host, "bench-w")
 
 
 # --- one netmux cycle and one CNI cycle --------------------------------------------------

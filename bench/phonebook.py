@@ -27,21 +27,19 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, ms, now, summary, table, write_results
+from bench.common import Asker, machine, ms, now, summary, table, write_results
 from netmux import nsutil
 from netmux.config import parse_host
 from netmux.phonebook import client, records
-from netmux.phonebook.sinks import Rfc2136Sink, TinydnsSink, parse_tsig_key
+from netmux.phonebook.sinks import Rfc2136Sink, TinydnsSink, UpdateServer, parse_tsig_key
 
 DNS_NS, WL_NS = "bench-pbdns", "bench-pbw"
 
@@ -52,39 +50,11 @@ def _ns(name: str) -> None:
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
 
 
-class Asker:
-    """A UDP socket inside the dns namespace: ask without spawning `dig`."""
-
-    def __init__(self, server: str) -> None:
-        fam = socket.AF_INET6 if ":" in server else socket.AF_INET
-        self.server = server
-        self.sock = nsutil.run_in_netns(DNS_NS, lambda: socket.socket(fam, socket.SOCK_DGRAM))
-
-    def aaaa(self, name: str) -> set[str]:
-        import dns.message
-        import dns.query
-
-        q = dns.message.make_query(name, "AAAA")
-        try:
-            r = dns.query.udp(q, self.server, timeout=0.5, sock=self.sock)
-        except Exception:
-            return set()
-        return {rd.to_text() for rrset in r.answer for rd in rrset}
-
-    def wait(self, name: str, pred: Callable[[set[str]], bool], timeout: float = 5.0) -> float:
-        t0 = now()
-        while not pred(self.aaaa(name)):
-            if now() - t0 > timeout:
-                return float("nan")
-            time.sleep(0.002)
-        return now() - t0
-
-
 def latency(stack: Any, runs: int) -> dict[str, Any]:
     from tests.phonebookfix import PUBLIC, addr
 
-    knot = Asker("::1")
-    tiny = Asker("127.0.0.1") if stack.want_tinydns else None
+    knot = Asker(DNS_NS, "::1", 5.0)
+    tiny = Asker(DNS_NS, "127.0.0.1", 5.0) if stack.want_tinydns else None
     pub = client.publish("lat", "eth0", WL_NS, address=stack.bus)
     assert pub is not None
     add_k, add_t, del_k = [], [], []
@@ -117,7 +87,7 @@ def latency(stack: Any, runs: int) -> dict[str, Any]:
     peer = []
 
     async def direct(a: str) -> None:
-        sink = Rfc2136Sink(zones, "::1", 53, key)
+        sink = Rfc2136Sink(zones, UpdateServer("::1", 53, key))
         sink.sent = {}
         sink.update([records.Record(f"peer.{PUBLIC}", "AAAA", a, 5)])
         await asyncio.sleep(0)
@@ -181,7 +151,7 @@ def rebuild(stack: Any, sizes: list[int], reps: int) -> dict[str, Any]:
             async def once(recs: list[records.Record] = recs) -> float:
                 """Seconds for the update that adds recs plus the one that takes them away
                 again, each meeting zones idle for a second (Knot: see the module doc)."""
-                sink = Rfc2136Sink(zones, "::1", 53, key, timeout=30)
+                sink = Rfc2136Sink(zones, UpdateServer("::1", 53, key, timeout=30))
                 sink.sent = {}
                 took = 0.0
                 for want in (recs, records.zone_records(zones)):

@@ -66,7 +66,8 @@ def prepare_dns(box: Any) -> Path:
     from netmux.phonebook.records import Zones
 
     zones = Zones.from_config(parse_host(CONFIG))
-    knot.write_all(zones, box.path(KNOT), ["::"], 53, box.path("/etc/netmux/phonebook.key"))
+    key = box.path("/etc/netmux/phonebook.key")
+    knot.write_all(knot.KnotSite(zones, box.path(KNOT), ["::"], 53, key))
     conf = box.path(f"{KNOT}/knot.conf")
     conf.write_text(conf.read_text().replace(str(box.path(KNOT)), KNOT).replace(
         str(box.path("/etc/netmux/phonebook.key")), "/etc/netmux/phonebook.key"))  # fmt: skip

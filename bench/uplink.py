@@ -31,38 +31,19 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import load_config, machine, ms, now, summary, table, write_results
-from netmux import config, lab, mux, upstream, workload
+from netmux import config, lab, mux, workload
 from netmux.config import HostConfig
+from netmux.lab import upstream
 
 BASE = Path("/run/netmux-bench-uplink")
-NAT64 = IPv6Network("2001:db8:64::/96")
 
-CONFIG = f"""
-[mux]
-netns = "bench-umux"
-uplinks = ["benchuu*"]
-[lab]
-router_netns = "bench-urtr"
-uplink = "benchuu0"
-[nat64]
-prefix = "{NAT64}"
-pool = "198.51.100.0/24"
-[paths]
-state_dir = "{BASE}/state"
-run_dir = "{BASE}/run"
-workloads_dir = "{BASE}/workloads"
-"""
+CONFIG = common.lab_config(BASE, "bench-umux", "bench-urtr", "benchuu0", common.NAT64_SECTION)
 
 
 def host_config() -> HostConfig:
     return load_config(BASE, CONFIG)
-
-
-def teardown(host: HostConfig) -> None:
-    for name in workload.known(host):
-        workload.down(host, name)
-    lab.down(host)
 
 
 def lab_up_static(host: HostConfig) -> float:
@@ -122,9 +103,9 @@ def renumber_time(host: HostConfig, wl: str, new: IPv6Network, timeout: float = 
 
 def one_round(host: HostConfig, i: int) -> dict[str, float]:
     r: dict[str, float] = {}
-    teardown(host)
+    common.lab_down(host)
     r["lab_up_static"] = lab_up_static(host)
-    teardown(host)
+    common.lab_down(host)
     run = lab.daemon_dir(host)
     t0 = now()
     # lab.up's steps, so that the upstream's share and PD arrival are seen separately
@@ -146,7 +127,7 @@ def one_round(host: HostConfig, i: int) -> dict[str, float]:
     t1 = now()
     synth = dig_aaaa(wl, qname)
     r["dns64_lookup"] = now() - t1
-    assert synth in NAT64, synth
+    assert synth in common.NAT64, synth
     resolve = f"{qname}:80:[{synth}]"
     r["nat64_first_connect"] = curl_connect(wl, f"http://{qname}/", resolve)
     r["nat64_second_connect"] = curl_connect(wl, f"http://{qname}/", resolve)
@@ -173,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {i + 1}/{rounds}: " + ", ".join(f"{k} {ms(v)} ms" for k, v in r.items()),
                   file=sys.stderr)  # fmt: skip
     finally:
-        teardown(host)
+        common.lab_down(host)
     stats = {k: summary(v) for k, v in samples.items()}
     rows = [[k, s["n"], ms(s["median"]), ms(s["p95"]), ms(s["min"]), ms(s["max"])]
             for k, s in stats.items()]  # fmt: skip

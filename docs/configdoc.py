@@ -4,7 +4,7 @@
 Writes the tables between the GENERATED markers in docs/configuration.md and the commented
 example docs/examples/netmux.toml (installed as /etc/netmux/netmux.toml by the package).
 A key's description is the comment above its field in config.py (or after it on the same
-line); keys without one take theirs from DESCRIPTIONS below. tests/test_package_docs.py
+line); keys without one take theirs from DESCRIPTIONS below. tests/unit/test_package_docs.py
 fails when a key has no description or the files are out of date:
 
     .venv/bin/python docs/configdoc.py --write

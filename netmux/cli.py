@@ -50,14 +50,14 @@ def _ipmux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 def _lab(args: argparse.Namespace, cfg: config.HostConfig) -> int:
     from .lab import cmd_lab
-    from .labhosts import cmd_lab_hosts
+    from .lab.multihost import cmd_lab_hosts
 
     rc = cmd_lab_hosts(args, cfg)  # several hosts (--hosts N, off/on), else the single host
     return cmd_lab(args, cfg) if rc is None else rc
 
 
 def _mux(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-    from .mux import cmd_mux
+    from .muxctl import cmd_mux
 
     return cmd_mux(args, cfg)
 
@@ -87,7 +87,7 @@ def _top(args: argparse.Namespace, cfg: config.HostConfig) -> int:
 
 
 def _nat64(args: argparse.Namespace, cfg: config.HostConfig) -> int:
-    from .uplink import cmd_nat64
+    from .nat64 import cmd_nat64
 
     return cmd_nat64(args, cfg)
 

@@ -23,7 +23,7 @@ from typing import Any
 from . import journal
 from .config import HostConfig
 from .errors import ConfigError
-from .phonebook.knot import server_head
+from .phonebook.knotconf import server_head
 from .phonebook.records import Record, check_fqdn
 from .phonebook.sinks import TsigKey, _Coalescer, parse_tsig_key
 
@@ -136,9 +136,8 @@ def parent_knot_conf(zone: str, directory: str, listen: list[str], key_file: str
     """knot.conf for a parent zone that accepts these updates (the lab's public DNS and
     tests): one zone, updates allowed with the key only. Pure."""
     check_fqdn(zone)
-    listens = ", ".join(f'"{a}"' for a in listen)
     head = server_head("netmux.delegation", "a parent zone accepting delegation updates",
-                       directory, listens)  # fmt: skip
+                       directory, listen)  # fmt: skip
     return (
         head
         + f"""

@@ -243,28 +243,25 @@ def evaluate(f: Facts, cfg: HostConfig) -> list[Check]:
     else:
         k = f.kinds
         have = ", ".join(f"{n} {'yes' if k.get(n) else 'no'}" for n in KINDS)
-        if k.get("macvlan"):
-            add(Check("kernel.macvlan", "ok", "macvlan links can be created"))
-        else:
-            add(
-                Check(
-                    "kernel.macvlan",
-                    "fail",
-                    f"the kernel cannot create macvlan links ({have})",
-                    "load the module (modprobe macvlan) or use a kernel with CONFIG_MACVLAN",
-                )
+        add(
+            _pass_or_fail(
+                "kernel.macvlan",
+                bool(k.get("macvlan")),
+                "macvlan links can be created",
+                f"the kernel cannot create macvlan links ({have})",
+                "load the module (modprobe macvlan) or use a kernel with CONFIG_MACVLAN",
             )
-        if k.get("macvtap"):
-            add(Check("kernel.macvtap", "ok", "macvtap links can be created (VM workloads)"))
-        else:
-            add(
-                Check(
-                    "kernel.macvtap",
-                    "warn",
-                    'no macvtap: workloads with kind = "vm" cannot start',
-                    "modprobe macvtap, or a kernel with CONFIG_MACVTAP",
-                )
+        )
+        add(
+            _pass_or_fail(
+                "kernel.macvtap",
+                bool(k.get("macvtap")),
+                "macvtap links can be created (VM workloads)",
+                'no macvtap: workloads with kind = "vm" cannot start',
+                "modprobe macvtap, or a kernel with CONFIG_MACVTAP",
+                "warn",
             )
+        )
         parents = [n for n in ("dummy", "veth", "bridge") if k.get(n)]
         in_use = f.parent.kind if f.parent else None
         note = f"; mux's parent {mx.parent} is a {in_use}" if in_use else ""
@@ -458,6 +455,13 @@ def probe_hosts(cfg: HostConfig, now: float | None = None) -> HostsFact | None:
     return HostsFact(lease_age=None if lease is None else max(0.0, t - lease.stamp))
 
 
+def _pass_or_fail(
+    check: str, ok: bool, passed: str, failed: str, fix: str, bad: Status = "fail"
+) -> Check:
+    """A check with two outcomes: ok, or `bad` (fail, or warn) with the fix to apply."""
+    return Check(check, "ok", passed) if ok else Check(check, bad, failed, fix)
+
+
 def _global(addrs: Iterable[str]) -> list[str]:
     found = []
     for a in addrs:
@@ -493,17 +497,15 @@ def _prefix_checks(f: Facts, cfg: HostConfig) -> list[Check]:
                 'configuration"); or set [mux] static_addresses',
             )
         )
-    if any(ipaddress.IPv6Interface(a) == cfg.mux.ula for a in f.gateway_addresses):
-        out.append(Check("mux.ula", "ok", f"{gw} has {cfg.mux.ula}"))
-    else:
-        out.append(
-            Check(
-                "mux.ula",
-                "fail",
-                f"{gw} lacks its ULA {cfg.mux.ula}",
-                "systemctl restart netmux-mux.service (or: netmux mux up)",
-            )
+    out.append(
+        _pass_or_fail(
+            "mux.ula",
+            any(ipaddress.IPv6Interface(a) == cfg.mux.ula for a in f.gateway_addresses),
+            f"{gw} has {cfg.mux.ula}",
+            f"{gw} lacks its ULA {cfg.mux.ula}",
+            "systemctl restart netmux-mux.service (or: netmux mux up)",
         )
+    )
     return out
 
 
@@ -604,17 +606,15 @@ def _nat64_checks(f: Facts, cfg: HostConfig) -> list[Check]:
         return [Check("nat64.engine", "fail", f"no NAT64 engine: {eng.reason}", fix)]
     out = [Check("nat64.engine", "ok", f"NAT64 engine: {eng.name} ({eng.reason})")]
     if eng.name == "jool" and f.mux_exists and f.jool_instance is not None:
-        if f.jool_instance:
-            out.append(Check("nat64.jool", "ok", f"Jool instance netmux runs in {cfg.mux.netns}"))
-        else:
-            out.append(
-                Check(
-                    "nat64.jool",
-                    "fail",
-                    f"no Jool instance netmux in {cfg.mux.netns}",
-                    "systemctl start netmux-jool.service",
-                )
+        out.append(
+            _pass_or_fail(
+                "nat64.jool",
+                f.jool_instance,
+                f"Jool instance netmux runs in {cfg.mux.netns}",
+                f"no Jool instance netmux in {cfg.mux.netns}",
+                "systemctl start netmux-jool.service",
             )
+        )
     return out
 
 
@@ -665,23 +665,15 @@ def _daemon_checks(f: Facts, cfg: HostConfig) -> list[Check]:
                     + ")",
                 )
             )
-    if f.phonebookd:
-        out.append(
-            Check(
-                "daemons.phonebookd",
-                "ok",
-                "phonebookd runs (pid " + ", ".join(map(str, f.phonebookd)) + ")",
-            )
+    out.append(
+        _pass_or_fail(
+            "daemons.phonebookd",
+            bool(f.phonebookd),
+            "phonebookd runs (pid " + ", ".join(map(str, f.phonebookd)) + ")",
+            "phonebookd is not running: workloads are not published in DNS",
+            "systemctl start phonebookd.service",
         )
-    else:
-        out.append(
-            Check(
-                "daemons.phonebookd",
-                "fail",
-                "phonebookd is not running: workloads are not published in DNS",
-                "systemctl start phonebookd.service",
-            )
-        )
+    )
     return out
 
 
@@ -1019,7 +1011,7 @@ def probe_leases(cfg: HostConfig, now: float | None = None) -> tuple[LeaseFact, 
     now = time.time() if now is None else now
     out = []
     # netmux-dhcpcd.service binds STATE_DIR/dhcpcd over /var/lib/dhcpcd; the lab keeps
-    # its dhcpcd's state under RUN_DIR/lab/dhcpcd-state (netmux.uplink.start_dhcpcd).
+    # its dhcpcd's state under RUN_DIR/lab/dhcpcd-state (netmux.lab.uplink.start_dhcpcd).
     dirs = (cfg.paths.state_dir / "dhcpcd", cfg.paths.run_dir / "lab" / "dhcpcd-state")
     for p in sorted(f for d in dirs for f in d.glob("*.lease6")):
         try:
@@ -1099,13 +1091,13 @@ def probe_host_key(cfg: HostConfig) -> tuple[bool, tuple[str, ...]]:
 
 def probe_neigh(cfg: HostConfig) -> tuple[int | None, int]:
     """The neighbour table's hard limit (one for every namespace) and the workload count."""
-    from . import workload
+    from . import state
 
     try:
         limit: int | None = int(nsutil.read_sysctl(None, "net.ipv6.neigh.default.gc_thresh3") or "")
     except ValueError:
         limit = None
-    return limit, len(workload.known(cfg))
+    return limit, len(state.known(cfg))
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config.HostConfig) -> int:

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,15 @@ from typing import Any
 from . import journal
 from .config import HostConfig
 from .errors import ConfigError, NetmuxError, StateError, UsageError
-from .phonebook.knot import server_head
+from .phonebook.knotconf import server_head
 from .phonebook.records import Zones, check_fqdn, check_label
-from .phonebook.sinks import Rfc2136Sink, TsigKey, parse_tsig_key, render_tsig_key
+from .phonebook.sinks import (
+    Rfc2136Sink,
+    TsigKey,
+    UpdateServer,
+    parse_tsig_key,
+    render_tsig_key,
+)
 
 KEY_PREFIX = "host-"
 SECONDARY_KEY = "netmux-secondary"
@@ -187,9 +193,8 @@ def render_secondary_conf(
         ip = ipaddress.ip_address(primary)
     except ValueError:
         raise UsageError(f"primary {primary!r} is not an IP address") from None
-    listens = ", ".join(f'"{a}"' for a in listen)
     head = server_head("netmux.hosts", "an off-site secondary for a netmux primary",
-                       directory, listens)  # fmt: skip
+                       directory, listen)  # fmt: skip
     return (
         head
         + f"""
@@ -492,18 +497,11 @@ class HostSink(Rfc2136Sink):
 
     name = "hosts"
 
-    def __init__(
-        self,
-        zones: Zones,
-        server: str,
-        port: int,
-        key: TsigKey | Path,
-        lease: float,
-        timeout: float = 3.0,
-    ) -> None:
+    def __init__(self, zones: Zones, primary: UpdateServer, lease: float) -> None:
         member = MemberZones(zones.public, zones.internal, zones.ttl, zones.ns, ())
-        self.primary = server  # an address, or a name looked up at every refresh
-        super().__init__(member, server if is_address(server) else "", port, key, 0.0, timeout)
+        self.primary = primary.address  # an address, or a name looked up at every refresh
+        address = primary.address if is_address(primary.address) else ""
+        super().__init__(member, replace(primary, address=address))
         self.lease = lease
         self.refreshes = 0
         self.resync = False
@@ -590,7 +588,7 @@ def make_sink(cfg: HostConfig, zones: Zones) -> HostSink | None:
         journal.warning(f"hosts: {h.key} does not exist yet (`netmux host join FILE`)")
     except OSError as e:
         raise ConfigError(cfg.source, "hosts.key", str(h.key), f"a readable file ({e})") from None
-    return HostSink(zones, h.primary, h.port, key, h.lease)
+    return HostSink(zones, UpdateServer(h.primary, h.port, key), h.lease)
 
 
 # --- the primary's files -------------------------------------------------------------------

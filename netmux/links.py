@@ -657,7 +657,7 @@ NTF_PROXY = 0x08
 def stable_address(prefix: IPv6Network, secret: str, dad_count: int = 0) -> IPv6Address:
     """The address Linux makes by SLAAC in /64 `prefix` on a link with `stable_secret`
     whose MAC netmux set (names.stable_privacy_address, the kernel's algorithm). Pure;
-    tests/test_routed_netns.py checks it against the kernel's own addresses."""
+    tests/netns/test_routed_netns.py checks it against the kernel's own addresses."""
     if prefix.prefixlen != 64:
         raise ValueError(f"SLAAC needs a /64, not {prefix}")
     return names.stable_privacy_address(secret, str(prefix), dad_count)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import config, denylist, ifaddr, journal, links, names, nsutil, pr2, sd
+from . import config, denylist, ifaddr, journal, links, names, nsutil, pr2, state
 from .config import HostConfig
 from .errors import NetmuxError, StateError, UsageError
 from .rtnl import NetlinkError
@@ -244,43 +243,27 @@ def _ensure_root_link(host: HostConfig, key: bytes) -> None:
 def workloads(host: HostConfig) -> list[str]:
     """Workloads that exist (a record and a namespace): each hangs off mux's parent link.
     A record whose namespace is gone (a crash) strands nothing and does not count."""
-    from . import workload
-
-    return [n for n in workload.known(host) if os.path.lexists(nsutil.netns_path(n))]
+    return [n for n in state.known(host) if os.path.lexists(nsutil.netns_path(n))]
 
 
-def down(host: HostConfig, force: bool = False) -> bool:
+def down(host: HostConfig) -> bool:
     """Remove mux (idempotent): root link, uplinks back home, gateway, parent, netns.
 
-    While workloads exist it refuses (they would be left without a link), unless `force`:
-    then they go first. The lab's daemons in mux stop with it. Links are deleted
-    synchronously before the namespace (whose teardown is asynchronous and waits for any
-    process still inside it, such as a daemon not yet stopped).
+    While workloads exist it refuses (they would be left without a link); muxctl.down
+    takes them and the lab's daemons in mux down first. Links are deleted synchronously
+    before the namespace (whose teardown is asynchronous and waits for any process still
+    inside it, such as a daemon not yet stopped).
     Returns True if there was something to remove.
     """
-    from . import lab, workload
-
     cfg = host.mux
     if links.netns_exists(cfg.netns):
         require_ours(host)  # before anything changes
-    wls = workloads(host) if not force else workload.known(host)
-    if wls and not force:
+    wls = workloads(host)
+    if wls:
         raise StateError(
             f"mux {cfg.netns}: workloads still use it: {', '.join(wls)}; "
             f"`netmux down NAME` them first, or `netmux mux down --force`"
         )
-    left = []
-    for name in wls:
-        try:
-            workload.down(host, name)
-        except NetmuxError as e:
-            left.append(name)
-            journal.warning(f"mux down: {e}", workload=name)
-    if left:
-        raise StateError(
-            f"mux {cfg.netns}: kept, workloads could not be removed: {', '.join(left)}"
-        )
-    lab.stop_daemons_in_mux(host)
     did = False
     if cfg.root_link:
         with links.iproute(None) as root:
@@ -414,35 +397,6 @@ def watch_nics(
 
 
 # --- CLI handlers -----------------------------------------------------------------------
-
-
-def cmd_mux(args: argparse.Namespace, host: HostConfig) -> int:
-    if args.action == "down":
-        down(host, force=args.force)
-        return 0
-    up(host)
-    if not getattr(args, "watch", False):
-        return 0
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def ready() -> None:
-        sd.notify(ready="1", status=f"mux {host.mux.netns} up; watching for uplink NICs")
-        journal.info(f"mux {host.mux.netns} ready; watching for NICs", netns=host.mux.netns)
-
-    from . import routed  # routed workloads follow the gateway's prefixes (no RAs there)
-
-    follower = threading.Thread(target=routed.follow, args=(host, stop), name="routed", daemon=True)
-    follower.start()
-    watch_nics(host, stop, ready)
-    sd.notify(stopping="1")
-    follower.join(timeout=2)
-    return 0
 
 
 def cmd_nic(args: argparse.Namespace, host: HostConfig) -> int:

@@ -91,7 +91,7 @@ def derive(key: bytes, *parts: str) -> bytes:
     """HMAC-SHA256 of "netmux/" + the parts joined by NUL: every MAC, secret and id netmux
     derives from the host key comes from here (workloads, mux's own links, ipmux devices),
     each with parts of its own so no two can collide. Changing this moves every address
-    (tests/test_names.py pins the results)."""
+    (tests/unit/test_names.py pins the results)."""
     return hmac.new(key, ("netmux/" + "\0".join(parts)).encode(), hashlib.sha256).digest()
 
 
@@ -154,7 +154,7 @@ def stable_privacy_address(secret: str, prefix: str, dad_count: int = 0) -> ipad
     """The address Linux's addr_gen_mode 2 gives a netmux link in /64 `prefix` (RFC 7217 as
     the kernel implements it: secret, prefix, the permanent MAC (all zeros on a macvlan or
     macvtap made with an address) and the DAD counter in one SHA-1 block). Pure: lets tests
-    pin a workload's addresses without a kernel; tests/test_names_kernel.py checks it
+    pin a workload's addresses without a kernel; tests/netns/test_names_kernel.py checks it
     against the real kernel."""
     net = ipaddress.IPv6Network(prefix, strict=False)
     head = net.network_address.packed[:8]

@@ -6,12 +6,15 @@ any kernel with TUN support. `choose` is pure: given what the host offers (Engin
 from `probe`) and `nat64.engine` ("auto" prefers Jool), it returns the engine and the
 reason, which `netmux doctor` and `netmux nat64 engine` print. The units ask the same
 question (`netmux nat64 engine --is tayga|jool` in ExecCondition=), so exactly one of
-netmux-tayga.service and netmux-jool.service runs.
+netmux-tayga.service and netmux-jool.service runs. Around tayga in mux, `tayga_setup`
+makes its TUN, routes and NAT ruleset and `teardown` removes them (`netmux nat64 setup`,
+`teardown`: netmux-tayga.service; the lab's supervised tayga too, lab/uplink.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -20,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import journal, nsutil
+from . import daemons, journal, links, nsutil
 from .config import HostConfig
-from .errors import StateError
+from .errors import StateError, UsageError
 from .render import jool as jool_render
+from .render import nat as nat_render
+from .render import tayga as tayga_render
 
 EngineName = Literal["jool", "tayga", "none"]
 
@@ -112,9 +117,9 @@ def engine(host: HostConfig) -> Engine:
     return choose(probe(), host.nat64.engine)
 
 
-def _run(argv: list[str], netns: str | None = None) -> None:
+def _run(argv: list[str], netns: str | None = None, stdin: str | None = None) -> None:
     full = ["ip", "netns", "exec", netns, *argv] if netns else argv
-    r = subprocess.run(full, capture_output=True, text=True)
+    r = subprocess.run(full, capture_output=True, text=True, input=stdin)
     if r.returncode:
         raise StateError(f"nat64: `{' '.join(argv)}` failed: {(r.stderr or r.stdout).strip()}")
 
@@ -140,6 +145,45 @@ def jool_down(host: HostConfig) -> None:
                         jool_render.INSTANCE], capture_output=True, check=False)  # fmt: skip
 
 
+def tayga_setup(host: HostConfig, conf: Path) -> None:
+    """What tayga needs around it in mux (idempotent): its TUN (`tayga --mktun` with the
+    rendered config), link up, routes for the pool, the prefix and tayga's own IPv6
+    address, IPv4 forwarding, and the NAT ruleset. netmux-tayga.service runs this as
+    `netmux nat64 setup CONF` in ExecStartPre=."""
+    ns = host.mux.netns
+    feats = daemons.tayga()
+    p = tayga_render.plan(host, feats)
+    with links.iproute(ns) as ipr:
+        existing = links.link_index(ipr, p.tun) is not None
+    if not existing:
+        _run(["tayga", "--mktun", "-c", str(conf)], ns)
+    with links.iproute(ns) as ipr:
+        links.set_up(ipr, p.tun)
+        for dst in (str(p.pool), str(host.nat64.prefix), f"{p.ipv6_addr}/128"):
+            links.replace_route(ipr, dst, p.tun)
+    nsutil.write_sysctls(ns, [("net.ipv4.conf.all.forwarding", "1")])
+    _run(["nft", "-f", "-"], ns, stdin=nat_render.render(host, feats))
+
+
+def teardown(host: HostConfig) -> None:
+    """Remove what NAT64 put in mux besides the daemon (idempotent): Jool's instance,
+    tayga's TUN, the NAT ruleset. netmux-tayga.service runs this as `netmux nat64
+    teardown` in ExecStopPost=; the lab after stopping its tayga (lab/uplink.py)."""
+    jool_down(host)
+    ns = host.mux.netns
+    if not nsutil.netns_path(ns).exists():
+        return
+    p = tayga_render.plan(host, daemons.tayga())
+    with contextlib.suppress(OSError), links.iproute(ns) as ipr:
+        links.delete_link(ipr, p.tun)
+    subprocess.run(
+        ["nsenter", f"--net={nsutil.netns_path(ns)}", "nft", "delete", "table", "ip",
+         nat_render.TABLE],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+
+
 def cmd_engine(args: argparse.Namespace, host: HostConfig) -> int:
     """`netmux nat64 engine [--is NAME]`: print the choice; with --is, exit 0 only when it
     is NAME (1 otherwise: ExecCondition= then skips the unit instead of failing it)."""
@@ -152,3 +196,26 @@ def cmd_engine(args: argparse.Namespace, host: HostConfig) -> int:
 
 def default_conf(host: HostConfig) -> Path:
     return Path(os.environ.get("RUNTIME_DIRECTORY", str(host.paths.run_dir))) / "jool.json"
+
+
+def cmd_nat64(args: argparse.Namespace, host: HostConfig) -> int:
+    """`netmux nat64 setup CONF` (ExecStartPre=) / `netmux nat64 teardown` (ExecStopPost=);
+    `engine`, `jool-up`, `jool-down`."""
+    if args.action == "engine":
+        return cmd_engine(args, host)
+    if args.action == "jool-up":
+        jool_up(host, Path(args.conf) if args.conf else default_conf(host))
+        return 0
+    if args.action == "jool-down":
+        jool_down(host)
+        return 0
+    if args.action == "setup":
+        if not args.conf:
+            raise UsageError("setup: needs the rendered tayga.conf (CONF)")
+        conf = Path(args.conf)
+        if not conf.is_file():
+            raise UsageError(f"setup: {conf}: no such file (netmux render tayga)")
+        tayga_setup(host, conf)
+    else:
+        teardown(host)
+    return 0

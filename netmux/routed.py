@@ -22,7 +22,7 @@ import time
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from . import firewall, journal, links, names, nsutil, pr2
+from . import firewall, journal, links, names, nsutil, pr2, state
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError
 
@@ -172,12 +172,10 @@ def renumber_workloads(
 ) -> list[str]:
     """readdress_link for every routed workload (routed links get no RAs, so this is what
     radvd's advertisement does for a macvlan). The workloads changed."""
-    from . import workload  # workload imports this module
-
     key = names.load_host_key(host.paths.host_key, create=False)
     changed = []
-    for name in workload.known(host):
-        st = workload.read_state(host, name) or {}
+    for name in state.known(host):
+        st = state.read_state(host, name) or {}
         if st.get("link") != "routed" or st.get("phase") != "up" or not links.netns_exists(name):
             continue
         have = tuple(IPv6Address(a) for a in st.get("routed") or ())
@@ -189,10 +187,10 @@ def renumber_workloads(
         )
         if keep is None:
             continue
-        now = workload.read_state(host, name) or {}
+        now = state.read_state(host, name) or {}
         if now.get("token") == st.get("token"):  # not taken down (or rebuilt) meanwhile
             now["routed"] = [str(a) for a in keep]
-            workload._write_state(host, name, now)
+            state.write_state(host, name, now)
         changed.append(name)
     return changed
 

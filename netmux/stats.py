@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import denylist, files, firewall, links, workload
+from . import denylist, files, firewall, links, state
 from .config import HostConfig
 from .errors import NetmuxError, UsageError
 
@@ -47,7 +47,7 @@ def link_stats(ipr: Any, ifname: str) -> dict[str, int] | None:
 
 
 def sample_one(host: HostConfig, name: str) -> Sample | None:
-    st = workload.read_state(host, name) or {}
+    st = state.read_state(host, name) or {}
     ifname = str(st.get("ifname") or host.workload.ifname)
     if not links.netns_exists(name):
         return None
@@ -63,7 +63,7 @@ def sample_one(host: HostConfig, name: str) -> Sample | None:
 
 def sample(host: HostConfig) -> dict[str, Sample]:
     out = {}
-    for name in workload.known(host):
+    for name in state.known(host):
         s = sample_one(host, name)
         if s:
             out[name] = s

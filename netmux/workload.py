@@ -61,6 +61,8 @@ from . import (
 from .config import HostConfig, WorkloadConfig
 from .errors import NetmuxError, StateError, UsageError
 from .phonebook import client as phonebook
+from .state import known, read_state, state_path
+from .state import write_state as _write_state
 
 TAPFD = tap.TAPFD
 MAC = tap.MAC
@@ -107,26 +109,6 @@ def _token(mark: str | None) -> str | None:
     if mark and mark.startswith(links.MARK_PREFIX):
         return mark[len(links.MARK_PREFIX) :]
     return None
-
-
-def _state_dir(host: HostConfig) -> Path:
-    return host.paths.run_dir / "workloads"
-
-
-def state_path(host: HostConfig, name: str) -> Path:
-    return _state_dir(host) / f"{name}.json"
-
-
-def read_state(host: HostConfig, name: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(state_path(host, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_state(host: HostConfig, name: str, data: dict[str, Any]) -> None:
-    files.write_atomic(state_path(host, name), json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def lookup_user(spec: str, what: str) -> pwd.struct_passwd:
@@ -843,12 +825,22 @@ def _guardian(host: HostConfig, name: str) -> tuple[int, int]:
 # --- status -------------------------------------------------------------------------------
 
 
-def known(host: HostConfig) -> list[str]:
-    d = _state_dir(host)
-    try:
-        return sorted(p.stem for p in d.glob("*.json") if names.is_valid_name(p.stem))
-    except FileNotFoundError:
-        return []
+def down_all(host: HostConfig) -> None:
+    """`down` for every workload netmux knows (`mux down --force`, `lab down --force`): each
+    failure is logged, and those left are named in one StateError (mux stays for them)."""
+    if links.netns_exists(host.mux.netns):
+        mux.require_ours(host)  # before anything changes
+    left = []
+    for name in known(host):
+        try:
+            down(host, name)
+        except NetmuxError as e:
+            left.append(name)
+            journal.warning(f"mux down: {e}", workload=name)
+    if left:
+        raise StateError(
+            f"mux {host.mux.netns}: kept, workloads could not be removed: {', '.join(left)}"
+        )
 
 
 def statuses(host: HostConfig, names_: list[str]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ resolver workload's unbound, and an "internet" namespace behind the vps.
 Host b's own Knot is at fd64:cafe::5 (unbound never asks ::1), its resolver at fd64:cafe::53.
 Namespaces, link names and process starts come from the caller (pytest fixtures or the
 bench), so each cleans up its own. The pieces it shares with `netmux lab up --hosts N`
-(veth pairs, dig, the vps and internet addresses) are netmux/labhosts.py's.
+(veth pairs, dig, the vps and internet addresses) are netmux/lab/multihost.py's.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from ipaddress import IPv6Interface
 from pathlib import Path
 
-from netmux import hosts, labhosts
+from netmux import hosts
 from netmux.config import load_host
 from netmux.errors import StateError
+from netmux.lab import multihost as labhosts
 
 PRI_B, B_ADDR = "2001:db8:b::1", "2001:db8:b::2"
-# The vps and internet links, and the secondary's name, are the lab's (netmux/labhosts.py).
+# The vps and internet links, and the secondary's name, are the lab's (netmux/lab/multihost.py).
 PRI_V, VPS = (str(a.ip) for a in labhosts.VPS_LINK)
 VPS_OUT, INET = (str(a.ip) for a in labhosts.INET_LINK)
 RESOLVER, CLIENT = "fd64:cafe::53", "fd64:cafe::2"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from netmux import config, mux, renumber, workload
+from netmux import config, mux, muxctl, renumber, workload
 from netmux.render import radvd as radvd_render
 from tests.conftest import RUN, stop_process
 
@@ -180,7 +180,7 @@ def running_mux(
             env.down_all()
         if env.radvd is not None:
             stop(env.radvd)
-        mux.down(host, force=True)
+        muxctl.down(host, force=True)
 
 
 @pytest.fixture

@@ -207,7 +207,7 @@ class Stack:
         from netmux.phonebook.records import Zones
 
         zones = Zones.from_config(parse_host(self.config.read_text()))
-        knot.write_all(zones, self.knot_dir, list(self.listen), 53)
+        knot.write_all(knot.KnotSite(zones, self.knot_dir, list(self.listen), 53))
         self.knot_log = open(self.dir / "knot.log", "wb")  # noqa: SIM115
         self._spawn(
             ["nsenter", f"--net=/run/netns/{self.ns}", "knotd", "-c", f"{self.knot_dir}/knot.conf"],

@@ -12,7 +12,7 @@ export NETMUX_CONFIG=${NETMUX_CONFIG:-$here/docs/examples/demo.toml}
 WEB=demo-web
 APP=demo-app
 ROUTER=demo-router
-PY=$(dirname "$NETMUX")/python  # the venv's python (netmux.upstream for the resolver)
+PY=$(dirname "$NETMUX")/python  # the venv's python (netmux.lab.upstream for the resolver)
 RUN=/run/netmux-demo/run/lab    # the lab's daemons: configs, pidfiles, logs
 web_pid=""
 netns_etc=""  # /etc/netns/$APP (and /etc/netns), made by this demo: ip netns exec binds
@@ -115,11 +115,12 @@ if ! [ -e $RUN/dhcpcd.log ] || ! command -v tayga >/dev/null; then
   echo "(skipped: needs tayga, kea-dhcp6, dhcpcd and unbound — make deps installs them)"
   exit 0
 fi
-echo "\$ netmux.upstream.resolver_up  # unbound with DNS64 at fd64:cafe::53, a workload of its own"
+echo "\$ netmux.lab.upstream.resolver_up  # unbound with DNS64 at fd64:cafe::53, a workload of its own"
 "$PY" - <<'PY'
 import sys
 sys.argv[0] = "netmux"  # its log lines say who speaks
-from netmux import config, lab, upstream
+from netmux import config, lab
+from netmux.lab import upstream
 host = config.load_host()
 print(f"resolver workload {upstream.resolver_up(host, lab.daemon_dir(host))} up")
 print(f"mux's IPv4 lease (NAT64 masquerades behind it) after {upstream.wait_ipv4(host):.1f}s")

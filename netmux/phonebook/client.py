@@ -20,6 +20,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import become, journal
 from ..errors import NetmuxError, StateError
@@ -54,6 +55,27 @@ def _system_bus_exists() -> bool:
     return os.path.exists("/run/dbus/system_bus_socket")
 
 
+async def call_method(
+    bus: Any, destination: str, path: str, interface: str, member: str, signature: str,
+    body: list[Any], fds: Sequence[int] = (),
+) -> Any:  # fmt: skip
+    """One D-Bus method call on a connected MessageBus: its reply (None: no reply). Here for
+    phonebookd's calls to the bus and systemd too (netmux/phonebook/dbus.py)."""
+    from dbus_next.message import Message
+
+    return await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body,
+            unix_fds=list(fds),
+        )
+    )
+
+
 async def _call(
     member: str, signature: str, body: list[object], fds: Sequence[int], address: str | None
 ) -> list[object]:
@@ -61,7 +83,6 @@ async def _call(
         raise Unavailable("no system bus")
     from dbus_next.aio.message_bus import MessageBus
     from dbus_next.constants import BusType, MessageType
-    from dbus_next.message import Message
 
     try:
         if address:
@@ -74,17 +95,7 @@ async def _call(
     except Exception as e:  # dbus-next raises AuthenticationError and others
         raise Unavailable(f"cannot connect to the bus ({e})") from None
     try:
-        reply = await bus.call(
-            Message(
-                destination=BUS_NAME,
-                path=PATH,
-                interface=IFACE,
-                member=member,
-                signature=signature,
-                body=body,
-                unix_fds=list(fds),
-            )
-        )
+        reply = await call_method(bus, BUS_NAME, PATH, IFACE, member, signature, body, fds)
     finally:
         bus.disconnect()  # type: ignore[no-untyped-call]
     if reply is None:

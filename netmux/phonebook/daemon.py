@@ -82,6 +82,10 @@ class Publication:
             "via": self.via,
         }
 
+    def log(self, text: str, message_id: str) -> None:
+        """A journal entry about this publication, with its workload and netns fields."""
+        journal.info(text, message_id, workload=self.name, netns=self.netns)
+
 
 class Phonebook:
     """The records and their owners. Side effects: netlink (follow), sinks, the fd store."""
@@ -365,12 +369,7 @@ class Phonebook:
         os.close(pub.nsfd)
         if pub.state_fd >= 0:
             os.close(pub.state_fd)
-        journal.info(
-            f"removed {pub.name}: {reason}",
-            journal.RECORD_REMOVED,
-            workload=pub.name,
-            netns=pub.netns,
-        )
+        pub.log(f"removed {pub.name}: {reason}", journal.RECORD_REMOVED)
         self._changed()
 
     async def settle(self, pub: Publication, timeout: float) -> None:
@@ -449,12 +448,8 @@ class Phonebook:
             os.ftruncate(pub.state_fd, 0)
             os.pwrite(pub.state_fd, data, 0)
         if old != new:
-            journal.info(
-                f"{pub.name}: addresses now {', '.join(sorted(map(str, new))) or 'none'}",
-                journal.ADDRESS_CHANGED,
-                workload=pub.name,
-                netns=pub.netns,
-            )
+            now = ", ".join(sorted(map(str, new))) or "none"
+            pub.log(f"{pub.name}: addresses now {now}", journal.ADDRESS_CHANGED)
             self._changed()
 
     # -- records ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .. import journal
 from ..errors import NetmuxError, StateError, UsageError
 from ..sd import unit_of
 from .checks import check_netns_name
+from .client import call_method
 from .errors import CallerUnknown, Denied, dbus_error_name
 from .sinks import TinydnsSink
 
@@ -218,16 +219,8 @@ class Adapter:
 
 
 async def _bus_call(bus: MessageBus, member: str, sig: str, body: list[Any]) -> Any:
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member=member,
-            signature=sig,
-            body=body,
-        )
-    )
+    dbus = "org.freedesktop.DBus"
+    reply = await call_method(bus, dbus, "/org/freedesktop/DBus", dbus, member, sig, body)
     if reply is None or reply.message_type == MessageType.ERROR:
         raise StateError(f"D-Bus {member} failed")
     return reply.body[0] if reply.body else None
@@ -331,16 +324,7 @@ class SystemdUnits:
         return False
 
     async def _systemd(self, path: str, iface: str, member: str, sig: str, body: list[Any]) -> Any:
-        reply = await self.bus.call(
-            Message(
-                destination=SYSTEMD,
-                path=path,
-                interface=iface,
-                member=member,
-                signature=sig,
-                body=body,
-            )
-        )
+        reply = await call_method(self.bus, SYSTEMD, path, iface, member, sig, body)
         if reply is None or reply.message_type == MessageType.ERROR:
             err = f"{reply.error_name} {reply.body}" if reply else "no reply"
             raise StateError(f"systemd {member}: {err}")

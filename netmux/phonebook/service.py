@@ -1,6 +1,7 @@
-"""phonebookd's composition: the core (daemon.Phonebook), its sinks, the fd store, and the
-adapters (the publish socket, D-Bus, systemd unit watching over D-Bus), wired together and
-run until SIGTERM. Nothing else knows which adapters exist."""
+"""phonebookd's composition: the core (daemon.Phonebook), its sinks (make_sinks: sinks.py's,
+a member host's of hosts.py, delegation.py's), the fd store, and the adapters (the publish
+socket, D-Bus, systemd unit watching over D-Bus), wired together and run until SIGTERM.
+Nothing else knows which adapters or sinks exist."""
 
 from __future__ import annotations
 
@@ -13,12 +14,59 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import journal, sd
-from ..config import load_host
-from ..errors import NetmuxError
+from .. import hosts, journal, sd
+from ..config import HostConfig, load_host
+from ..delegation import make_sink as delegation_sink
+from ..errors import ConfigError, NetmuxError
 from .daemon import Phonebook
 from .records import Zones
-from .sinks import _Coalescer, make_sinks
+from .sinks import (
+    Rfc2136Sink,
+    Sink,
+    TinydnsSink,
+    TsigKey,
+    UpdateServer,
+    _Coalescer,
+    parse_tsig_key,
+)
+
+
+def make_sinks(cfg: HostConfig, zones: Zones) -> list[Sink]:
+    """The sinks named in cfg.phonebook.sinks (a HostConfig)."""
+    pb = cfg.phonebook
+    out: list[Sink] = []
+    for kind in dict.fromkeys(pb.sinks):
+        if kind == "tinydns":
+            if not pb.tinydns_data.exists():  # nothing could serve its records: no sink
+                journal.warning(
+                    f"phonebook: no tinydns sink: {pb.tinydns_data} is missing "
+                    '(apt install tinydns, or [phonebook] sinks = ["rfc2136"])'
+                )
+                continue
+            out.append(
+                TinydnsSink(pb.tinydns_dir, pb.tinydns_data, pb.sighup_pidfile, pb.rebuild_interval)
+            )
+        elif kind == "rfc2136":
+            if not pb.server:
+                raise ConfigError(cfg.source, "phonebook.server", "", "the DNS server's address")
+            key: TsigKey | Path
+            try:
+                key = parse_tsig_key(pb.tsig_key.read_text(), str(pb.tsig_key))
+            except FileNotFoundError:
+                key = pb.tsig_key  # first start: netmux@dns may start after phonebookd
+                journal.info(f"phonebook: {pb.tsig_key} does not exist yet; read when it does")
+            except OSError as e:
+                raise ConfigError(
+                    cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
+                ) from None
+            out.append(Rfc2136Sink(zones, UpdateServer(pb.server, pb.server_port, key)))
+    member = hosts.make_sink(cfg, zones)  # a member's public records to the primary
+    if member is not None:
+        out.append(member)
+    delegation = delegation_sink(cfg)  # the parent's NS + glue ([delegation])
+    if delegation is not None:
+        out.append(delegation)
+    return out
 
 
 class _QuietDBusErrors(logging.Filter):

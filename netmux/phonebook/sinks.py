@@ -229,29 +229,31 @@ def _rrsets(records: Iterable[Record]) -> dict[RRKey, frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
+@dataclass(frozen=True)
+class UpdateServer:
+    """Where a sink sends its signed updates. `key`: the key, or the path of a key file that
+    does not exist yet (the dns workload makes it when it first starts): read at the first
+    update that needs it."""
+
+    address: str
+    port: int
+    key: TsigKey | Path
+    timeout: float = 3.0
+
+
 class Rfc2136Sink(_Coalescer):
     """Dynamic updates (RFC 2136) signed with TSIG, one message per zone per change."""
 
     name = "rfc2136"
 
-    def __init__(
-        self,
-        zones: Zones,
-        server: str,
-        port: int,
-        key: TsigKey | Path,
-        interval: float = 0.0,
-        timeout: float = 3.0,
-    ) -> None:
-        """`key`: the key, or the path of a key file that does not exist yet (the dns
-        workload makes it when it first starts): read at the first update that needs it."""
+    def __init__(self, zones: Zones, to: UpdateServer, interval: float = 0.0) -> None:
         super().__init__(interval)
         self.zones = zones
-        self.server = server
-        self.port = port
-        self.key_path = key if isinstance(key, Path) else None
-        self._key = key if isinstance(key, TsigKey) else None
-        self.timeout = timeout
+        self.server = to.address
+        self.port = to.port
+        self.key_path = to.key if isinstance(to.key, Path) else None
+        self._key = to.key if isinstance(to.key, TsigKey) else None
+        self.timeout = to.timeout
         self.desired: dict[RRKey, frozenset[str]] = {}
         self.sent: dict[RRKey, frozenset[str]] | None = None  # None: not yet synced
         self.updates = 0
@@ -377,45 +379,3 @@ class Rfc2136Sink(_Coalescer):
             raise RuntimeError(
                 f"update of {zone} refused by {self.server}: {dns.rcode.to_text(resp.rcode())}"
             )
-
-
-def make_sinks(cfg: Any, zones: Zones) -> list[Sink]:
-    """The sinks named in cfg.phonebook.sinks (a HostConfig)."""
-    pb = cfg.phonebook
-    out: list[Sink] = []
-    for kind in dict.fromkeys(pb.sinks):
-        if kind == "tinydns":
-            if not pb.tinydns_data.exists():  # nothing could serve its records: no sink
-                journal.warning(
-                    f"phonebook: no tinydns sink: {pb.tinydns_data} is missing "
-                    '(apt install tinydns, or [phonebook] sinks = ["rfc2136"])'
-                )
-                continue
-            out.append(
-                TinydnsSink(pb.tinydns_dir, pb.tinydns_data, pb.sighup_pidfile, pb.rebuild_interval)
-            )
-        elif kind == "rfc2136":
-            if not pb.server:
-                raise ConfigError(cfg.source, "phonebook.server", "", "the DNS server's address")
-            key: TsigKey | Path
-            try:
-                key = parse_tsig_key(pb.tsig_key.read_text(), str(pb.tsig_key))
-            except FileNotFoundError:
-                key = pb.tsig_key  # first start: netmux@dns may start after phonebookd
-                journal.info(f"phonebook: {pb.tsig_key} does not exist yet; read when it does")
-            except OSError as e:
-                raise ConfigError(
-                    cfg.source, "phonebook.tsig_key", str(pb.tsig_key), f"a readable file ({e})"
-                ) from None
-            out.append(Rfc2136Sink(zones, pb.server, pb.server_port, key))
-    from .. import hosts  # a member's public records to the primary ([hosts])
-
-    member = hosts.make_sink(cfg, zones)
-    if member is not None:
-        out.append(member)
-    from ..delegation import make_sink  # the parent's NS + glue ([delegation])
-
-    delegation = make_sink(cfg)
-    if delegation is not None:
-        out.append(delegation)
-    return out
