@@ -278,12 +278,30 @@ def remove_named_netns(name: str) -> bool:
 
 def shares_init_mounts() -> bool:
     """Whether this process sees PID 1's mounts (a mount made here is the host's too).
-    Unknown (no /proc/1 to compare with) counts as yes."""
+    Without the right to look at PID 1's namespace (no CAP_SYS_PTRACE: netmux@.service),
+    by comparing the ID of the mount at "/" (a mount namespace copies every mount under
+    new IDs) in PID 1's mountinfo and ours."""
     try:
         mine, init = os.stat("/proc/self/ns/mnt"), os.stat("/proc/1/ns/mnt")
+        return (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino)
+    except OSError:
+        pass
+    try:
+        ours = root_mount_id(Path("/proc/self/mountinfo").read_text().splitlines())
+        init_id = root_mount_id(Path("/proc/1/mountinfo").read_text().splitlines())
     except OSError:
         return True
-    return (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino)
+    return ours is None or init_id is None or ours == init_id
+
+
+def root_mount_id(mountinfo: Sequence[str]) -> str | None:
+    """The mount ID of "/" (the last mount there) in /proc/PID/mountinfo's lines. Pure."""
+    found = None
+    for line in mountinfo:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            found = fields[0]
+    return found
 
 
 def enter_netns(name_or_path: str | os.PathLike[str]) -> None:

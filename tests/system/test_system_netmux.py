@@ -211,6 +211,23 @@ def test_bad_setting_fails_with_one_line(box: sysbox.SysBox, unit: Callable[[str
     assert not leftovers(box, "badport")
 
 
+def test_without_the_launcher_the_sandboxed_unit_refuses(
+    box: sysbox.SysBox, unit: Callable[[str], str]
+) -> None:
+    """netmux@'s sandbox has a mount namespace of its own: without the warm launcher
+    (here: its socket set empty for this unit), `netmux up` must not name a namespace in
+    there (it would be dead outside) but fail with one line saying what to start."""
+    u = unit("nolaunch")
+    box.add_dropin(u, "env.conf", "[Service]\nEnvironment=NETMUX_LAUNCH_SOCKET=\n")
+    assert box.systemctl("start", u, check=False).returncode != 0
+    msgs = [str(r.get("MESSAGE")) for r in box.journal("-u", u) if r.get("_COMM") != "systemd"]
+    errors = [m for m in msgs if m.startswith("netmux up:")]
+    assert len(errors) == 1 and "netmux-launcher.socket" in errors[0], msgs
+    assert not [m for m in msgs if "Traceback" in m], msgs
+    assert not leftovers(box, "nolaunch")
+    assert not box.path("/run/netns/nolaunch").exists()
+
+
 def test_second_unit_joins_the_namespace(box: sysbox.SysBox, unit: Callable[[str], str]) -> None:
     u = unit("shared")
     box.install_units([EXAMPLES / "joined-httpd@.service"], reload=False)

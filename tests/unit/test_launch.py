@@ -53,3 +53,14 @@ def test_unit_names_root_may_give(name: str) -> None:
 def test_unit_names_refused(name: str) -> None:
     with pytest.raises(UsageError, match=r"NAME\.service"):
         check_unit_name(name)
+
+
+def test_the_mount_at_root_is_told_by_its_id() -> None:
+    """A unit's own mount namespace copies every mount under a new ID (measured under
+    systemd 252: "/" is 150 in PID 1's mountinfo, 570 in a PrivateMounts= unit's)."""
+    from netmux import nsutil
+
+    init = ["108 1 0:39 / /x rw - tmpfs t rw", "150 108 0:40 / / rw shared:2 - tmpfs t rw"]
+    unit = ["570 514 0:40 / / rw shared:137 master:2 - tmpfs t rw"]
+    assert nsutil.root_mount_id(init) == "150" and nsutil.root_mount_id(unit) == "570"
+    assert nsutil.root_mount_id(["30 27 0:5 / /dev rw - devtmpfs udev rw"]) is None
