@@ -64,13 +64,11 @@ def _cpu() -> float:
 
 
 def _cli(host: HostConfig) -> list[str]:
-    """The command as the package installs it: a console script (no runpy, as `-m` has)."""
+    """The command as the .deb installs it (debian/netmux.command: no site; no runpy, as
+    `-m` has), the checkout and the venv's packages on its path by PYTHONPATH."""
     script = Path(host.paths.run_dir) / "netmux"
-    if not script.exists():
-        script.write_text(
-            f"#!{PY}\nimport sys\nfrom netmux.__main__ import main\nsys.exit(main())\n"
-        )
-        script.chmod(0o755)
+    script.write_text((REPO / "debian" / "netmux.command").read_text())
+    script.chmod(0o755)
     return [str(script), "--config", host.source, "-q"]
 
 

@@ -12,6 +12,10 @@ def main() -> int:
     rc = remote(sys.argv[1:])
     if rc is not None:
         return rc
+    if "site" not in sys.modules:  # started with -S (debian/netmux.command): the CLI needs it
+        import site
+
+        site.main()
     from .cli import main as cli_main
 
     return cli_main()

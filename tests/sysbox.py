@@ -186,11 +186,13 @@ class SysBox:
         bindir.mkdir(exist_ok=True)
         for name, module in ENTRY_POINTS.items():
             script = bindir / name
+            # `netmux` starts without site, as the .deb's (debian/netmux.command) does.
+            nosite = name == "netmux"
             script.write_text(
-                "#!/usr/bin/python3\n"
-                "import sys\n"
+                ("#!/usr/bin/python3 -S\n" if nosite else "#!/usr/bin/python3\n") + "import sys\n"
                 f"sys.path[0:0] = [{_OPT_SRC!r}, {_OPT_SITE!r}]\n"
-                f"from {module} import main\n"
+                + ('sys.path.append("/usr/lib/python3/dist-packages")\n' if nosite else "")
+                + f"from {module} import main\n"
                 "sys.exit(main())\n"
             )
             script.chmod(0o755)
