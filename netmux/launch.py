@@ -11,8 +11,8 @@ process stays per workload. Everything else, and every command when there is no 
 (not root, no socket, `NETMUX_LAUNCH_SOCKET=` empty), runs the CLI here: the same code,
 ~0.1 s more of interpreter and imports (docs/benchmarks.md, "The launcher's own cost").
 
-Import-light on purpose: this module, netmux.sd, netmux.become and netmux.nsutil are all
-the client loads.
+Import-light on purpose: this module (and, when there is something to send or become,
+netmux.sd, netmux.become and netmux.syscalls) is all the client loads.
 """
 
 from __future__ import annotations
@@ -126,9 +126,6 @@ def remote(argv: Sequence[str]) -> int | None:
     sock = _connect(socket_path())
     if sock is None:
         return None
-    from . import sd
-
-    notifier = sd.Notifier()
     held: list[tuple[str, list[int]]] = []  # sent once the worker is done (see _flush)
     try:
         send(sock, {"argv": list(argv), "env": dict(os.environ), "cwd": os.getcwd()}, [0, 1, 2])
@@ -141,15 +138,14 @@ def remote(argv: Sequence[str]) -> int | None:
                 _write(1 if "out" in msg else 2, msg.get("out", msg.get("err", b"")))
                 continue
             if msg is not None and "exec" in msg:
-                return _become(command, msg["exec"], fds, sock, notifier, held)
-            _flush(command, notifier, held)
+                return _become(command, msg["exec"], fds, sock, held)
+            _flush(command, held)
             if msg is None:
                 print(f"netmux {command}: the launcher's worker ended without an answer "
                       f"(journalctl -u netmux-launcher)", file=sys.stderr)  # fmt: skip
                 return 1
             return int(msg.get("exit", 1))
     finally:
-        notifier.close()
         sock.close()
 
 
@@ -162,10 +158,16 @@ def _write(fd: int, data: object) -> None:
             pass  # our own stdout is gone: as for any command
 
 
-def _flush(command: str, notifier: Any, held: list[tuple[str, list[int]]]) -> None:
+def _flush(command: str, held: list[tuple[str, list[int]]]) -> None:
     """Send the worker's sd_notify messages from this process, in order, right before it
     exits or execs the workload: READY=1 then means what it means locally, the command is
-    about to become the unit's main process (not seconds later, after a slow reply)."""
+    about to become the unit's main process (not seconds later, after a slow reply).
+    netmux.sd is imported only then: `down`, `ls` and `status` have none to send."""
+    if not held:
+        return
+    from . import sd
+
+    notifier = sd.Notifier()
     for text, fds in held:
         try:
             notifier.notify(text, fds)
@@ -175,6 +177,7 @@ def _flush(command: str, notifier: Any, held: list[tuple[str, list[int]]]) -> No
             for fd in fds:
                 os.close(fd)
     held.clear()
+    notifier.close()
 
 
 def _become(
@@ -182,7 +185,6 @@ def _become(
     plan: dict[str, Any],
     fds: list[int],
     sock: socket.socket,
-    notifier: Any,
     held: list[tuple[str, list[int]]],
 ) -> int:
     from . import become
@@ -191,7 +193,7 @@ def _become(
     ex = become.Exec.from_json(plan)
     sock.close()
     _place(fds, ex.pass_fds)
-    _flush(command, notifier, held)  # everything loaded: exec follows at once
+    _flush(command, held)  # everything loaded: exec follows at once
     try:
         become.execute(ex)
     except (NetmuxError, OSError) as e:

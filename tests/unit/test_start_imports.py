@@ -67,3 +67,18 @@ def test_pyroute2_imported_first_is_left_alone() -> None:
         "import pyroute2\nimport netmux.pr2\nassert netmux.pr2.IPRoute is pyroute2.IPRoute\n"
     )
     assert "pyroute2.ndb.main" in mods
+
+
+def test_the_launchers_client_loads_almost_nothing() -> None:
+    """The `netmux` command as a client of the warm launcher (netmux/launch.py) pays only
+    the interpreter: none of these (~20 ms together) may creep into its imports."""
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys\nsys.path[:0] = sys.argv[1:]\n"
+         "import netmux.__main__, netmux.launch\nprint(' '.join(sorted(sys.modules)))",
+         *sys.path],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    mods = set(out.split())
+    heavy = {"typing", "json", "socket", "re", "dataclasses", "enum", "pathlib", "ctypes",
+             "netmux.cli", "netmux.config", "netmux.sd", "netmux.become"}  # fmt: skip
+    assert "netmux.launch" in mods and not mods & heavy, sorted(mods & heavy)
