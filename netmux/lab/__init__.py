@@ -327,6 +327,26 @@ def stop_daemons_in_mux(host: HostConfig) -> None:
         stop_daemons(host)
 
 
+def unplug(host: HostConfig, force: bool, hint: str) -> list[str]:
+    """Pull a lab host's cable and remove its mux — unless workloads of the user's still
+    need it and not `force` (then they are named, with `hint`, and returned)."""
+    from .. import mux, workload
+
+    cable_down(host)
+    left = mux.workloads(host)
+    if left and not force:
+        journal.warning(
+            f"lab down: left mux {host.mux.netns} up for workloads {', '.join(left)}: "
+            f"{hint} (or `lab down --force`)",
+            netns=host.mux.netns,
+        )
+        return left
+    if force:
+        workload.down_all(host)
+    mux.down(host)
+    return []
+
+
 def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list[str]:
     """Remove everything `up` made: daemons, cable, mux, router. Idempotent.
 
@@ -334,24 +354,8 @@ def down(host: HostConfig, force: bool = False, keep_logs: bool = False) -> list
     too; what is left is logged and returned. keep_logs leaves the daemons' logs in the
     lab's directory (a failed `up` points there).
     """
-    from .. import mux
-
     stop_daemons_in_mux(host)
-    cable_down(host)
-    left = mux.workloads(host)
-    if left and not force:
-        journal.warning(
-            f"lab down: left mux {host.mux.netns} up for workloads {', '.join(left)}: "
-            f"`netmux down NAME` them, then `netmux lab down` again (or `lab down --force`)",
-            netns=host.mux.netns,
-        )
-    else:
-        if force:
-            from .. import workload
-
-            workload.down_all(host)
-        mux.down(host)
-        left = []
+    left = unplug(host, force, "`netmux down NAME` them, then `netmux lab down` again")
     router_down(host)
     run = daemon_dir(host)
     if run.is_dir():

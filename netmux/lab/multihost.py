@@ -507,26 +507,12 @@ def switch_on(base: HostConfig, number: str | None) -> HostConfig:
 def down(base: HostConfig, force: bool = False) -> list[str]:
     """Remove the further hosts, the vps and the internet (host 1 is left to lab.down).
     Returns what was kept (a host whose workloads are still up, without force)."""
-    from .. import mux, muxctl, workload
-
     cfgs = hosts_in(base)
     kept: list[str] = []
     for cfg in reversed(cfgs[1:]):
-        if force:
-            with contextlib.suppress(Exception):
-                workload.down_all(cfg)
         lab.stop_daemons(cfg)
-        lab.cable_down(cfg)
-        left = mux.workloads(cfg)
-        if left and not force:
-            journal.warning(
-                f"lab down: left {cfg.mux.netns} up for workloads {', '.join(left)} "
-                f"(`netmux --config {cfg.source} down NAME`, or `lab down --force`)",
-                netns=cfg.mux.netns,
-            )
-            kept += [f"mux {cfg.mux.netns}", *(f"workload {n}" for n in left)]
-        else:
-            muxctl.down(cfg, force=force)
+        left = lab.unplug(cfg, force, f"`netmux --config {cfg.source} down NAME` them")
+        kept += [f"mux {cfg.mux.netns}", *(f"workload {n}" for n in left)] if left else []
     for ns in (inet_netns(base), vps_netns(base)):
         if lab.netns_exists(ns):
             lab.ip("netns", "del", ns, check=False)
