@@ -19,7 +19,6 @@ from typing import TypeVar
 
 from . import syscalls
 from .syscalls import CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, mount, setns, umount2
-from .syscalls import private_bind as _private_bind
 
 __all__ = ["CLONE_NEWNET", "setns"]
 NETNS_DIR = Path("/run/netns")
@@ -311,8 +310,3 @@ def enter_netns(name_or_path: str | os.PathLike[str]) -> None:
         setns(fd)
     finally:
         os.close(fd)
-
-
-def private_bind(source: Path, target: Path) -> None:
-    """Bind SOURCE over TARGET in a new mount namespace of this process (syscalls.py)."""
-    _private_bind(str(source), str(target))

@@ -454,14 +454,6 @@ def _open_tap(p: Plan, netns: str | int | None = None) -> int:
 # --- becoming the workload ----------------------------------------------------------------
 
 
-def _drop_privileges(user: pwd.struct_passwd | None, gid: int | None) -> None:
-    become.drop_privileges(user, gid)
-
-
-def _user_env(user: pwd.struct_passwd | None) -> dict[str, str]:
-    return become.user_env(user)
-
-
 def exec_in(
     name: str,
     argv: list[str],
@@ -471,7 +463,7 @@ def exec_in(
     undo: Callable[[], None] | None = None,
 ) -> None:
     """Become NAME's command (netmux/become.py): here, or from the launcher's client."""
-    ex = become.Exec(name=name, argv=tuple(argv), env=_user_env(user),
+    ex = become.Exec(name=name, argv=tuple(argv), env=become.user_env(user),
                      user=user.pw_name if user else None, gid=gid, pass_fds=pass_fds)  # fmt: skip
     become.handoff(ex, undo)
 
@@ -753,14 +745,14 @@ def run(
         def pre() -> None:
             nsutil.enter_netns(p.name)
             become.bind_resolv(p.name)
-            _drop_privileges(p.user, p.gid)
+            become.drop_privileges(p.user, p.gid)
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)
 
         child = subprocess.Popen(
             argv,
             preexec_fn=pre,
-            env=_user_env(p.user),
+            env=become.user_env(p.user),
             pass_fds=(tap_fd,) if tap_fd is not None else (),
             cwd=p.user.pw_dir if p.user and os.path.isdir(p.user.pw_dir) else None,
         )
