@@ -372,9 +372,14 @@ def kea_config(text: str, cfgs: list[HostConfig], run: Path) -> str:
 
 
 def kea_up(first: HostConfig, cfgs: list[HostConfig]) -> None:
-    """The router's kea (running for host 1) delegates every further host's /64 too
-    (config-reload: the same process, host 1's lease kept); an upstream radvd on each
-    further cable sends the RAs (M/O flags) that start dhcpcd's DHCPv6 there."""
+    """The router's kea (running for host 1) delegates every further host's /64 too; an
+    upstream radvd on each further cable sends the RAs (M/O flags) that start dhcpcd's
+    DHCPv6 there.
+
+    kea is restarted, not reloaded: kea >= 2.6 checks a subnet's `interface` against the
+    interfaces it detected when it started, so a config-reload naming a cable made since
+    fails ("... is not present in the system"); kea 2.2 accepted it. Leases live in memory,
+    so host 1's lease is made again at its next renewal (its pool is exactly its /64)."""
     from . import upstream
 
     run = lab.daemon_dir(first)
@@ -383,7 +388,8 @@ def kea_up(first: HostConfig, cfgs: list[HostConfig]) -> None:
     new = kea_config(text, cfgs, run)
     if new != text:
         conf.write_text(new)
-        upstream.kea_command(upstream.kea_socket(run), "config-reload")
+        supervise.stop("kea6", run)
+        upstream.run_kea(conf, upstream.plan(first).netns, run)
     for i, cfg in enumerate(cfgs, 2):
         p = upstream.plan(cfg)
         rconf, rpid = run / f"upstream-radvd-h{i}.conf", run / f"upstream-radvd-h{i}.daemon.pid"

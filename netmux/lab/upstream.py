@@ -240,7 +240,12 @@ def start_kea(host: HostConfig, p: Plan, run: Path) -> supervise.Daemon:
     conf = run / "kea-dhcp6.conf"
     if _write(conf, kea_config(p, run)):
         supervise.stop("kea6", run)
-    return supervise.start("kea6", ["kea-dhcp6", "-c", str(conf)], p.netns, run, env=kea_env(run))
+    return run_kea(conf, p.netns, run)
+
+
+def run_kea(conf: Path, netns: str, run: Path) -> supervise.Daemon:
+    """kea-dhcp6 on `conf` in `netns` (supervised; a no-op while it runs)."""
+    return supervise.start("kea6", ["kea-dhcp6", "-c", str(conf)], netns, run, env=kea_env(run))
 
 
 def kea_env(run: Path) -> dict[str, str]:
