@@ -14,9 +14,10 @@ measured under systemd by bench/systemd_dns.py):
            netmux.workload'` (the imports alone).
 2. bulk    through the launcher: one `netmux up` alone, then C of them at once (all
            usable = the last one returned; each `up` returns only once its own address
-           is usable), ratio to the one; then workloads up to M running (in-process),
-           `netmux ls` and `netmux status` at M, and `netmux down` of all M in one command
-           (`netmux down NAME...`), wall time.
+           is usable), ratio to the one, and the peer: C bare `python3 -S -c pass` at
+           once (the client's interpreter, which every `up` starts); then workloads up
+           to M running (in-process), `netmux ls` and `netmux status` at M, and
+           `netmux down` of all M in one command (`netmux down NAME...`), wall time.
 
 Run as root: `.venv/bin/python -m bench.launch` (or `make bench`); `--quick` for a smoke
 run. Prints tables and writes bench/results/launch.json.
@@ -165,6 +166,10 @@ def bulk(host: HostConfig, concurrent: int, running: int) -> dict[str, Any]:
     out["concurrent_floor_s"] = out["cpu_per_up_s"] * concurrent / out["cores"]
     for n in names:
         check_usable(host, n)
+    # The peer: C bare interpreters at once, as the client starts (`python3 -S`), doing
+    # nothing. Every `netmux up` is one of them before it does anything (the client must
+    # become the unit's main process), so this is a floor no launcher can lower.
+    out["concurrent_python_s"] = _parallel([[PY, "-S", "-c", "pass"]] * concurrent, concurrent)
     out["concurrent_down_s"] = _parallel([[*cli, "down", n] for n in names], concurrent)
     out["ratio_concurrent_up"] = out["concurrent_up_s"] / out["one_up"]["median"]
     names = [f"bench-r{i}" for i in range(running)]
@@ -223,6 +228,7 @@ def report(res: dict[str, Any]) -> str:
         brows = [
             ["one `netmux up` (median of 3)", ms(b["one_up"]["median"])],
             [f"{b['concurrent']} `netmux up` at once → all usable", ms(b["concurrent_up_s"])],
+            [f"peer: {b['concurrent']} `python3 -S -c pass` at once", ms(b["concurrent_python_s"])],
             [f"{b['concurrent']} `netmux down` at once", ms(b["concurrent_down_s"])],
             [f"`netmux ls` at {b['running']} running (median of 3)", ms(b["ls"]["median"])],
             [f"`netmux status` at {b['running']}", ms(b["status"]["median"])],
@@ -230,7 +236,10 @@ def report(res: dict[str, Any]) -> str:
             [f"`netmux down` of {b['running']} (one command)", ms(b["down_all_s"])],
         ]
         out.append(table(brows, ["bulk", "ms"]))
-        out.append(f"ratio {b['concurrent']} at once / one: {b['ratio_concurrent_up']:.2f}")
+        out.append(
+            f"ratio {b['concurrent']} at once / one: {b['ratio_concurrent_up']:.2f}; the bare"
+            f" interpreters alone: {b['concurrent_python_s'] / b['one_up']['median']:.2f}"
+        )
         out.append(
             f"CPU per `up` (client + worker): {ms(b['cpu_per_up_s'])} ms; the floor for "
             f"{b['concurrent']} at once on {b['cores']} cores: "

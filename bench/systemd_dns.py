@@ -4,7 +4,9 @@ Boots a container with systemd as PID 1 (tests/sysbox.py: the project's units, l
 running the checkout on the system's python3 as the .deb does), with netmux-mux,
 netmux-radvd (a static prefix), phonebookd with the RFC 2136 sink and Knot as the
 workload `dns` on fd64:cafe::d — the dns recipe. Then, N times: `systemctl start
-netmux@bN`, and `dig` from mux every few ms until Knot answers bN's AAAA.
+netmux@bN`, and `dig` from mux every few ms until Knot answers bN's AAAA; interleaved
+with it, the same for netmux@uN, whose drop-in turns the sandbox's mount-namespace
+options off (what the sandbox costs).
 
 Where the time goes, from the journal of each start (monotonic timestamps): systemd's
 "Starting" → phonebookd's "published" (the `netmux up` client's start, the warm
@@ -14,7 +16,8 @@ of the optimistic addresses over) → netmux's "up in" (Knot acknowledged the up
 systemd's "Started" (READY=1). Peers measured
 in the same box: `python3 -c pass` and `python3 -c 'import netmux.workload'`; `systemctl
 start` of a unit that only execs `sleep` (systemctl, the job, fork and exec: the part of
-start → AAAA that is systemd's); one `dig` of a name Knot has (the part that is the
+start → AAAA that is systemd's), and the same unit with netmux@'s sandbox (what systemd's
+set-up of the sandbox adds); one `dig` of a name Knot has (the part that is the
 measuring).
 
 Each start comes `--gap` seconds (default 1.2) after the previous one's `systemctl stop`
@@ -129,6 +132,35 @@ def _many(box: Any, n: int, timeout: float = 120.0) -> dict[str, float]:
     return out_
 
 
+# netmux@.service's mount-namespace options off: most of what its sandbox costs at start
+# (measured option by option on a unit that execs `sleep`; seccomp and the capability
+# set cost a few ms at most).
+UNSANDBOXED = """[Service]
+PrivateMounts=no
+PrivateTmp=no
+ProtectSystem=no
+ProtectHome=no
+ProtectKernelTunables=no
+ProtectKernelModules=no
+ProtectKernelLogs=no
+ProtectControlGroups=no
+ProtectProc=default
+"""
+
+PEERS = (
+    ("peer_systemctl_start", "bench-peer.service"),
+    ("peer_systemctl_start_sandboxed", "bench-peer-sandboxed.service"),
+)
+
+
+def sandbox() -> str:
+    """netmux@.service's sandbox: its [Service] lines from the first one that is not about
+    the start itself (CapabilityBoundingSet=) to the end of the section."""
+    text = (Path(__file__).resolve().parent.parent / "units" / "netmux@.service").read_text()
+    service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    return service[service.index("CapabilityBoundingSet=") :].strip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -148,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.many = min(args.many, 20)
     res: dict[str, list[float]] = {k: [] for k in (
-        "start_to_aaaa", "systemctl_start", "starting_to_published", "published_to_up",
+        "start_to_aaaa", "start_to_aaaa_unsandboxed", "systemctl_start",
+        "starting_to_published", "published_to_up",
         "published_to_dad_done", "dad_done_to_up",
         "up_to_started", "python_pass", "python_import_workload",
-        "peer_systemctl_start", "peer_dig")}  # fmt: skip
+        "peer_systemctl_start", "peer_systemctl_start_sandboxed", "peer_dig")}  # fmt: skip
     with sysbox.boot(CONFIG, units=True) as box:
         prepare_dns(box)
         box.systemctl("start", "netmux-mux.service", "netmux-radvd.service", "phonebookd.service")
@@ -167,18 +200,26 @@ def main(argv: list[str] | None = None) -> int:
                 log = box.run("journalctl", "--no-pager", "-n", "40", check=False).stdout
                 raise RuntimeError(f"Knot in netmux@dns does not answer:\n{log}")
             time.sleep(0.05)
+        # The same start without the sandbox (a drop-in per instance uN, interleaved with
+        # bN): what the workload's sandbox costs on the way to its AAAA.
+        for i in range(runs + 1):
+            box.write(f"/etc/systemd/system/netmux@u{i}.service.d/bench.conf", UNSANDBOXED)
+        box.systemctl("daemon-reload")
         for i in range(runs + 1):  # the first start warms the page cache: not counted
-            name, unit = f"b{i}", f"netmux@b{i}.service"
-            t0 = now()
-            box.systemctl("start", unit, timeout=60)
-            t1 = now()
-            while not dig(f"{name}.{PUBLIC}"):
-                if now() - t0 > 10:
-                    raise RuntimeError(f"{name}: no AAAA within 10 s")
-            t2 = now()
-            j = _journal_times(box, unit, name)
-            box.systemctl("stop", unit, timeout=60)
-            time.sleep(args.gap)  # the next start meets a zone idle for `gap` (see above)
+            for name in (f"u{i}", f"b{i}"):
+                unit = f"netmux@{name}.service"
+                t0 = now()
+                box.systemctl("start", unit, timeout=60)
+                t1 = now()
+                while not dig(f"{name}.{PUBLIC}"):
+                    if now() - t0 > 10:
+                        raise RuntimeError(f"{name}: no AAAA within 10 s")
+                t2 = now()
+                j = _journal_times(box, unit, name)
+                box.systemctl("stop", unit, timeout=60)
+                time.sleep(args.gap)  # the next start meets a zone idle for `gap` (see above)
+                if i > 0 and name[0] == "u":
+                    res["start_to_aaaa_unsandboxed"].append(t2 - t0)
             if i == 0:
                 continue
             res["systemctl_start"].append(t1 - t0)
@@ -192,14 +233,17 @@ def main(argv: list[str] | None = None) -> int:
                 res["up_to_started"].append(j["started"] - j["up"])
         # Peers in the same box: what `systemctl start` of a unit that does nothing costs
         # (client, job, fork, exec), and one dig of a name Knot already has.
-        box.write("/etc/systemd/system/bench-peer.service",
-                  "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n")  # fmt: skip
+        # The second peer has netmux@'s sandbox too: what systemd's set-up of it costs.
+        peer = "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n"
+        box.write("/etc/systemd/system/bench-peer.service", peer)
+        box.write("/etc/systemd/system/bench-peer-sandboxed.service", peer + sandbox())
         box.systemctl("daemon-reload")
         for _ in range(runs):
-            t0 = now()
-            box.systemctl("start", "bench-peer.service")
-            res["peer_systemctl_start"].append(now() - t0)
-            box.systemctl("stop", "bench-peer.service")
+            for key, unit in PEERS:
+                t0 = now()
+                box.systemctl("start", unit)
+                res[key].append(now() - t0)
+                box.systemctl("stop", unit)
             t0 = now()
             if not dig(f"dns.{PUBLIC}"):
                 raise RuntimeError("the peer dig got no answer")
