@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 NETNS_ETC = "/etc/netns"
+# What a workload's command does without (config: `sys_admin`): with CAP_SYS_ADMIN, root
+# in the workload could remount its unit's read-only /proc/sys, /sys and /usr writable
+# (measured: it changed a host sysctl) and setns into another workload's namespace
+# through /proc/PID/ns/net of a root process there.
+CAP_SYS_ADMIN = 21
 
 
 class Exec:
@@ -32,7 +37,7 @@ class Exec:
     launcher sends it as a dict (`as_json`/`from_json`), fds travel beside it. (A plain
     class: dataclasses and typing cost the client ~10 ms of imports.)"""
 
-    __slots__ = ("argv", "env", "gid", "name", "netns", "pass_fds", "path", "user")
+    __slots__ = ("argv", "drop_caps", "env", "gid", "name", "netns", "pass_fds", "path", "user")
 
     def __init__(
         self,
@@ -44,10 +49,11 @@ class Exec:
         pass_fds: tuple[int, ...] = (),  # kept open across exec at these numbers
         netns: bool = True,  # False: a hold (`sleep infinity`) stays in the unit's namespace
         path: str | None = None,  # the program when it is not argv[0] (the hold's name)
+        drop_caps: tuple[int, ...] = (),  # out of the bounding set before exec
     ) -> None:
         self.name, self.argv, self.env = name, tuple(argv), dict(env or {})
         self.user, self.gid, self.pass_fds = user, gid, tuple(pass_fds)
-        self.netns, self.path = netns, path
+        self.netns, self.path, self.drop_caps = netns, path, tuple(drop_caps)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Exec) and self.as_json() == other.as_json()
@@ -62,6 +68,7 @@ class Exec:
             "pass_fds": list(self.pass_fds),
             "netns": self.netns,
             "path": self.path,
+            "drop_caps": list(self.drop_caps),
         }
 
     @classmethod
@@ -75,6 +82,7 @@ class Exec:
             pass_fds=tuple(int(f) for f in d.get("pass_fds", ())),
             netns=bool(d.get("netns", True)),
             path=d.get("path"),
+            drop_caps=tuple(int(c) for c in d.get("drop_caps", ())),
         )
 
 
@@ -128,6 +136,17 @@ def user_env(
     return out
 
 
+def drop_capabilities(caps: tuple[int, ...], name: str) -> None:
+    """Out of the bounding set for good (before drop_privileges: it needs CAP_SETPCAP).
+    StateError if that is refused: the command must not run with what it should lack."""
+    for cap in caps:
+        try:
+            syscalls.capbset_drop(cap)
+        except OSError as e:
+            raise StateError(f"workload {name}: {e.strerror}; set sys_admin = true in its "
+                             "file to run it with CAP_SYS_ADMIN") from None  # fmt: skip
+
+
 def drop_privileges(user: pwd.struct_passwd | None, gid: int | None) -> None:
     if user is None:
         if gid is not None:
@@ -170,6 +189,7 @@ def execute(ex: Exec) -> None:
     if ex.netns:
         syscalls.enter_netns_path(f"/run/netns/{ex.name}")
         bind_resolv(ex.name)
+    drop_capabilities(ex.drop_caps, ex.name)
     drop_privileges(user, ex.gid)
     if user is not None:
         try:  # noqa: SIM105 (contextlib is an import the client need not pay)
@@ -194,4 +214,4 @@ def hold(name: str) -> Exec:
 
     sleep = shutil.which("sleep") or "/bin/sleep"
     return Exec(name=name, argv=(f"netmux-hold-{name}", "infinity"), env=dict(os.environ),
-                netns=False, path=sleep)  # fmt: skip
+                netns=False, path=sleep, drop_caps=(CAP_SYS_ADMIN,))  # fmt: skip

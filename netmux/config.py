@@ -721,6 +721,8 @@ class WorkloadConfig:
     # "macvlan" or "routed" (a veth of its own to mux); default: workload.link.
     link: Link | None = None
     timeout: float | None = None
+    # Keep CAP_SYS_ADMIN for the command (netmux/become.py says why it is dropped).
+    sys_admin: bool = False
 
 
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$|^[0-9]{1,10}$")
@@ -908,6 +910,14 @@ WORKLOAD_SETTINGS: tuple[Setting, ...] = (
         "--timeout",
         {"type": float, "help": "seconds to wait for a usable address"},
         env=_env_number,
+    ),
+    Setting(
+        "sys_admin",
+        _bool,
+        "Let the command keep CAP_SYS_ADMIN (mounts, entering namespaces). Off: root in the "
+        "workload can neither remount its unit's read-only /proc/sys, /sys and /usr "
+        "writable nor enter another workload's namespace.",
+        env=_env_bool,
     ),
 )
 SETTINGS = {s.key: s for s in WORKLOAD_SETTINGS}

@@ -19,6 +19,9 @@ MS_REC = 16384
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -51,6 +54,15 @@ def umount2(target: str, flags: int) -> int:
     if _libc.umount2(target.encode(), flags) != 0:
         return ctypes.get_errno()
     return 0
+
+
+def capbset_drop(cap: int) -> None:
+    """Take capability `cap` out of this process's bounding set (needs CAP_SETPCAP): no
+    later exec, setuid or file-capability program gets it back. A no-op where it is out."""
+    if _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 0:
+        return
+    if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        raise _fail(f"drop capability {cap} from the bounding set")
 
 
 def enter_netns_path(path: str) -> None:

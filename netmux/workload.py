@@ -85,6 +85,7 @@ class Plan:
     key_id: str = ""
     repair: str = ""  # why a half-built workload of ours is rebuilt ("" = a fresh one)
     routed: tuple[ipaddress.IPv6Address, ...] = ()  # a routed link's addresses
+    drop_caps: tuple[int, ...] = ()  # out of the command's bounding set (become.py)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
         key_id=key_id,
         repair=repair,
         routed=routed.addresses(host, wl, secret, wait) if routed_link else (),
+        drop_caps=() if wl.sys_admin else (become.CAP_SYS_ADMIN,),
     )
 
 
@@ -407,7 +409,7 @@ def up(
     argv = tap.substitute(p.cmd, tap_fd, p.mac)
     fds = tuple(fd for fd in (tap_fd, pub.lifeline if pub else None) if fd is not None)
     token = inst.token
-    exec_in(p.name, argv, p.user, p.gid, pass_fds=fds,
+    exec_in(p.name, argv, p.user, p.gid, pass_fds=fds, drop_caps=p.drop_caps,
             undo=lambda: _down_instance(host, p.name, token))  # fmt: skip
     return 127  # not reached
 
@@ -461,10 +463,12 @@ def exec_in(
     gid: int | None = None,
     pass_fds: tuple[int, ...] = (),
     undo: Callable[[], None] | None = None,
+    drop_caps: tuple[int, ...] = (),
 ) -> None:
     """Become NAME's command (netmux/become.py): here, or from the launcher's client."""
     ex = become.Exec(name=name, argv=tuple(argv), env=become.user_env(user),
-                     user=user.pw_name if user else None, gid=gid, pass_fds=pass_fds)  # fmt: skip
+                     user=user.pw_name if user else None, gid=gid, pass_fds=pass_fds,
+                     drop_caps=drop_caps)  # fmt: skip
     become.handoff(ex, undo)
 
 
@@ -745,6 +749,7 @@ def run(
         def pre() -> None:
             nsutil.enter_netns(p.name)
             become.bind_resolv(p.name)
+            become.drop_capabilities(p.drop_caps, p.name)
             become.drop_privileges(p.user, p.gid)
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)

@@ -79,12 +79,16 @@ class MuxEnv:
         return [sys.executable, "-m", "netmux.cli", "--config", str(self.config_path), *args]
 
     def netmux(
-        self, *args: str, check: bool = True, timeout: float = 30
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real `netmux` CLI with this mux's config; output captured as text."""
-        r = subprocess.run(
-            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
-        )
+        """Run the real `netmux` CLI with this mux's config (and `env` on top); output
+        captured as text."""
+        r = subprocess.run(self.argv(*args), env={**self.env(), **(env or {})},
+                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
         if check and r.returncode != 0:
             raise AssertionError(
                 f"netmux {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}"

@@ -151,6 +151,37 @@ def test_up_execs_cmd_as_user_in_the_namespace(env: MuxEnv, wname: Callable[[], 
     assert_gone(env, n)
 
 
+def _bounding(text: str) -> int:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("CapBnd:")]
+    return int(line.split()[1], 16)
+
+
+def test_the_command_runs_without_cap_sys_admin_unless_asked(
+    env: MuxEnv, wname: Callable[[], str]
+) -> None:
+    """Root in a workload must not remount its unit's read-only /proc/sys or enter another
+    workload's namespace: CAP_SYS_ADMIN is out of the command's bounding set (up, run and
+    a unit's hold alike); `sys_admin = true` keeps it; `netmux exec` (the admin's) keeps
+    it too."""
+    sys_admin = 1 << 21
+    status = ("cat", "/proc/self/status")
+    n = wname()
+    r = env.netmux("up", n, "--", *status)
+    assert not _bounding(r.stdout) & sys_admin
+    assert _bounding(r.stdout) & (1 << 12)  # CAP_NET_ADMIN stays: only SYS_ADMIN goes
+    env.netmux("down", n)
+    r = env.netmux("run", n, "--", "sh", "-c", "mount -t tmpfs none /mnt; echo rc=$?")
+    assert "rc=0" not in r.stdout, r.stdout
+    assert_gone(env, n)
+    r = env.netmux("up", n, "--", *status, env={"NETMUX_SYS_ADMIN": "1"})
+    assert _bounding(r.stdout) & sys_admin
+    env.netmux("down", n)
+    env.netmux("up", n)
+    assert _bounding(env.netmux("exec", n, "--", *status).stdout) & sys_admin
+    env.netmux("down", n)
+    assert_gone(env, n)
+
+
 def test_every_exec_path_sees_the_advertised_resolver(
     env: MuxEnv, wname: Callable[[], str]
 ) -> None:
@@ -286,7 +317,8 @@ def _in_private_dev(env: MuxEnv, dev_opts: str, *args: str) -> subprocess.Comple
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "-",
          *env.argv(*args)],
-        env=env.env(), capture_output=True, text=True, timeout=30,
+        # The probe's `ip netns exec` (for the namespace's own /sys) needs CAP_SYS_ADMIN.
+        env={**env.env(), "NETMUX_SYS_ADMIN": "1"}, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
 
 

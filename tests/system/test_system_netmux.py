@@ -176,6 +176,42 @@ def test_user_is_honoured_for_the_workload(box: sysbox.SysBox, unit: Callable[[s
     )
 
 
+ATTACK = (
+    "mount -o remount,bind,rw /proc/sys 2>/dev/null; echo remount=$?; "
+    "test -w /proc/sys/kernel/printk_ratelimit && echo sysctl-writable; "  # never written
+    "nsenter --net=/proc/$VICTIM/ns/net true 2>/dev/null; echo setns=$?"
+)
+
+
+@pytest.mark.parametrize("sys_admin", [False, True])
+def test_root_in_a_workload_cannot_undo_its_sandbox_or_join_another(
+    box: sysbox.SysBox, unit: Callable[[str], str], sys_admin: bool
+) -> None:
+    """Root in netmux@X's command: no remounting the unit's read-only /proc/sys writable
+    (a host sysctl would follow), no setns into another workload's namespace through a
+    root process there. With `sys_admin = true` both work: the attack is real."""
+    victim, attacker = unit("victim"), unit(f"atk{int(sys_admin)}")
+    box.systemctl("start", victim)
+    pid = box.show(victim, "MainPID")["MainPID"]
+    out = f"/run/attack-{int(sys_admin)}.out"
+    box.write("/run/attack.sh", f"{{ {ATTACK}; }} > $OUT.tmp; mv $OUT.tmp $OUT\n")
+    box.add_dropin(
+        attacker,
+        "10-command.conf",
+        "[Service]\nExecStart=\nExecStart=!@BINDIR@/netmux up %i -- /bin/sh /run/attack.sh\n"
+        f"Environment=VICTIM={pid} OUT={out} NETMUX_SYS_ADMIN={int(sys_admin)}\n"
+        "RemainAfterExit=no\n",
+    )
+    box.systemctl("start", attacker)
+    box.wait_for(lambda: box.path(out).exists())
+    got = box.path(out).read_text().split()
+    box.path(out).unlink()
+    if sys_admin:
+        assert got == ["remount=0", "sysctl-writable", "setns=0"], got
+    else:
+        assert len(got) == 2 and got[0] != "remount=0" and got[1] != "setns=0", got
+
+
 @pytest.mark.parametrize("how", ["stop", "kill9", "failing"])
 def test_nothing_left_behind(box: sysbox.SysBox, unit: Callable[[str], str], how: str) -> None:
     wl = f"gone{how[:4]}"

@@ -42,6 +42,10 @@ def test_an_exec_survives_the_wire() -> None:
     assert back == ex and back.pass_fds == (7, 9) and back.netns and back.path is None
     hold = become.hold("web")
     assert hold.argv == ("netmux-hold-web", "infinity") and not hold.netns and hold.path
+    assert hold.drop_caps == (become.CAP_SYS_ADMIN,)
+    capped = become.Exec(name="web", argv=("true",), drop_caps=(21,))
+    assert become.Exec.from_json(marshal.loads(marshal.dumps(capped.as_json()))) == capped
+    assert become.Exec.from_json(capped.as_json()).drop_caps == (21,)
 
 
 @pytest.mark.parametrize("name", ["netmux@web.service", "a.service", "x@a\\x2db.service"])
