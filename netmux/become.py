@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 NETNS_ETC = "/etc/netns"
-# What a workload's command does without (config: `sys_admin`): with CAP_SYS_ADMIN, root
+# What a workload's command runs without (unless `sys_admin = true`): with it, root
 # in the workload could remount its unit's read-only /proc/sys, /sys and /usr writable
 # (measured: it changed a host sysctl) and setns into another workload's namespace
 # through /proc/PID/ns/net of a root process there.

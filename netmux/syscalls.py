@@ -1,4 +1,4 @@
-"""The libc calls Python's os module lacks (setns, unshare, mount, umount2 on 3.11), once.
+"""The libc calls Python's os module lacks (setns, unshare, mount, umount2, prctl), once.
 
 Import-light on purpose (ctypes and os only): the launcher's client (netmux/launch.py)
 enters a workload's namespaces with these before anything else of netmux is loaded;
