@@ -584,6 +584,17 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+def resolve_hints() -> None:
+    """Resolve the field types of every config dataclass now: the warm launcher calls it,
+    so its forks never do (a config that names only some tables would leave the rest)."""
+    todo: list[type[Any]] = [HostConfig, WorkloadConfig]
+    while todo:
+        for tp in _hints(todo.pop()).values():
+            for t in (tp, *typing.get_args(tp)):
+                if isinstance(t, type) and dataclasses.is_dataclass(t) and t not in _HINTS:
+                    todo.append(t)
+
+
 def build(cls: type[Any], table: Mapping[str, object], source: str, prefix: str = "") -> Any:
     """Build dataclass `cls` from a TOML table, checking every key. Pure."""
     if not isinstance(table, Mapping):

@@ -62,6 +62,7 @@ def preload(parser: Callable[[], Any] | None = None) -> None:
         p = parser()
         for argv in (["up", "x", "--", "true"], ["down", "x"], ["ls"], ["status", "x"]):
             p.parse_args(argv)
+    config.resolve_hints()
     with contextlib.suppress(Exception):  # a broken config is each request's to report
         host = config.load_host(None)
         wl = config.workload_from("warm-up", None, "warm-up")

@@ -262,3 +262,19 @@ def test_each_workload_key_from_the_environment_and_the_command_line() -> None:
     assert [str(p) for p in wl.ports] == ["tcp/80", "udp/53"]
     with pytest.raises(ConfigError, match="environment NETMUX_TIMEOUT: timeout: 'x'"):
         config.workload_from("web", env={"NETMUX_TIMEOUT": "x"})
+
+
+def test_resolved_hints_leave_no_type_resolution_to_a_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm launcher resolves every config class's field types once (resolve_hints):
+    a request's config load, whichever tables it has, then resolves none (~2 ms each)."""
+    config.resolve_hints()
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise AssertionError(f"get_type_hints{args} at load time")
+
+    tables = [k for k, tp in config._hints(config.HostConfig).items()
+              if config.dataclasses.is_dataclass(tp)]  # fmt: skip
+    assert "mux" in tables and "phonebook" in tables
+    monkeypatch.setattr(config.typing, "get_type_hints", refuse)
+    parse_host("".join(f"[{t}]\n" for t in tables))
+    workload_from("web", {"ports": ["tcp/80"]})
