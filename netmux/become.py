@@ -137,11 +137,11 @@ def user_env(
 
 
 def drop_capabilities(caps: tuple[int, ...], name: str) -> None:
-    """Out of the bounding set for good (before drop_privileges: it needs CAP_SETPCAP).
+    """Gone for good, bounding set included (before drop_privileges: that needs CAP_SETPCAP).
     StateError if that is refused: the command must not run with what it should lack."""
     for cap in caps:
         try:
-            syscalls.capbset_drop(cap)
+            syscalls.drop_capability(cap)
         except OSError as e:
             raise StateError(f"workload {name}: {e.strerror}; set sys_admin = true in its "
                              "file to run it with CAP_SYS_ADMIN") from None  # fmt: skip

@@ -21,6 +21,18 @@ MS_SHARED = 1 << 20
 
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_LOWER = 3
+_CAP_V3 = 0x20080522  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_uint32) for f in ("effective", "permitted", "inheritable")]
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -56,13 +68,25 @@ def umount2(target: str, flags: int) -> int:
     return 0
 
 
-def capbset_drop(cap: int) -> None:
-    """Take capability `cap` out of this process's bounding set (needs CAP_SETPCAP): no
-    later exec, setuid or file-capability program gets it back. A no-op where it is out."""
-    if _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 0:
-        return
-    if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+def drop_capability(cap: int) -> None:
+    """Take capability `cap` from this process for good, so that no later exec, setuid or
+    file-capability program has it: out of the bounding set (needs CAP_SETPCAP, so first)
+    and the ambient set, and out of the effective, permitted and inheritable sets: root's
+    exec keeps whatever is inheritable, whatever the bounding set says (a systemd-nspawn
+    payload here starts with every capability inheritable)."""
+    in_bounding = _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 0
+    if in_bounding and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
         raise _fail(f"drop capability {cap} from the bounding set")
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)  # EINVAL: no ambient set
+    hdr, data = _CapHeader(_CAP_V3, 0), (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:
+        raise _fail("capget")
+    word, bit = data[cap // 32], 1 << (cap % 32)
+    word.effective &= ~bit
+    word.permitted &= ~bit
+    word.inheritable &= ~bit
+    if _libc.capset(ctypes.byref(hdr), data) != 0:
+        raise _fail(f"drop capability {cap}")
 
 
 def enter_netns_path(path: str) -> None:
