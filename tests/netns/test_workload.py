@@ -151,7 +151,7 @@ def test_up_execs_cmd_as_user_in_the_namespace(env: MuxEnv, wname: Callable[[], 
     assert_gone(env, n)
 
 
-def _bounding(text: str, field: str = "CapBnd") -> int:
+def _caps(text: str, field: str = "CapBnd") -> int:
     (line,) = [ln for ln in text.splitlines() if ln.startswith(f"{field}:")]
     return int(line.split()[1], 16)
 
@@ -170,17 +170,17 @@ def test_the_command_runs_without_cap_sys_admin_unless_asked(
     # Inheritable too: root's exec keeps it otherwise (a container's payload may start
     # with every capability inheritable, as the fresh-root test's does).
     for field in ("CapBnd", "CapInh", "CapPrm", "CapEff", "CapAmb"):
-        assert not _bounding(r.stdout, field) & sys_admin, (field, r.stdout)
-    assert _bounding(r.stdout) & (1 << 12)  # CAP_NET_ADMIN stays: only SYS_ADMIN goes
+        assert not _caps(r.stdout, field) & sys_admin, (field, r.stdout)
+    assert _caps(r.stdout) & (1 << 12)  # CAP_NET_ADMIN stays: only SYS_ADMIN goes
     env.netmux("down", n)
     r = env.netmux("run", n, "--", "sh", "-c", "mount -t tmpfs none /mnt; echo rc=$?")
     assert "rc=0" not in r.stdout, r.stdout
     assert_gone(env, n)
     r = env.netmux("up", n, "--", *status, env={"NETMUX_SYS_ADMIN": "1"})
-    assert _bounding(r.stdout) & sys_admin
+    assert _caps(r.stdout) & sys_admin
     env.netmux("down", n)
     env.netmux("up", n)
-    assert _bounding(env.netmux("exec", n, "--", *status).stdout) & sys_admin
+    assert _caps(env.netmux("exec", n, "--", *status).stdout) & sys_admin
     env.netmux("down", n)
     assert_gone(env, n)
 
