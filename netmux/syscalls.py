@@ -1,4 +1,5 @@
-"""The libc calls Python's os module lacks (setns, unshare, mount, umount2, prctl), once.
+"""The libc calls Python's os module lacks (setns, unshare, mount, umount2, prctl,
+inotify), once.
 
 Import-light on purpose (ctypes and os only): the launcher's client (netmux/launch.py)
 enters a workload's namespaces with these before anything else of netmux is loaded;
@@ -59,6 +60,22 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, what:
     if _libc.mount(enc[0], enc[1], enc[2], flags, None) != 0:
         return ctypes.get_errno()
     return 0
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd."""
+    fd = int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        raise _fail("inotify_init1")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """The watch descriptor of `path` on inotify `fd`."""
+    wd = int(_libc.inotify_add_watch(fd, path.encode(), ctypes.c_uint32(mask)))
+    if wd < 0:
+        raise _fail(f"inotify_add_watch {path}")
+    return wd
 
 
 def umount2(target: str, flags: int) -> int:
