@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,11 @@ def lookup_group(spec: str, what: str) -> int:
         raise UsageError(f"{what}: unknown group {spec!r} (not in the group database)") from None
 
 
-def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Plan:
-    """Check everything `up` needs; raise a one-line error and change nothing otherwise."""
+def plan(
+    host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = (), free: bool = True
+) -> Plan:
+    """Check everything `up` needs; raise a one-line error and change nothing otherwise.
+    `free=False`: NAME is this process's own build ahead (see `prebuild`), not checked."""
     name = names.check_name(wl.name)
     if name == host.mux.netns:
         raise UsageError(f"{name!r} is the mux namespace's name, not a workload's")
@@ -151,7 +154,8 @@ def plan(host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = ()) -> Pla
             f"e.g. -netdev tap,id=n0,fd={TAPFD} -device virtio-net,netdev=n0,mac={MAC}"
         )
     mux.require(host)
-    repair = _repair_reason(host, name)
+    _require_host_mounts(name, "create")  # before the name's state: what to start comes first
+    repair = _repair_reason(host, name) if free else ""
     key = names.load_host_key(host.paths.host_key)
     key_id = names.key_id(key)
     check_host_key(host, key_id)
@@ -321,6 +325,100 @@ def build(host: HostConfig, wl: WorkloadConfig, p: Plan) -> tuple[links.LinkStat
         raise
 
 
+# --- building ahead ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """A workload built before its `netmux up` asked (the launcher does it while systemd
+    still sets up the unit: netmux/unitwatch.py), held by this process until that `up`
+    comes. Used only if that `up` wants the very same build (`_claim`); its DNS records
+    are published by that `up`, never ahead."""
+
+    host: HostConfig
+    wl: WorkloadConfig  # `_build_only`
+    plan: Plan
+    state: links.LinkState | None  # None: the build failed with `error`
+    inst: Instance | None
+    elapsed: float
+    error: NetmuxError | None = None
+
+
+_prebuilt: Prebuilt | None = None
+
+
+def _build_only(wl: WorkloadConfig) -> WorkloadConfig:
+    """`wl` without what `build` does not use (the command, who runs it, DNS names): a
+    unit's User= or a drop-in's command still finds its workload built ahead."""
+    return replace(wl, command=(), user="", group="", dns_names=(), publish=True, sys_admin=False)
+
+
+def _build_fields(p: Plan) -> tuple[object, ...]:
+    return (p.name, p.kind, p.ifname, p.mac, p.secret, p.wait, p.timeout, p.key_id, p.routed)
+
+
+def prebuild(host: HostConfig, name: str) -> Prebuilt | None:
+    """Build workload NAME as its workload file alone says (no unit environment, no
+    command line), ahead of its `up`; None when there is nothing to do ahead (a bad name,
+    a workload that is up or half-built: its `up` reports or repairs). A build that fails
+    with netmux's own error is kept as that error: the same `up` would fail the same way,
+    and must not wait for a second timeout."""
+    global _prebuilt
+    discard_prebuilt()
+    try:
+        wl = _build_only(config.load_workload(host, name, env={}))
+        p = plan(host, wl)
+    except NetmuxError:
+        return None
+    if p.repair:
+        return None
+    t0 = time.monotonic()
+    try:
+        state, inst = build(host, wl, p)
+    except NetmuxError as e:
+        _prebuilt = Prebuilt(host, wl, p, None, None, time.monotonic() - t0, e)
+        return _prebuilt
+    _prebuilt = Prebuilt(host, wl, p, state, inst, time.monotonic() - t0)
+    journal.debug(f"workload {name}: built ahead in {_prebuilt.elapsed:.3f}s", workload=name)
+    return _prebuilt
+
+
+def discard_prebuilt() -> None:
+    """Remove what `prebuild` made and nobody claimed (only that instance: the name may
+    be another's by now)."""
+    global _prebuilt
+    pre, _prebuilt = _prebuilt, None
+    if pre is not None:
+        _prebuilt_gone(pre)
+
+
+def _claim(host: HostConfig, wl: WorkloadConfig) -> Prebuilt | None:
+    """The build ahead, if it is workload `wl`'s as `wl` wants it and still intact;
+    otherwise it is removed and `up` builds afresh. Raises the build's error."""
+    global _prebuilt
+    pre = _prebuilt
+    if pre is None:
+        return None
+    if pre.plan.name != wl.name or pre.host != host or pre.wl != _build_only(wl):
+        journal.info(f"workload {pre.plan.name}: built ahead with other settings than "
+                     f"{wl.name}'s `up` has; building it again", workload=wl.name)  # fmt: skip
+        discard_prebuilt()
+        return None
+    if pre.error is not None:
+        _prebuilt = None
+        raise pre.error
+    assert pre.inst is not None
+    st = read_state(host, pre.inst.name) or {}
+    if (nsutil.netns_id(pre.inst.name) != nsutil.netns_id(pre.inst.fd)
+            or st.get("token") != pre.inst.token):  # fmt: skip
+        journal.info(f"workload {wl.name}: what was built ahead was removed meanwhile; "
+                     "building it again", workload=wl.name)  # fmt: skip
+        discard_prebuilt()
+        return None
+    _prebuilt = None
+    return pre
+
+
 def _start_retrans(host: HostConfig) -> int:
     """The neighbour retransmit timer while a workload starts: it paces DAD (one probe),
     so a short one publishes sooner (docs/benchmarks.md, "The launcher's own cost"); never
@@ -332,13 +430,26 @@ def up(
     host: HostConfig, wl: WorkloadConfig, cmd: tuple[str, ...] = (), exec_cmd: bool = True
 ) -> int:
     """`netmux up NAME [-- CMD]`: build the workload, report, then exec CMD or return 0."""
-    p = plan(host, wl, cmd)
+    pre = _claim(host, wl)
+    try:
+        p = plan(host, wl, cmd, free=pre is None)
+    except BaseException:
+        if pre is not None:
+            _prebuilt_gone(pre)
+        raise
+    if pre is not None and _build_fields(p) != _build_fields(pre.plan):
+        _prebuilt_gone(pre)
+        pre = None
+        p = plan(host, wl, cmd)
     if p.repair:
         journal.info(f"workload {p.name}: rebuilding it ({p.repair})", workload=p.name)
         down(host, p.name)
-    t0 = time.monotonic()
-    state, inst = build(host, wl, p)
-    elapsed = time.monotonic() - t0
+    if pre is not None and pre.state is not None and pre.inst is not None:
+        state, inst, elapsed = pre.state, pre.inst, pre.elapsed
+    else:
+        t0 = time.monotonic()
+        state, inst = build(host, wl, p)
+        elapsed = time.monotonic() - t0
     try:
         vm_exec = p.kind == "macvtap" and bool(p.cmd) and exec_cmd
         tap_fd = _open_tap(p, inst.fd) if vm_exec else None  # for the exec'd QEMU only
@@ -394,8 +505,9 @@ def up(
         os.close(inst.fd)
     best = state.global_addrs or state.ula_addrs
     main_addr = str(best[0]) if best else None  # "addr/len": the journal adds NETMUX_PREFIX
+    ahead = " (built ahead)" if pre is not None else ""
     journal.info(
-        f"workload {p.name} up in {elapsed:.3f}s: {p.ifname} {p.mac} "
+        f"workload {p.name} up in {elapsed:.3f}s{ahead}: {p.ifname} {p.mac} "
         + " ".join(addrs["global"] + addrs["ula"]),
         message_id=journal.WORKLOAD_UP,
         workload=p.name,
@@ -412,6 +524,13 @@ def up(
     exec_in(p.name, argv, p.user, p.gid, pass_fds=fds, drop_caps=p.drop_caps,
             undo=lambda: _down_instance(host, p.name, token))  # fmt: skip
     return 127  # not reached
+
+
+def _prebuilt_gone(pre: Prebuilt) -> None:
+    """Remove a build ahead (unclaimed, or claimed by an `up` that then could not use it)."""
+    if pre.inst is not None:
+        _rollback(pre.host, pre.inst, pre.plan.ifname)
+        os.close(pre.inst.fd)
 
 
 def _routed_state(p: Plan) -> dict[str, Any]:
@@ -604,7 +723,8 @@ def _teardown(
     step("routed link's routes, proxy entries and filter in mux", routed_link)
 
     def resolv_conf() -> bool:
-        if token is not None and nsutil.netns_id(name) != nsutil.netns_id(fd or -1):
+        other = links.netns_exists(name) and nsutil.netns_id(name) != nsutil.netns_id(fd or -1)
+        if token is not None and other:
             return False  # the name is another instance's now, and so is its resolv.conf
         return resolv.remove(name)
 
