@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--socket", default=launch.socket_path(),
                    help="where to listen unless systemd passes the socket")  # fmt: skip
+    p.add_argument("--no-prebuild", dest="prebuild", action="store_false",
+                   help="do not build a netmux@ unit's workload while systemd sets the unit "
+                        "up (netmux/unitwatch.py); its `netmux up` builds it")  # fmt: skip
 
     p = _add(sub, "doctor", "check the host and say what is wrong and how to fix it", _doctor)
     _json_flag(p)
@@ -345,7 +348,7 @@ def cmd_launcher(args: argparse.Namespace, cfg: config.HostConfig) -> int:
     """The warm launcher (netmux/launcher.py): its workers run this CLI's `main`."""
     from .launcher import serve
 
-    return serve(args.socket, main, parser)  # the parser is built once, before the forks
+    return serve(args.socket, main, parser, prebuild=args.prebuild)  # parser: once, pre-fork
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -17,6 +17,12 @@ command's client (netmux/launch.py) it forks a worker that:
   and, for `up`, the `Exec` that makes the caller the workload's command
   (netmux/become.py), with the fds it needs (tap, DNS lifeline); else the exit status.
 
+A netmux@ unit's workload is built before its request comes: when systemd makes the
+unit's cgroup (netmux/unitwatch.py), the spare worker builds it (netmux/workload.py,
+`prebuild`) while systemd still sets up the unit's sandbox, and the unit's request — its
+caller's cgroup names the unit — goes to that worker, whose `up` takes the build if it
+wants the same one. The cgroup's removal, or the worker's end, removes a build nobody took.
+
 A fork shares nothing that matters between requests (each worker's netlink sockets,
 namespaces and state are its own), and one worker per request lets many `up`s run at
 once as separate processes would. The launcher is a process of its own unit, not per
@@ -38,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import become, journal, launch, sd
+from . import become, journal, launch, sd, unitwatch
 
 
 class _Handed(BaseException):
@@ -213,6 +219,7 @@ def _serve_in_fork(
     child = os.fork()
     if child == 0:
         listening.close()
+        _close_ends()
         _worker_exit(conn, run)
     return child
 
@@ -229,13 +236,48 @@ def _worker_exit(conn: socket.socket, run: Callable[[list[str]], int]) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        with contextlib.suppress(Exception):  # built ahead for a request that did not use it
+            sys.modules["netmux.workload"].discard_prebuilt()
         os._exit(rc)
+
+
+# Builds ahead at a time (built or building, not yet taken). Building ahead is for one
+# start's latency; when many units start at once (boot), builds of all of them together
+# slowed the others' starts: 100 at once answered in DNS after 6.96 s with every one
+# built ahead, 5.01 s with none (bench/systemd_dns.py --many).
+AHEAD = 4
+
+
+def _prebuild(name: str) -> None:
+    """Build workload NAME ahead of its unit's `netmux up` (netmux/unitwatch.py says when);
+    what goes wrong is that `up`'s to report."""
+    from netmux import config, workload
+
+    journal.set_unit(f"{unitwatch.PREFIX}{name}{unitwatch.SUFFIX}")
+    try:
+        workload.prebuild(config.load_host(None), name)
+    except Exception as e:  # the unit's own `up` does it again and says why
+        journal.debug(f"launcher: no build ahead for {name}: {type(e).__name__}: {e}")
+
+
+# The launcher's ends of its spares' socketpairs. Every fork inherits them: a child
+# closes them first, or closing one here would not reach its spare as EOF (the spare
+# that built ahead for a unit gone meanwhile would wait for ever).
+_ENDS: set[int] = set()
+
+
+def _close_ends() -> None:
+    for fd in _ENDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _ENDS.clear()
 
 
 class _Spare:
     """A worker forked ahead of its request, waiting for the connection on a socketpair:
     the fork (2-3 ms of copying the launcher's page tables, measured) is then off the
-    request's path. Not per workload: one at a time, for whichever request comes next."""
+    request's path. Not per workload: one at a time, for whichever request comes next —
+    or told to build a workload ahead (`prebuild`), it waits for that unit's request."""
 
     def __init__(self, listening: socket.socket, run: Callable[[list[str]], int]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -245,16 +287,20 @@ class _Spare:
         if self.pid == 0:
             listening.close()
             ours.close()
-            try:
-                _, fds = launch.recv(theirs)
-            except OSError:
-                fds = []
-            theirs.close()
-            if len(fds) != 1:  # the launcher stops: nothing to serve
-                os._exit(0)
-            _worker_exit(socket.socket(fileno=fds[0]), run)
+            _close_ends()
+            _spare_child(theirs, run)
         theirs.close()
         self.sock = ours
+        _ENDS.add(ours.fileno())
+
+    def prebuild(self, name: str) -> bool:
+        """Build workload NAME now; its unit's request is then handed here (`take`)."""
+        try:
+            launch.send(self.sock, {"prebuild": name})
+        except OSError:
+            self.close()
+            return False
+        return True
 
     def take(self, conn: socket.socket) -> bool:
         """Hand `conn` to the spare; False if it is gone."""
@@ -263,19 +309,57 @@ class _Spare:
         except OSError:
             return False
         finally:
-            self.sock.close()
+            self.close()
         return True
 
     def close(self) -> None:
+        _ENDS.discard(self.sock.fileno())
         with contextlib.suppress(OSError):
             self.sock.close()
 
 
+def _spare_child(sock: socket.socket, run: Callable[[list[str]], int]) -> None:
+    """A spare's life: a request, or a build ahead and then its request; nothing (the
+    launcher stopped, or the unit built ahead became inactive without asking)."""
+    built = False
+    try:
+        msg, fds = launch.recv(sock)
+        if msg is not None and "prebuild" in msg and not fds:
+            built = True
+            _prebuild(str(msg["prebuild"]))
+            msg, fds = launch.recv(sock)
+    except OSError:
+        fds = []
+    sock.close()
+    if len(fds) != 1:
+        if built:
+            from netmux import workload
+
+            workload.discard_prebuilt()
+        os._exit(0)
+    _worker_exit(socket.socket(fileno=fds[0]), run)
+
+
+def _watch() -> unitwatch.UnitWatch | None:
+    """The cgroup directory of netmux@ units, watched (None: not found, not watchable)."""
+    try:
+        with open("/proc/self/cgroup") as f, open("/proc/self/mountinfo") as g:
+            where = unitwatch.units_dir(f.read(), g.read())
+        return unitwatch.UnitWatch(where) if where else None
+    except OSError as e:
+        journal.debug(f"launcher: not watching for netmux@ units: {e}")
+        return None
+
+
 def serve(
-    path: str, run: Callable[[list[str]], int], run_parser: Callable[[], Any] | None = None
+    path: str,
+    run: Callable[[list[str]], int],
+    run_parser: Callable[[], Any] | None = None,
+    prebuild: bool = True,
 ) -> int:
     """Accept requests until SIGTERM; each one is served by a fork (`worker`) that calls
-    `run` (the CLI's main) with the request's arguments (`run_parser`: its parser)."""
+    `run` (the CLI's main) with the request's arguments (`run_parser`: its parser). With
+    `prebuild`, a netmux@ unit's workload is built as systemd starts the unit."""
     preload(run_parser)
     sock = listener(path)
     gc.collect()
@@ -292,17 +376,42 @@ def serve(
     signal.signal(signal.SIGINT, stop)
     sd.notify(ready="1", status=f"serving {path}")
     journal.info(f"launcher: serving {path}")
+    watch = _watch() if prebuild else None
+    ahead: dict[str, _Spare] = {}  # unit -> the spare that built its workload ahead
     spare = _Spare(sock, run)
     while not stopping:
+        try:
+            ready = select.select([sock] + ([watch] if watch else []), [], [])[0]
+        except (OSError, ValueError):  # ValueError: `stop` closed the socket
+            if stopping:
+                break
+            raise
+        if watch is not None and watch in ready:
+            for created, name in watch.read():
+                unit = f"{unitwatch.PREFIX}{name}{unitwatch.SUFFIX}"
+                if not created:
+                    with contextlib.suppress(KeyError):
+                        ahead.pop(unit).close()  # it undoes its build and exits
+                elif unit not in ahead and len(ahead) < AHEAD and spare.prebuild(name):
+                    ahead[unit] = spare
+                    spare = _Spare(sock, run)
+        if sock not in ready:
+            continue
         try:
             conn, _ = sock.accept()
         except OSError:
             if stopping:
                 break
             raise
-        if not spare.take(conn):  # it died meanwhile: a fork for this one, as the spare is
-            _serve_in_fork(conn, sock, run)
+        built = ahead.pop(sd.unit_of(_peer(conn)[0]), None) if ahead else None
+        if built is None or not built.take(conn):
+            if not spare.take(conn):  # it died meanwhile: a fork for this one, as it is
+                _serve_in_fork(conn, sock, run)
+            spare = _Spare(sock, run)  # forked while the request runs, not when the next comes
         conn.close()
-        spare = _Spare(sock, run)  # forked while the request runs, not when the next comes
     spare.close()
+    for s in ahead.values():
+        s.close()
+    if watch is not None:
+        watch.close()
     return 0

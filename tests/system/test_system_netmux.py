@@ -260,7 +260,9 @@ def test_without_the_launcher_the_sandboxed_unit_refuses(
     errors = [m for m in msgs if m.startswith("netmux up:")]
     assert len(errors) == 1 and "netmux-launcher.socket" in errors[0], msgs
     assert not [m for m in msgs if "Traceback" in m], msgs
-    assert not leftovers(box, "nolaunch")
+    # The launcher built it ahead all the same (it cannot see the unit's environment) and
+    # removes that build when the unit's cgroup goes.
+    box.wait_for(lambda: not leftovers(box, "nolaunch"), timeout=5)
     assert not box.path("/run/netns/nolaunch").exists()
 
 
@@ -380,3 +382,41 @@ def test_stopping_mux_stops_workloads_and_removes_mux(
         assert not mux.path("/run/netns/mux").exists()
     finally:
         mux.systemctl("start", "netmux-mux.service", "netmux-radvd.service")
+
+
+def test_built_while_systemd_sets_up_the_unit(
+    box: sysbox.SysBox, unit: Callable[[str], str]
+) -> None:
+    """The launcher builds a netmux@ unit's workload as systemd makes the unit's cgroup
+    (netmux/unitwatch.py); the unit's `netmux up` takes it."""
+    u = unit("ahead")
+    box.systemctl("start", u)
+    ups = [r for r in box.journal("-u", u) if r.get("MESSAGE_ID") == journal.WORKLOAD_UP]
+    assert ups and "(built ahead)" in str(ups[-1]["MESSAGE"]), ups
+    assert global_address(box, "ahead") in box.show(u, "StatusText")["StatusText"]
+
+
+def test_a_unit_failing_before_its_up_leaves_nothing(
+    box: sysbox.SysBox, unit: Callable[[str], str]
+) -> None:
+    """Built ahead, never asked for: ExecStartPre= fails, so no `netmux up` comes; what
+    was built is gone with the unit, and nothing was published."""
+    u = unit("early")
+    pre = "test -e /run/netns/early && touch /run/early-was-built; exit 1"
+    box.add_dropin(u, "10-fail.conf", f"[Service]\nExecStartPre=+/bin/sh -c 'sleep 0.5; {pre}'\n")
+    assert box.systemctl("start", u, check=False).returncode != 0
+    assert box.path("/run/early-was-built").exists()  # it was there while the unit started
+    box.wait_for(lambda: not leftovers(box, "early"), timeout=5)
+    assert not box.journal("NETMUX_WORKLOAD=early", f"MESSAGE_ID={journal.RECORD_PUBLISHED}")
+    box.run("rm", "-f", "/run/early-was-built")
+
+
+def test_a_dropin_with_other_settings_gets_its_own_build(
+    box: sysbox.SysBox, unit: Callable[[str], str]
+) -> None:
+    u = unit("other")
+    box.add_dropin(u, "10-port.conf", "[Service]\nEnvironment=NETMUX_PORTS=tcp/8080\n")
+    box.systemctl("start", u)
+    msgs = [str(r.get("MESSAGE")) for r in box.journal("-u", u)]
+    assert any("built ahead with other settings" in m for m in msgs), msgs
+    assert "8080" in box.run("ip", "netns", "exec", "other", "nft", "list", "ruleset").stdout
