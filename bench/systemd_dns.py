@@ -6,7 +6,9 @@ netmux-radvd (a static prefix), phonebookd with the RFC 2136 sink and Knot as th
 workload `dns` on fd64:cafe::d — the dns recipe. Then, N times: `systemctl start
 netmux@bN`, and `dig` from mux every few ms until Knot answers bN's AAAA; interleaved
 with it, the same for netmux@uN, whose drop-in turns the sandbox's mount-namespace
-options off (what the sandbox costs).
+options off (what the sandbox costs). Then all of it again with the launcher told not to
+build a workload while systemd sets its unit up (`netmux launcher --no-prebuild`,
+netmux/unitwatch.py): what building ahead saves, as `*_no_prebuild`.
 
 Where the time goes, from the journal of each start (monotonic timestamps): systemd's
 "Starting" → phonebookd's "published" (the `netmux up` client's start, the warm
@@ -28,7 +30,8 @@ planned in whole seconds; docs/benchmarks.md, "Start to AAAA under systemd"), so
 
 Then (`--many N`, default 100): N netmux@ units started in one transaction, as boot
 starts the enabled ones, until all N answer in Knot; and stopping them all; then the same
-with the sandbox's mount options off for every instance (a template drop-in).
+with the sandbox's mount options off for every instance (a template drop-in), and the
+same as shipped with the launcher not building ahead.
 
 Run as root: `.venv/bin/python -m bench.systemd_dns [--quick] [--many N] [--gap S]`; writes
 bench/results/systemd_dns.json.
@@ -98,9 +101,39 @@ def _journal_times(box: Any, unit: str, name: str) -> dict[str, float]:
             out["published"] = t
         elif msg.startswith(f"workload {name} up in "):
             out["up"] = t
-        elif msg.startswith(f"{name}: addresses now ") and "published" in out:
-            out.setdefault("dad_done", t)
     return out
+
+
+def _starts(
+    box: Any, res: dict[str, list[float]], runs: int, gap: float, dig: Any, key: str
+) -> None:
+    """`runs` + 1 starts of netmux@bN, each interleaved with one of netmux@uN (the
+    mount options off): start → AAAA and the journal's split, into res[...`key`]. Names
+    are new for each `key` (the journal's split takes each unit's first start)."""
+    b, u = ("b", "u") if not key else ("c", "v")
+    for i in range(runs + 1):  # the first start warms the page cache: not counted
+        for name in (f"{u}{i}", f"{b}{i}"):
+            unit = f"netmux@{name}.service"
+            t0 = now()
+            box.systemctl("start", unit, timeout=60)
+            t1 = now()
+            while not dig(f"{name}.{PUBLIC}"):
+                if now() - t0 > 10:
+                    raise RuntimeError(f"{name}: no AAAA within 10 s")
+            t2 = now()
+            j = _journal_times(box, unit, name)
+            box.systemctl("stop", unit, timeout=60)
+            time.sleep(gap)  # the next start meets a zone idle for `gap` (see above)
+            if i > 0 and name[0] == u:
+                res["start_to_aaaa_unsandboxed" + key].append(t2 - t0)
+        if i == 0:
+            continue
+        res["systemctl_start" + key].append(t1 - t0)
+        res["start_to_aaaa" + key].append(t2 - t0)
+        if {"starting", "published", "up", "started"} <= set(j):
+            res["starting_to_published" + key].append(j["published"] - j["starting"])
+            res["published_to_up" + key].append(j["up"] - j["published"])
+            res["up_to_started" + key].append(j["started"] - j["up"])
 
 
 def _many(box: Any, n: int, timeout: float = 120.0) -> dict[str, float]:
@@ -148,6 +181,8 @@ ProtectControlGroups=no
 ProtectProc=default
 """
 
+LAUNCHER_DROPIN = "/etc/systemd/system/netmux-launcher.service.d/bench.conf"
+NO_PREBUILD = "[Service]\nExecStart=\nExecStart=/opt/netmux/bin/netmux launcher --no-prebuild\n"
 PEERS = (
     ("peer_systemctl_start", "bench-peer.service"),
     ("peer_systemctl_start_sandboxed", "bench-peer-sandboxed.service"),
@@ -180,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = 5 if args.quick else 15
     if args.quick:
         args.many = min(args.many, 20)
+    steps = ("start_to_aaaa", "start_to_aaaa_unsandboxed", "systemctl_start",
+             "starting_to_published", "published_to_up", "up_to_started")  # fmt: skip
     res: dict[str, list[float]] = {k: [] for k in (
-        "start_to_aaaa", "start_to_aaaa_unsandboxed", "systemctl_start",
-        "starting_to_published", "published_to_up",
-        "published_to_dad_done", "dad_done_to_up",
-        "up_to_started", "python_pass", "python_import_workload",
+        *steps, *(f"{k}_no_prebuild" for k in steps), "python_pass", "python_import_workload",
         "peer_systemctl_start", "peer_systemctl_start_sandboxed", "peer_dig")}  # fmt: skip
     with sysbox.boot(CONFIG, units=True) as box:
         prepare_dns(box)
@@ -204,34 +238,19 @@ def main(argv: list[str] | None = None) -> int:
         # The same start without the sandbox (a drop-in per instance uN, interleaved with
         # bN): what the workload's sandbox costs on the way to its AAAA.
         for i in range(runs + 1):
-            box.write(f"/etc/systemd/system/netmux@u{i}.service.d/bench.conf", UNSANDBOXED)
+            for u in ("u", "v"):
+                box.write(f"/etc/systemd/system/netmux@{u}{i}.service.d/bench.conf", UNSANDBOXED)
         box.systemctl("daemon-reload")
-        for i in range(runs + 1):  # the first start warms the page cache: not counted
-            for name in (f"u{i}", f"b{i}"):
-                unit = f"netmux@{name}.service"
-                t0 = now()
-                box.systemctl("start", unit, timeout=60)
-                t1 = now()
-                while not dig(f"{name}.{PUBLIC}"):
-                    if now() - t0 > 10:
-                        raise RuntimeError(f"{name}: no AAAA within 10 s")
-                t2 = now()
-                j = _journal_times(box, unit, name)
-                box.systemctl("stop", unit, timeout=60)
-                time.sleep(args.gap)  # the next start meets a zone idle for `gap` (see above)
-                if i > 0 and name[0] == "u":
-                    res["start_to_aaaa_unsandboxed"].append(t2 - t0)
-            if i == 0:
-                continue
-            res["systemctl_start"].append(t1 - t0)
-            res["start_to_aaaa"].append(t2 - t0)
-            if {"starting", "published", "up", "started"} <= set(j):
-                res["starting_to_published"].append(j["published"] - j["starting"])
-                res["published_to_up"].append(j["up"] - j["published"])
-                if "dad_done" in j:
-                    res["published_to_dad_done"].append(j["dad_done"] - j["published"])
-                    res["dad_done_to_up"].append(j["up"] - j["dad_done"])
-                res["up_to_started"].append(j["started"] - j["up"])
+        _starts(box, res, runs, args.gap, dig, "")
+        # The same with the launcher told not to build ahead (netmux/unitwatch.py): what
+        # building while systemd sets the unit up saves.
+        box.write(LAUNCHER_DROPIN, NO_PREBUILD)
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", "netmux-launcher.service")
+        _starts(box, res, runs, args.gap, dig, "_no_prebuild")
+        box.run("rm", LAUNCHER_DROPIN)
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", "netmux-launcher.service")
         # Peers in the same box: what `systemctl start` of a unit that does nothing costs
         # (client, job, fork, exec), and one dig of a name Knot already has.
         # The second peer has netmux@'s sandbox too: what systemd's set-up of it costs.
@@ -258,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
             box.systemctl("daemon-reload")
             bulk_unsandboxed = _many(box, args.many)
             box.run("rm", dropin)
+            box.write(LAUNCHER_DROPIN, NO_PREBUILD)
             box.systemctl("daemon-reload")
+            box.systemctl("restart", "netmux-launcher.service")
+            bulk_no_prebuild = _many(box, args.many)
+            box.run("rm", LAUNCHER_DROPIN)
+            box.systemctl("daemon-reload")
+            box.systemctl("restart", "netmux-launcher.service")
         site = ["-c", f"import sys; sys.path[0:0] = ['{sysbox._OPT_SRC}', '{sysbox._OPT_SITE}']"]
         for _ in range(runs):
             t0 = now()
@@ -273,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, ["what", "n", "median", "p95", "max"]))
     if args.many:
         print(f"\n{args.many} netmux@ units started in one transaction (as at boot), mux ready:")
-        rows_ = [[k, f"{v:.2f}", f"{bulk_unsandboxed[k]:.2f}"]
+        rows_ = [[k, f"{v:.2f}", f"{bulk_unsandboxed[k]:.2f}", f"{bulk_no_prebuild[k]:.2f}"]
                  for k, v in bulk.items() if k != "n"]  # fmt: skip
-        print(table(rows_, ["what", "s", "s, mount options off"]))
-    many = {"many": bulk, "many_unsandboxed": bulk_unsandboxed} if args.many else {}
+        print(table(rows_, ["what", "s", "s, mount options off", "s, no build ahead"]))
+    many = {"many": bulk, "many_unsandboxed": bulk_unsandboxed,
+            "many_no_prebuild": bulk_no_prebuild} if args.many else {}  # fmt: skip
     path = write_results("systemd_dns", {"machine": machine(), "stats": stats,
                                          "quick": args.quick, **many})  # fmt: skip
     print(f"\nwrote {path}")
