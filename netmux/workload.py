@@ -866,23 +866,43 @@ def run(
             return 128 + pending[0]
         argv = tap.substitute(p.cmd, tap_fd, p.mac)
 
+        why_r, why_w = os.pipe()  # what failed in `pre`: subprocess only says that it did
+        why = ""
+
         def pre() -> None:
-            nsutil.enter_netns(p.name)
-            become.bind_resolv(p.name)
-            become.drop_capabilities(p.drop_caps, p.name)
-            become.drop_privileges(p.user, p.gid)
+            try:
+                nsutil.enter_netns(p.name)
+                become.bind_resolv(p.name)
+                become.drop_capabilities(p.drop_caps, p.name)
+                become.drop_privileges(p.user, p.gid)
+            except BaseException as e:
+                os.write(why_w, str(e).encode()[:1000])
+                raise
             for s in forwarded:
                 signal.signal(s, signal.SIG_DFL)
 
-        child = subprocess.Popen(
-            argv,
-            preexec_fn=pre,
-            env=become.user_env(p.user),
-            pass_fds=(tap_fd,) if tap_fd is not None else (),
-            cwd=p.user.pw_dir if p.user and os.path.isdir(p.user.pw_dir) else None,
-        )
-        if tap_fd is not None:
-            os.close(tap_fd)
+        try:
+            child = subprocess.Popen(
+                argv,
+                preexec_fn=pre,
+                env=become.user_env(p.user),
+                pass_fds=(tap_fd,) if tap_fd is not None else (),
+                cwd=p.user.pw_dir if p.user and os.path.isdir(p.user.pw_dir) else None,
+            )
+        except subprocess.SubprocessError:
+            os.set_blocking(why_r, False)
+            with contextlib.suppress(BlockingIOError):
+                why = os.read(why_r, 1000).decode(errors="replace")
+            raise StateError(
+                f"workload {p.name}: cannot start {argv[0]} in it: {why or 'unknown'}"
+            ) from None
+        except OSError as e:  # exec itself: not a program (ENOEXEC), no permission, ...
+            raise UsageError(f"workload {p.name}: cannot run {argv[0]}: {e.strerror}") from None
+        finally:
+            os.close(why_r)
+            os.close(why_w)
+            if tap_fd is not None:
+                os.close(tap_fd)
         while True:
             try:
                 rc = child.wait(timeout=timeout)

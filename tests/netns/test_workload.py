@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from netmux import links, names, nsutil, resolv, tap, workload
+from netmux import become, config, links, names, nsutil, resolv, tap, workload
+from netmux.errors import StateError
 from tests import muxfix
 from tests.conftest import RUN, stop_process, wait_for
 from tests.muxfix import MuxEnv
@@ -135,6 +137,38 @@ def test_run_exec_ls_status(env: MuxEnv, wname: Callable[[], str]) -> None:
     env.netmux("down", n)  # idempotent
     r = env.netmux("status", n, check=False)
     assert r.returncode == 3
+
+
+def test_run_says_in_one_line_why_a_command_cannot_run(
+    env: MuxEnv, wname: Callable[[], str], tmp_path: Path
+) -> None:
+    n = wname()
+    junk = tmp_path / "not-a-program"
+    junk.write_bytes(b"\x00\x01 neither ELF nor #!")
+    junk.chmod(0o755)
+    r = env.netmux("run", n, "--", str(junk), check=False)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("netmux run:")]
+    assert len(errors) == 1 and "Exec format error" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert_gone(env, n)
+
+
+def test_run_says_what_failed_before_the_command(
+    env: MuxEnv, wname: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step between fork and exec (entering the namespace, dropping privileges) that
+    fails: its own error, not subprocess's "Exception occurred in preexec_fn"."""
+    n = wname()
+
+    def refuse(user: object, gid: object) -> None:
+        raise OSError(errno.EPERM, "setgroups: Operation not permitted")
+
+    monkeypatch.setattr(become, "drop_privileges", refuse)
+    wl = config.load_workload(env.host, n, env={})
+    with pytest.raises(StateError, match=r"cannot start true in it: .*setgroups"):
+        workload.run(env.host, wl, ("true",))
+    assert_gone(env, n)
 
 
 def test_up_execs_cmd_as_user_in_the_namespace(env: MuxEnv, wname: Callable[[], str]) -> None:
