@@ -166,20 +166,13 @@ def _many(box: Any, n: int, timeout: float = 120.0) -> dict[str, float]:
     return out_
 
 
-# netmux@.service's mount-namespace options off: most of what its sandbox costs at start
-# (measured option by option on a unit that execs `sleep`; seccomp and the capability
-# set cost a few ms at most).
-UNSANDBOXED = """[Service]
-PrivateMounts=no
-PrivateTmp=no
-ProtectSystem=no
-ProtectHome=no
-ProtectKernelTunables=no
-ProtectKernelModules=no
-ProtectKernelLogs=no
-ProtectControlGroups=no
-ProtectProc=default
-"""
+# netmux@.service's mount-namespace options off (the example drop-in): most of what its
+# sandbox costs at start (measured option by option on a unit that execs `sleep`; seccomp
+# and the capability set cost a few ms at most).
+UNSANDBOXED = (
+    Path(__file__).resolve().parent.parent
+    / "units" / "examples" / "netmux@.service.d" / "no-mount-sandbox.conf"
+).read_text()  # fmt: skip
 
 LAUNCHER_DROPIN = "/etc/systemd/system/netmux-launcher.service.d/bench.conf"
 NO_PREBUILD = "[Service]\nExecStart=\nExecStart=/opt/netmux/bin/netmux launcher --no-prebuild\n"
