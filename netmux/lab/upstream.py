@@ -352,7 +352,7 @@ def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload"
     cur = run / "kea-dhcp6.conf"
     text = cur.read_text() if cur.exists() else ""
     p = plan(host, new)
-    cur.write_text(kea_config(p, run))
+    cur.write_text(keep_other_subnets(kea_config(p, run), text))
     if text:
         for pool in json.loads(text)["Dhcp6"]["subnet6"][0]["pd-pools"]:
             gone = IPv6Network(f"{pool['prefix']}/{pool['prefix-len']}")
@@ -363,8 +363,24 @@ def renumber(host: HostConfig, run: Path, new: IPv6Network, mode: str = "reload"
         kea_command(kea_socket(run), "config-reload")
     else:
         supervise.stop("kea6", run)
-        start_kea(host, p, run)
+        run_kea(cur, p.netns, run)  # not start_kea: it would write host 1's subnet alone
     return p
+
+
+def keep_other_subnets(new: str, old: str) -> str:
+    """kea config `new` (host 1's subnet, id 1) with every other subnet of `old` kept, and
+    the interfaces they serve: with several hosts (netmux/lab/multihost.py) the further
+    hosts' delegations outlive host 1's renumbering. Pure."""
+    if not old:
+        return new
+    conf, before = json.loads(new), json.loads(old)["Dhcp6"]
+    dh = conf["Dhcp6"]
+    dh["subnet6"] += [s for s in before["subnet6"] if s.get("id") != 1]
+    names = dh["interfaces-config"]["interfaces"]
+    for name in before["interfaces-config"]["interfaces"]:
+        if name not in names:
+            names.append(name)
+    return json.dumps(conf, indent=1) + "\n"
 
 
 def delegated(run: Path) -> IPv6Network | None:
@@ -385,12 +401,17 @@ def flash_renumber(host: HostConfig, run: Path, new: IPv6Network | None = None) 
     old = delegated(run)
     if old is None or supervise.status("kea6", run) is None:
         raise StateError(f"lab renumber: no lab kea runs in {run}; run `netmux lab up` first")
+    others = _other_hosts_prefixes(run)  # a lab with several hosts: theirs stay theirs
     if new is None:
         new = IPv6Network((int(old.network_address) + (1 << 64), 64))
-    if new.prefixlen != 64 or new == old or new.overlaps(host.lab.router_address.network):
+        while new in others:
+            new = IPv6Network((int(new.network_address) + (1 << 64), 64))
+    if (new.prefixlen != 64 or new == old or new in others
+            or new.overlaps(host.lab.router_address.network)):  # fmt: skip
+        taken = "".join(f", {o}" for o in others)
         raise UsageError(
-            f"lab renumber: {new} is not allowed; a /64 other than the current {old} and "
-            f"the router's own {host.lab.router_address.network}"
+            f"lab renumber: {new} is not allowed; a /64 other than the current {old}{taken} "
+            f"and the router's own {host.lab.router_address.network}"
         )
     p = renumber(host, run, new, mode="restart")
     journal.info(
@@ -399,6 +420,16 @@ def flash_renumber(host: HostConfig, run: Path, new: IPv6Network | None = None) 
         prefix=str(new),
     )
     return p
+
+
+def _other_hosts_prefixes(run: Path) -> list[IPv6Network]:
+    """The /64s the lab's kea delegates to further hosts (subnets other than host 1's)."""
+    try:
+        subnets = json.loads((run / "kea-dhcp6.conf").read_text())["Dhcp6"]["subnet6"]
+        return [IPv6Network(f"{pool['prefix']}/{pool['prefix-len']}")
+                for s in subnets if s.get("id") != 1 for pool in s["pd-pools"]]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def kea_command(sock_path: Path, command: str, timeout: float = 5.0) -> dict[str, object]:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,27 @@ def test_a_name_on_host_2_from_host_1_and_the_internet_gone_when_off_back_when_o
     for ns in (h1.mux.netns, h2.mux.netns, base.lab.router_netns, inet, web, app):
         assert not Path("/run/netns", ns).exists(), ns
     assert not labhosts.state_dir(base).exists()
+
+
+def test_renumbering_host_1_keeps_the_other_hosts_delegations(base: HostConfig) -> None:
+    """`lab renumber` (a router reboot: kea restarted with host 1's new /64) with several
+    hosts: the running kea still delegates host 2's /64 on host 2's cable."""
+    from netmux.lab import daemon_dir, upstream
+
+    r = cli(base, "lab", "up", "--hosts", "2")
+    assert r.returncode == 0, r.stderr
+    h2 = config.load_host(labhosts.config_path(base, 2))
+    r = cli(base, "lab", "renumber")
+    assert r.returncode == 0, r.stderr
+    got = upstream.kea_command(upstream.kea_socket(daemon_dir(base)), "config-get")
+    subnets = got["arguments"]["Dhcp6"]["subnet6"]  # type: ignore[index]
+    pools = {s["id"]: s["pd-pools"][0]["prefix"] for s in subnets}
+    assert pools[2] == str(h2.lab.prefix.network_address), pools
+    assert pools[1] != str(base.lab.prefix.network_address) and r.stdout.startswith(pools[1])
+    assert pools[1] != pools[2]  # the next /64 after host 1's was host 2's: skipped
+    r = cli(base, "lab", "renumber", str(h2.lab.prefix))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and str(h2.lab.prefix) in r.stderr, r.stderr
 
 
 def test_the_hosts_demo_runs_and_leaves_nothing(
@@ -228,3 +250,13 @@ def test_kea_gets_one_subnet_per_further_host_on_its_cable(
         3: ("lan0h3", "2001:db8:ff:3::/64", "2001:db8:0:3::"),
     }
     assert labhosts.kea_config(text, others, tmp_path) == text  # idempotent
+    # `lab renumber` gives host 1 another /64; the further hosts keep their subnets.
+    new = upstream.plan(base, IPv6Network("2001:db8:0:9::/64"))
+    renum = json.loads(upstream.keep_other_subnets(upstream.kea_config(new, tmp_path), text))
+    dh = renum["Dhcp6"]
+    assert dh["interfaces-config"]["interfaces"] == ["lan0", "lan0h2", "lan0h3"]
+    assert {s["id"]: s["pd-pools"][0]["prefix"] for s in dh["subnet6"]} == {
+        1: "2001:db8:0:9::",
+        2: "2001:db8:0:2::",
+        3: "2001:db8:0:3::",
+    }
